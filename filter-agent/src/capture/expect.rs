@@ -1,0 +1,166 @@
+//! The expected-verdicts file read by `filter-agent replay --expect`.
+//!
+//! UTF-8 lines `N VERDICT REASON  # description`, N the 1-based frame number across all
+//! captures given; blank lines and `#` lines are ignored. JSON-lines objects
+//! `{"frame":N,"verdict":"...","reason":"..."}` are accepted too (other keys ignored).
+
+use std::collections::HashMap;
+
+use anyhow::{Context, anyhow, bail};
+use filter_common::Reason;
+
+/// One expectation: frame `frame` (1-based) gets `verdict` for `reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub frame: usize,
+    pub verdict: String,
+    pub reason: String,
+    /// 1-based line of the expect file, for error messages.
+    pub line: usize,
+}
+
+pub fn parse_expect(text: &str) -> anyhow::Result<Vec<Expected>> {
+    let mut expected = Vec::new();
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let content = raw.trim();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let entry = if content.starts_with('{') {
+            parse_json(content, line)
+        } else {
+            parse_columns(content, line)
+        }
+        .with_context(|| format!("line {line}: {content:?}"))?;
+        if let Some(first) = seen.insert(entry.frame, line) {
+            bail!(
+                "line {line}: frame {} is already expected on line {first}",
+                entry.frame
+            );
+        }
+        expected.push(entry);
+    }
+    Ok(expected)
+}
+
+fn parse_columns(content: &str, line: usize) -> anyhow::Result<Expected> {
+    let fields = content.split('#').next().unwrap_or_default();
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    let [frame, verdict, reason] = fields[..] else {
+        bail!(
+            "expected `N VERDICT REASON  # description`, found {} fields",
+            fields.len()
+        );
+    };
+    let frame = frame
+        .parse()
+        .map_err(|_| anyhow!("frame number {frame:?} is not a positive integer"))?;
+    checked(frame, verdict, reason, line)
+}
+
+fn parse_json(content: &str, line: usize) -> anyhow::Result<Expected> {
+    let value: serde_json::Value = serde_json::from_str(content).context("invalid JSON")?;
+    let field = |name: &str| {
+        value
+            .get(name)
+            .ok_or_else(|| anyhow!("missing key {name:?}"))
+    };
+    let frame = field("frame")?
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| anyhow!("\"frame\" is not a positive integer"))?;
+    let text = |name: &str| {
+        field(name)?
+            .as_str()
+            .ok_or_else(|| anyhow!("{name:?} is not a string"))
+    };
+    checked(frame, text("verdict")?, text("reason")?, line)
+}
+
+fn checked(frame: usize, verdict: &str, reason: &str, line: usize) -> anyhow::Result<Expected> {
+    if frame == 0 {
+        bail!("frame numbers start at 1");
+    }
+    if verdict != "pass" && verdict != "drop" {
+        bail!("verdict {verdict:?} is neither \"pass\" nor \"drop\"");
+    }
+    if Reason::from_name(reason).is_none() {
+        let names: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
+        bail!("unknown reason {reason:?} (one of {})", names.join(", "));
+    }
+    Ok(Expected {
+        frame,
+        verdict: verdict.to_string(),
+        reason: reason.to_string(),
+        line,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected(frame: usize, verdict: &str, reason: &str, line: usize) -> Expected {
+        Expected {
+            frame,
+            verdict: verdict.into(),
+            reason: reason.into(),
+            line,
+        }
+    }
+
+    #[test]
+    fn parses_columns_comments_and_json_lines() {
+        let text = "# header\n\
+                    \n\
+                    1 drop blocked  # residential SYN to :25 # with a second hash\n\
+                    2 pass not-ip\n\
+                    \t3   pass   relay   \n\
+                    {\"frame\":4,\"verdict\":\"pass\",\"reason\":\"malformed\",\"note\":\"x\"}\n\
+                    {\"reason\":\"port\",\"verdict\":\"pass\",\"frame\":10}\n";
+        assert_eq!(
+            parse_expect(text).unwrap(),
+            [
+                expected(1, "drop", "blocked", 3),
+                expected(2, "pass", "not-ip", 4),
+                expected(3, "pass", "relay", 5),
+                expected(4, "pass", "malformed", 6),
+                expected(10, "pass", "port", 7),
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("1 drop blocked\n\n2 pass\n", "line 3", "found 2 fields"),
+            ("# x\nx drop blocked\n", "line 2", "not a positive integer"),
+            ("0 drop blocked\n", "line 1", "start at 1"),
+            ("1 reject blocked\n", "line 1", "neither"),
+            ("1 drop spam\n", "line 1", "unknown reason"),
+            (
+                "1 drop blocked\n1 pass port\n",
+                "line 2",
+                "already expected on line 1",
+            ),
+            (
+                "{\"frame\":1,\"verdict\":\"drop\"}\n",
+                "line 1",
+                "missing key \"reason\"",
+            ),
+            (
+                "{\"frame\":\"1\"}\n",
+                "line 1",
+                "\"frame\" is not a positive integer",
+            ),
+            ("{\"frame\":1,\n", "line 1", "invalid JSON"),
+        ];
+        for (text, line, message) in cases {
+            let error = format!("{:#}", parse_expect(text).unwrap_err());
+            assert!(error.starts_with(line), "{text:?}: {error}");
+            assert!(error.contains(message), "{text:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+use std::{io, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use filter_agent::{
+    capture,
+    cli::{Cli, Command, Format},
+    explain, policy, replay,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a policy, printing its warnings; a policy with errors is a failure that
+/// prints every error.
+fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
+    match policy::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("{warning}");
+            }
+            Ok(loaded.policy)
+        }
+        Err(errors) => bail!("{errors}\npolicy {} rejected", path.display()),
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Check { policy } => {
+            let loaded = load_policy(&policy)?;
+            println!(
+                "{}: ok ({} groups, {} prefixes, {} relays)",
+                policy.display(),
+                loaded.groups.len(),
+                loaded.prefix_count(),
+                loaded.relays.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            policy,
+            format,
+            expect,
+            captures,
+        } => {
+            let image = load_policy(&policy)?.compile();
+            let expected = match &expect {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(
+                        capture::parse_expect(&text)
+                            .with_context(|| format!("in {}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let verdicts = replay::replay(&image, &captures)?;
+            let mut stdout = io::stdout().lock();
+            match format {
+                Format::Table => replay::print_table(&mut stdout, &verdicts)?,
+                Format::Json => {
+                    replay::print_json(&mut stdout, &verdicts)?;
+                    eprint!("{}", replay::summary(&verdicts));
+                }
+            }
+            if let (Some(expected), Some(path)) = (expected, expect) {
+                let problems = replay::mismatches(&verdicts, &expected, &path);
+                if !problems.is_empty() {
+                    for problem in &problems {
+                        eprintln!("mismatch: {problem}");
+                    }
+                    eprintln!("{} mismatches against {}", problems.len(), path.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+                eprintln!("all {} frames match {}", verdicts.len(), path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            policy,
+            src,
+            dst,
+            dport,
+            json,
+        } => {
+            if src.is_ipv4() != dst.is_ipv4() {
+                bail!("--src {src} and --dst {dst} are of different address families");
+            }
+            let image = load_policy(&policy)?.compile();
+            let explanation = explain::explain(&image, src, dst, dport);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                print!("{}", explanation.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

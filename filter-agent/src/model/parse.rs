@@ -1,0 +1,258 @@
+//! Steps 1 to 4.1 of `docs/semantics.md`: link layer, IP header, extension headers,
+//! protocol, fragments and ports. Every read goes through [`Cursor`], so a truncated frame
+//! can only ever turn into `None`, never into a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use filter_common::{Family, Reason};
+
+const ETH_HEADER_LEN: usize = 14;
+const ETHERTYPE_OFFSET: usize = 12;
+const VLAN_TPIDS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+const VLAN_TAG_LEN: usize = 4;
+const MAX_VLAN_TAGS: usize = 2;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
+/// 6-byte PPPoE header plus the 2-byte PPP protocol.
+const PPPOE_LEN: usize = 8;
+const PPP_IPV4: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
+
+const IPV4_MIN_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+const IPV6_FRAGMENT_LEN: usize = 8;
+const MAX_EXT_HEADERS: usize = 8;
+
+/// What parsing alone can tell about a frame.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Decided without the policy (not-ip, not-tcp, fragment).
+    Pass { family: Family, reason: Reason },
+    /// Malformed; `source` is set when the whole source address was inside the frame.
+    Malformed {
+        family: Family,
+        source: Option<IpAddr>,
+    },
+    /// A TCP frame whose ports were read: the policy decides.
+    Tcp {
+        family: Family,
+        source: IpAddr,
+        destination: IpAddr,
+        dport: u16,
+    },
+}
+
+/// Bounds-checked big-endian reads at absolute frame offsets.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn has(&self, offset: usize, len: usize) -> bool {
+        offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.0.len())
+    }
+
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.get(offset..offset.checked_add(N)?)?.try_into().ok()
+    }
+
+    fn u8(&self, offset: usize) -> Option<u8> {
+        self.0.get(offset).copied()
+    }
+
+    fn u16(&self, offset: usize) -> Option<u16> {
+        self.bytes(offset).map(u16::from_be_bytes)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Ip {
+    V4,
+    V6,
+}
+
+impl Ip {
+    fn family(self) -> Family {
+        match self {
+            Ip::V4 => Family::Ipv4,
+            Ip::V6 => Family::Ipv6,
+        }
+    }
+
+    /// The source address, if it lies wholly inside the frame.
+    fn source(self, c: &Cursor, l3: usize) -> Option<IpAddr> {
+        match self {
+            Ip::V4 => c.bytes::<4>(l3 + 12).map(|a| Ipv4Addr::from(a).into()),
+            Ip::V6 => c.bytes::<16>(l3 + 8).map(|a| Ipv6Addr::from(a).into()),
+        }
+    }
+
+    fn destination(self, c: &Cursor, l3: usize) -> Option<IpAddr> {
+        match self {
+            Ip::V4 => c.bytes::<4>(l3 + 16).map(|a| Ipv4Addr::from(a).into()),
+            Ip::V6 => c.bytes::<16>(l3 + 24).map(|a| Ipv6Addr::from(a).into()),
+        }
+    }
+}
+
+/// What step 3 and the port read need from the IP header.
+struct L4 {
+    protocol: u8,
+    non_first_fragment: bool,
+    offset: usize,
+}
+
+pub fn parse(frame: &[u8]) -> Parsed {
+    let c = Cursor(frame);
+    let (ip, l3) = match link(&c) {
+        Ok(found) => found,
+        Err(parsed) => return parsed,
+    };
+    let family = ip.family();
+    let malformed = || Parsed::Malformed {
+        family,
+        source: ip.source(&c, l3),
+    };
+    let l4 = match ip {
+        Ip::V4 => ipv4(&c, l3),
+        Ip::V6 => ipv6(&c, l3),
+    };
+    // A valid IP header always contains both addresses.
+    let (Some(l4), Some(source), Some(destination)) =
+        (l4, ip.source(&c, l3), ip.destination(&c, l3))
+    else {
+        return malformed();
+    };
+    if l4.protocol != IPPROTO_TCP {
+        return Parsed::Pass {
+            family,
+            reason: Reason::NotTcp,
+        };
+    }
+    if l4.non_first_fragment {
+        return Parsed::Pass {
+            family,
+            reason: Reason::Fragment,
+        };
+    }
+    // Source and destination ports must both be present; nothing after them is read.
+    let Some([_, _, dport_hi, dport_lo]) = c.bytes::<4>(l4.offset) else {
+        return malformed();
+    };
+    Parsed::Tcp {
+        family,
+        source,
+        destination,
+        dport: u16::from_be_bytes([dport_hi, dport_lo]),
+    }
+}
+
+/// Step 1: find the IP header behind Ethernet, up to two VLAN tags and PPPoE.
+fn link(c: &Cursor) -> Result<(Ip, usize), Parsed> {
+    let malformed = Parsed::Malformed {
+        family: Family::Other,
+        source: None,
+    };
+    let not_ip = Parsed::Pass {
+        family: Family::Other,
+        reason: Reason::NotIp,
+    };
+    // Reading the EtherType needs the whole 14-byte header.
+    let Some(mut ethertype) = c.u16(ETHERTYPE_OFFSET) else {
+        return Err(malformed);
+    };
+    let mut offset = ETH_HEADER_LEN;
+    let mut tags = 0;
+    while tags < MAX_VLAN_TAGS && VLAN_TPIDS.contains(&ethertype) {
+        // The inner EtherType is the tag's last two bytes, so reading it checks the tag.
+        let Some(inner) = c.u16(offset + VLAN_TAG_LEN - 2) else {
+            return Err(malformed);
+        };
+        ethertype = inner;
+        offset += VLAN_TAG_LEN;
+        tags += 1;
+    }
+    match ethertype {
+        ETHERTYPE_IPV4 => Ok((Ip::V4, offset)),
+        ETHERTYPE_IPV6 => Ok((Ip::V6, offset)),
+        ETHERTYPE_PPPOE_SESSION => match c.u16(offset + PPPOE_LEN - 2) {
+            None => Err(malformed),
+            Some(PPP_IPV4) => Ok((Ip::V4, offset + PPPOE_LEN)),
+            Some(PPP_IPV6) => Ok((Ip::V6, offset + PPPOE_LEN)),
+            Some(_) => Err(not_ip),
+        },
+        _ => Err(not_ip),
+    }
+}
+
+/// Step 2, IPv4. `None`: malformed. Total length is deliberately not checked.
+fn ipv4(c: &Cursor, l3: usize) -> Option<L4> {
+    if !c.has(l3, IPV4_MIN_LEN) {
+        return None;
+    }
+    let version_ihl = c.u8(l3)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_LEN || !c.has(l3, header_len) {
+        return None;
+    }
+    Some(L4 {
+        protocol: c.u8(l3 + 9)?,
+        non_first_fragment: c.u16(l3 + 6)? & 0x1fff > 0,
+        offset: l3 + header_len,
+    })
+}
+
+/// Step 2, IPv6, including the bounded extension-header walk. `None`: malformed.
+fn ipv6(c: &Cursor, l3: usize) -> Option<L4> {
+    if !c.has(l3, IPV6_LEN) || c.u8(l3)? >> 4 != 6 {
+        return None;
+    }
+    let mut next = c.u8(l3 + 6)?;
+    let mut offset = l3 + IPV6_LEN;
+    let mut walked = 0;
+    while matches!(
+        next,
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DEST_OPTS | IPV6_AH
+    ) {
+        // The kernel's walk is bounded; a ninth header would escape it.
+        if walked == MAX_EXT_HEADERS {
+            return None;
+        }
+        walked += 1;
+        let len = match next {
+            IPV6_FRAGMENT => {
+                if !c.has(offset, IPV6_FRAGMENT_LEN) {
+                    return None;
+                }
+                if c.u16(offset + 2)? >> 3 > 0 {
+                    // A non-first fragment carries no L4 header; its protocol is here.
+                    return Some(L4 {
+                        protocol: c.u8(offset)?,
+                        non_first_fragment: true,
+                        offset: offset + IPV6_FRAGMENT_LEN,
+                    });
+                }
+                IPV6_FRAGMENT_LEN
+            }
+            IPV6_AH => (usize::from(c.u8(offset + 1)?) + 2) * 4,
+            _ => (usize::from(c.u8(offset + 1)?) + 1) * 8,
+        };
+        if !c.has(offset, len) {
+            return None;
+        }
+        next = c.u8(offset)?;
+        offset += len;
+    }
+    Some(L4 {
+        protocol: next,
+        non_first_fragment: false,
+        offset,
+    })
+}

@@ -1,0 +1,179 @@
+//! A YAML tree that remembers where every node came from.
+//!
+//! serde_yaml reports positions only for its own errors, so the policy is read into this
+//! tree and validated by hand: every semantic error can then point at its line and column.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl From<Marker> for Pos {
+    fn from(mark: Marker) -> Self {
+        // yaml-rust2 counts lines from 1 but columns from 0.
+        Pos {
+            line: mark.line(),
+            column: mark.col() + 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub pos: Pos,
+    pub value: Value,
+}
+
+#[derive(Clone, Debug)]
+pub enum Value {
+    /// `plain` is false for quoted and block scalars, which are never null.
+    Scalar {
+        text: String,
+        plain: bool,
+    },
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: Node,
+    pub value: Node,
+}
+
+impl Node {
+    /// YAML's null: an empty value, `~` or `null`.
+    pub fn is_null(&self) -> bool {
+        matches!(&self.value, Value::Scalar { text, plain: true }
+            if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+
+    /// What the node is, for "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match &self.value {
+            _ if self.is_null() => "nothing",
+            Value::Scalar { .. } => "a scalar",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    pub fn scalar(&self) -> Option<&str> {
+        match &self.value {
+            Value::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// The documents of a YAML stream, or the syntax error that stopped the parser.
+pub fn parse_yaml(source: &str) -> Result<Vec<Node>, (Pos, String)> {
+    let mut builder = Builder::default();
+    Parser::new_from_str(source)
+        .load(&mut builder, true)
+        .map_err(|e| (Pos::from(*e.marker()), e.info().to_string()))?;
+    Ok(builder.documents)
+}
+
+enum Frame {
+    Seq(Pos, usize, Vec<Node>),
+    /// The pending key waits for its value.
+    Map(Pos, usize, Vec<Entry>, Option<Node>),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    documents: Vec<Node>,
+}
+
+impl Builder {
+    fn finish(&mut self, node: Node, anchor: usize) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.documents.push(node),
+            Some(Frame::Seq(_, _, items)) => items.push(node),
+            Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+                None => *pending = Some(node),
+                Some(key) => {
+                    let mut value = node;
+                    // An empty value is reported at the line after it; its key is where it is.
+                    if value.is_null() && value.scalar() == Some("") {
+                        value.pos = key.pos;
+                    }
+                    entries.push(Entry { key, value });
+                }
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let pos = Pos::from(mark);
+        match event {
+            Event::Scalar(text, style, anchor, _) => {
+                let plain = style == TScalarStyle::Plain;
+                self.finish(
+                    Node {
+                        pos,
+                        value: Value::Scalar { text, plain },
+                    },
+                    anchor,
+                );
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(pos, anchor, Vec::new())),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(pos, anchor, Vec::new(), None));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq(pos, anchor, items)) => (
+                        Node {
+                            pos,
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                    ),
+                    Some(Frame::Map(pos, anchor, entries, _)) => (
+                        Node {
+                            // The parser marks a block mapping after its first key.
+                            pos: entries.first().map_or(pos, |e| e.key.pos),
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                    ),
+                    None => return,
+                };
+                self.finish(node, anchor);
+            }
+            Event::Alias(anchor) => {
+                // The parser rejects unknown anchors, so only a node that contains its own
+                // alias is missing here; it reads as null rather than unbalancing its mapping.
+                let node = self.anchors.get(&anchor).cloned().unwrap_or(Node {
+                    pos,
+                    value: Value::Scalar {
+                        text: String::new(),
+                        plain: true,
+                    },
+                });
+                self.finish(node, 0);
+            }
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
+        }
+    }
+}

@@ -1,0 +1,701 @@
+use std::path::Path;
+
+use filter_common::{ACTION_DROP, MAX_GROUPS, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use ipnet::IpNet;
+
+use super::*;
+use crate::image::Smtp;
+
+const FILE: &str = "policies/test.yaml";
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+fn diagnostics(source: &str) -> Vec<Diagnostic> {
+    match parse(source, FILE) {
+        Ok(loaded) => panic!("expected errors, got {loaded:?}"),
+        Err(errors) => errors.0,
+    }
+}
+
+/// The single diagnostic of a policy that must fail with exactly one.
+fn one_error(source: &str) -> Diagnostic {
+    let found = diagnostics(source);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].severity, Severity::Error);
+    found.into_iter().next().unwrap()
+}
+
+fn at(d: &Diagnostic) -> (usize, usize) {
+    (d.line.unwrap(), d.column.unwrap())
+}
+
+/// A policy with one group whose prefix list is `prefixes` (a flow list), on line 5.
+fn with_prefixes(prefixes: &str) -> String {
+    format!("version: 1\ngroups:\n  - name: a\n    smtp: block\n    prefixes: [{prefixes}]\n")
+}
+
+/// A policy whose port list is `ports`, on line 2 from column 9.
+fn with_ports(ports: &str) -> String {
+    format!("version: 1\nports: [{ports}]\n")
+}
+
+#[test]
+fn minimal_policy_takes_defaults() {
+    let loaded = parse("version: 1\n", FILE).unwrap();
+    assert!(loaded.warnings.is_empty());
+    let policy = loaded.policy;
+    assert_eq!(policy.version, 1);
+    assert_eq!(policy.mode, Mode::Enforce);
+    assert_eq!(policy.action, Action::Drop);
+    assert_eq!(policy.ports, vec![25]);
+    assert!(policy.groups.is_empty() && policy.relays.is_empty());
+    assert!(policy.interfaces.is_empty());
+}
+
+#[test]
+fn yaml_syntax_error_is_one_error_with_the_parser_location() {
+    let d = one_error("version: 1\nmode: enforce\n  action: drop\n");
+    assert!(d.message.starts_with("invalid YAML: "), "{}", d.message);
+    assert_eq!(at(&d), (3, 9));
+}
+
+#[test]
+fn empty_file_is_an_error() {
+    let d = one_error("# nothing yet\n");
+    assert_eq!(d.message, "the policy file is empty");
+    assert_eq!((d.line, d.column), (None, None));
+    assert_eq!(
+        d.to_string(),
+        format!("{FILE}: error: the policy file is empty\n  hint: start it with `version: 1`")
+    );
+}
+
+#[test]
+fn second_document_is_an_error() {
+    let d = one_error("version: 1\n---\nversion: 1\n");
+    assert_eq!(d.message, "a policy file holds one YAML document");
+    assert_eq!(at(&d), (3, 1));
+}
+
+#[test]
+fn top_level_must_be_a_mapping() {
+    let d = one_error("- version: 1\n");
+    assert_eq!(d.message, "expected a mapping for the policy, found a list");
+    assert_eq!(at(&d), (1, 1));
+}
+
+#[test]
+fn unparseable_prefix() {
+    let d = one_error(&with_prefixes("10.0.0.0/8, bogus"));
+    assert_eq!(d.message, "prefix \"bogus\" is not an IP address or prefix");
+    assert_eq!(at(&d), (5, 28));
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("write ADDRESS/LENGTH, e.g. 192.0.2.0/24 or 2001:db8::/32")
+    );
+}
+
+#[test]
+fn prefix_length_out_of_range() {
+    let found = diagnostics(&with_prefixes(
+        "10.0.0.0/33, \"2001:db8::/129\", 10.0.0.0/x",
+    ));
+    let messages: Vec<_> = found.iter().map(|d| (at(d), d.message.as_str())).collect();
+    assert_eq!(
+        messages,
+        [
+            ((5, 16), "prefix \"10.0.0.0/33\" has an invalid length"),
+            ((5, 29), "prefix \"2001:db8::/129\" has an invalid length"),
+            ((5, 47), "prefix \"10.0.0.0/x\" has an invalid length"),
+        ]
+    );
+    assert_eq!(
+        found[1].hint.as_deref(),
+        Some("an IPv6 prefix length is 0 to 128")
+    );
+}
+
+#[test]
+fn prefix_with_host_bits_names_the_network() {
+    let d = one_error(&with_prefixes("10.0.0.1/8"));
+    assert_eq!(at(&d), (5, 16));
+    assert_eq!(
+        d.to_string(),
+        "policies/test.yaml:5:16: error: prefix 10.0.0.1/8 has host bits set\n  hint: did you mean 10.0.0.0/8?"
+    );
+    let d = one_error(&with_prefixes("\"2001:db8::1/64\""));
+    assert_eq!(d.hint.as_deref(), Some("did you mean 2001:db8::/64?"));
+}
+
+#[test]
+fn bare_address_is_a_host_prefix() {
+    let policy = parse(&with_prefixes("192.0.2.1, \"2001:db8::1\""), FILE)
+        .unwrap()
+        .policy;
+    assert_eq!(
+        policy.groups[0].prefixes,
+        [net("192.0.2.1/32"), net("2001:db8::1/128")]
+    );
+}
+
+#[test]
+fn prefix_listed_twice_in_one_group() {
+    // A bare address and its /32 are the same prefix.
+    let d = one_error(&with_prefixes("192.0.2.1, 192.0.2.1/32"));
+    assert_eq!(
+        d.message,
+        "prefix 192.0.2.1/32 is listed twice in group \"a\" (first on line 5)"
+    );
+    assert_eq!(at(&d), (5, 27));
+}
+
+#[test]
+fn prefix_listed_in_two_groups() {
+    let source = "version: 1
+groups:
+  - name: residential
+    smtp: block
+    prefixes:
+      - 100.64.0.0/10
+  - name: business
+    smtp: allow
+    prefixes:
+      - 100.64.0.0/10
+";
+    let d = one_error(source);
+    assert_eq!(
+        d.message,
+        "prefix 100.64.0.0/10 is listed in group \"residential\" (line 6) and again in group \"business\""
+    );
+    assert_eq!(at(&d), (10, 9));
+}
+
+#[test]
+fn unknown_keys_at_every_level() {
+    let source = "version: 1
+mdoe: monitor
+groups:
+  - name: a
+    smtp: block
+    prefixs: []
+    colour: red
+interfaces:
+  - name: eth1
+    xdpmode: native
+";
+    let found = diagnostics(source);
+    let got: Vec<_> = found.iter().map(|d| (at(d), d.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ((2, 1), "unknown key \"mdoe\" in the policy"),
+            ((4, 5), "group \"a\" is missing required key \"prefixes\""),
+            ((6, 5), "unknown key \"prefixs\" in group \"a\""),
+            ((7, 5), "unknown key \"colour\" in group \"a\""),
+            ((10, 5), "unknown key \"xdpmode\" in interface \"eth1\""),
+        ]
+    );
+    let hints: Vec<_> = found.iter().map(|d| d.hint.as_deref()).collect();
+    assert_eq!(
+        hints,
+        [
+            Some(
+                "did you mean \"mode\"? known keys: version, mode, action, ports, groups, relays, interfaces"
+            ),
+            None,
+            Some("did you mean \"prefixes\"? known keys: name, smtp, prefixes"),
+            Some("known keys: name, smtp, prefixes"),
+            Some("did you mean \"xdp_mode\"? known keys: name, xdp_mode"),
+        ]
+    );
+}
+
+#[test]
+fn key_given_twice() {
+    let d = one_error("version: 1\nmode: enforce\nmode: monitor\n");
+    assert_eq!(
+        d.message,
+        "key \"mode\" is given twice in the policy (first on line 2)"
+    );
+    assert_eq!(at(&d), (3, 1));
+}
+
+#[test]
+fn ports_out_of_range() {
+    let found = diagnostics(&with_ports("0, 70000, -1, 25"));
+    let got: Vec<_> = found.iter().map(|d| (at(d), d.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ((2, 9), "port 0 is out of range"),
+            ((2, 12), "port 70000 is out of range"),
+            ((2, 19), "port -1 is out of range"),
+        ]
+    );
+    assert_eq!(found[0].hint.as_deref(), Some("TCP ports are 1 to 65535"));
+}
+
+#[test]
+fn port_that_is_not_a_number() {
+    let d = one_error(&with_ports("smtp"));
+    assert_eq!(d.message, "expected a port number, found \"smtp\"");
+    assert_eq!(at(&d), (2, 9));
+}
+
+#[test]
+fn port_list_that_is_not_a_list() {
+    let d = one_error("version: 1\nports: 25\n");
+    assert_eq!(d.message, "expected a list for ports, found a scalar");
+    assert_eq!(d.hint.as_deref(), Some("write a list: `ports: [25]`"));
+    assert_eq!(at(&d), (2, 8));
+}
+
+#[test]
+fn empty_port_list() {
+    let d = one_error("version: 1\nports: []\n");
+    assert_eq!(
+        d.message,
+        "the port list is empty, so nothing would be filtered"
+    );
+    assert_eq!(at(&d), (2, 8));
+}
+
+#[test]
+fn duplicate_port() {
+    let d = one_error("version: 1\nports:\n  - 25\n  - 2525\n  - 25\n");
+    assert_eq!(d.message, "port 25 is listed twice (first on line 3)");
+    assert_eq!(at(&d), (5, 5));
+}
+
+#[test]
+fn submission_ports_are_warnings() {
+    let loaded = parse(&with_ports("25, 587, 465"), FILE).unwrap();
+    assert_eq!(loaded.policy.ports, [25, 587, 465]);
+    let got: Vec<_> = loaded
+        .warnings
+        .iter()
+        .map(|d| (d.severity, at(d), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Severity::Warning,
+                (2, 13),
+                "port 587 is the message submission port (RFC 6409); customers need it to reach their mail provider"
+            ),
+            (
+                Severity::Warning,
+                (2, 18),
+                "port 465 is the submission over implicit TLS port (RFC 8314); customers need it to reach their mail provider"
+            ),
+        ]
+    );
+    assert!(
+        loaded.warnings[0]
+            .to_string()
+            .starts_with("policies/test.yaml:2:13: warning: port 587 ")
+    );
+}
+
+#[test]
+fn relay_that_is_not_an_address() {
+    let source = "version: 1\nrelays:\n  - mail.example.net\n  - 203.0.113.1/24\n  - 203.0.113.25\n  - 203.0.113.25/32\n";
+    let found = diagnostics(source);
+    let got: Vec<_> = found.iter().map(|d| (at(d), d.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (
+                (3, 5),
+                "relay \"mail.example.net\" is not an IP address or prefix"
+            ),
+            ((4, 5), "relay 203.0.113.1/24 has host bits set"),
+            (
+                (6, 5),
+                "relay 203.0.113.25/32 is listed twice (first on line 5)"
+            ),
+        ]
+    );
+    assert!(
+        found[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("host names are not resolved")
+    );
+    assert_eq!(
+        found[1].hint.as_deref(),
+        Some("did you mean 203.0.113.0/24?")
+    );
+}
+
+#[test]
+fn unknown_enum_values_list_the_allowed_ones() {
+    let source = "version: 1
+mode: enforcing
+action: reject
+groups:
+  - name: a
+    smtp: blokc
+    prefixes: []
+interfaces:
+  - name: eth1
+    xdp_mode: [native]
+";
+    let found: Vec<_> = diagnostics(source)
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    let got: Vec<_> = found
+        .iter()
+        .map(|d| (at(d), d.message.as_str(), d.hint.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                (2, 7),
+                "unknown value \"enforcing\" for mode",
+                "did you mean \"enforce\"? allowed values: enforce, monitor"
+            ),
+            (
+                (3, 9),
+                "unknown value \"reject\" for action",
+                "allowed values: drop"
+            ),
+            (
+                (6, 11),
+                "unknown value \"blokc\" for smtp",
+                "did you mean \"block\"? allowed values: block, allow"
+            ),
+            (
+                (10, 15),
+                "expected a value for xdp_mode, found a list",
+                "allowed values: auto, native, generic"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn missing_required_fields() {
+    let found = diagnostics("groups:\n  - smtp: block\n  - name: b\n    prefixes: []\n  - {}\n");
+    let got: Vec<_> = found
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Some(1),
+                Some(1),
+                "the policy is missing required key \"version\""
+            ),
+            (
+                Some(2),
+                Some(5),
+                "group #1 is missing required key \"name\""
+            ),
+            (
+                Some(2),
+                Some(5),
+                "group #1 is missing required key \"prefixes\""
+            ),
+            (
+                Some(3),
+                Some(5),
+                "group \"b\" is missing required key \"smtp\""
+            ),
+            (
+                Some(5),
+                Some(5),
+                "group #3 is missing required key \"name\""
+            ),
+            (
+                Some(5),
+                Some(5),
+                "group #3 is missing required key \"smtp\""
+            ),
+            (
+                Some(5),
+                Some(5),
+                "group #3 is missing required key \"prefixes\""
+            ),
+        ]
+    );
+}
+
+#[test]
+fn unsupported_version() {
+    let d = one_error("version: 2\n");
+    assert_eq!(d.message, "unsupported policy version 2");
+    assert_eq!(d.hint.as_deref(), Some("this agent understands version 1"));
+    assert_eq!(at(&d), (1, 10));
+    let d = one_error("version: one\n");
+    assert_eq!(d.message, "expected a version number, found \"one\"");
+}
+
+#[test]
+fn duplicate_group_name() {
+    let source = "version: 1
+groups:
+  - name: a
+    smtp: block
+    prefixes: [10.0.0.0/8]
+  - name: a
+    smtp: allow
+    prefixes: [10.1.0.0/16]
+";
+    let d = one_error(source);
+    assert_eq!(
+        d.message,
+        "group name \"a\" is used twice (first on line 3)"
+    );
+    assert_eq!(at(&d), (6, 11));
+}
+
+#[test]
+fn empty_group_name() {
+    let d = one_error(
+        "version: 1\ngroups:\n  - name: \"\"\n    smtp: block\n    prefixes: [10.0.0.0/8]\n",
+    );
+    assert_eq!(d.message, "group name is empty");
+    assert_eq!(at(&d), (3, 11));
+}
+
+#[test]
+fn too_many_groups() {
+    let mut source = String::from("version: 1\ngroups:\n");
+    for i in 0..=MAX_GROUPS {
+        source += &format!(
+            "  - {{name: g{i}, smtp: block, prefixes: [10.{}.{}.0/24]}}\n",
+            i / 256,
+            i % 256
+        );
+    }
+    let d = one_error(&source);
+    assert_eq!(d.message, "too many groups: 1024 (at most 1023)");
+    // The first key of the first group past the limit; line 3 holds group 1.
+    assert_eq!(at(&d), (3 + MAX_GROUPS as usize, 6));
+}
+
+#[test]
+fn group_without_prefixes_is_a_warning() {
+    let loaded = parse(
+        "version: 1\ngroups:\n  - name: new\n    smtp: block\n    prefixes:\n",
+        FILE,
+    )
+    .unwrap();
+    assert!(loaded.policy.groups[0].prefixes.is_empty());
+    assert_eq!(loaded.warnings.len(), 1);
+    let w = &loaded.warnings[0];
+    assert_eq!(w.severity, Severity::Warning);
+    assert_eq!(
+        w.message,
+        "group \"new\" has no prefixes, so it matches no traffic"
+    );
+    assert_eq!(at(w), (5, 5));
+}
+
+#[test]
+fn interface_names_are_checked() {
+    let source = "version: 1
+interfaces:
+  - name: eth1
+  - name: eth1
+  - name: a-very-long-interface
+  - xdp_mode: native
+";
+    let found = diagnostics(source);
+    let got: Vec<_> = found.iter().map(|d| (at(d), d.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (
+                (4, 11),
+                "interface \"eth1\" is listed twice (first on line 3)"
+            ),
+            (
+                (5, 11),
+                "interface name \"a-very-long-interface\" is longer than 15 bytes"
+            ),
+            ((6, 5), "interface #4 is missing required key \"name\""),
+        ]
+    );
+}
+
+#[test]
+fn every_error_in_a_file_is_reported() {
+    let source = "version: 3
+mode: monitr
+ports: [25, 0, 587]
+groups:
+  - name: residential
+    smtp: block
+    prefixes: [100.64.0.1/10, nonsense]
+  - name: residential
+    smtp: permit
+    prefixes: [100.64.0.0/10]
+    extra: 1
+relays: [relay.example]
+";
+    let errors = parse(source, FILE).unwrap_err();
+    let got: Vec<_> = errors.0.iter().map(|d| (d.severity, at(d))).collect();
+    use Severity::{Error, Warning};
+    assert_eq!(
+        got,
+        [
+            (Error, (1, 10)),
+            (Error, (2, 7)),
+            (Error, (3, 13)),
+            (Warning, (3, 16)),
+            (Error, (7, 16)),
+            (Error, (7, 31)),
+            (Error, (8, 11)),
+            (Error, (9, 11)),
+            (Error, (11, 5)),
+            (Error, (12, 10)),
+        ]
+    );
+    // Display shows each diagnostic as its own block, in file order.
+    let text = errors.to_string();
+    assert_eq!(text.matches("error: ").count(), 9);
+    assert!(
+        text.starts_with("policies/test.yaml:1:10: error: unsupported policy version 3\n  hint: ")
+    );
+    // 100.64.0.1/10 was rejected, so the second group's 100.64.0.0/10 is no duplicate.
+    assert!(!text.contains("listed"));
+}
+
+#[test]
+fn example_policy_loads_and_compiles() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example.yaml");
+    let loaded = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let policy = &loaded.policy;
+    let names: Vec<_> = policy.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "residential",
+            "business-broadband",
+            "business-ethernet",
+            "leased-line"
+        ]
+    );
+    assert_eq!(policy.prefix_count(), 7);
+    assert_eq!(
+        policy.interfaces,
+        [Interface {
+            name: "eth1".to_string(),
+            xdp_mode: XdpMode::Auto
+        }]
+    );
+
+    let image = policy.compile();
+    assert!(!image.config.monitor());
+    assert_eq!(image.config.action, ACTION_DROP);
+    assert!(image.config.port_filtered(25));
+    assert!(!image.config.port_filtered(26));
+    assert!(!image.config.port_filtered(587));
+    assert_eq!(image.groups.len(), 4);
+    assert_eq!(image.group(3).unwrap().name, "business-ethernet");
+    assert_eq!(image.group(3).unwrap().smtp, Smtp::Allow);
+    assert_eq!(image.source_count(), 7);
+    let v4 = |p: &str| image.sources_v4[&p.parse().unwrap()];
+    let v6 = |p: &str| image.sources_v6[&p.parse().unwrap()];
+    assert_eq!(
+        v4("100.64.0.0/10"),
+        SourceRule {
+            group: 1,
+            smtp: SMTP_BLOCK
+        }
+    );
+    assert_eq!(
+        v4("192.0.2.0/24"),
+        SourceRule {
+            group: 2,
+            smtp: SMTP_BLOCK
+        }
+    );
+    assert_eq!(
+        v4("192.0.2.128/26"),
+        SourceRule {
+            group: 3,
+            smtp: SMTP_ALLOW
+        }
+    );
+    assert_eq!(
+        v4("198.51.100.128/25"),
+        SourceRule {
+            group: 4,
+            smtp: SMTP_ALLOW
+        }
+    );
+    assert_eq!(
+        v6("2001:db8:2000:100::/56"),
+        SourceRule {
+            group: 3,
+            smtp: SMTP_ALLOW
+        }
+    );
+    assert_eq!(
+        image
+            .relays_v4
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        ["203.0.113.25/32"]
+    );
+    assert_eq!(
+        image
+            .relays_v6
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        ["2001:db8:ffff::25/128"]
+    );
+}
+
+#[test]
+fn monitor_mode_and_ports_compile_into_config() {
+    let policy = parse("version: 1\nmode: monitor\nports: [25, 2525]\n", FILE)
+        .unwrap()
+        .policy;
+    let config = policy.compile().config;
+    assert!(config.monitor());
+    assert!(config.port_filtered(25) && config.port_filtered(2525));
+    assert!(!config.port_filtered(24) && !config.port_filtered(0));
+}
+
+#[test]
+fn policy_serializes_with_yaml_names() {
+    let policy = parse(&with_prefixes("192.0.2.0/24"), FILE).unwrap().policy;
+    let json = serde_json::to_value(&policy).unwrap();
+    assert_eq!(json["mode"], "enforce");
+    assert_eq!(json["groups"][0]["smtp"], "block");
+    assert_eq!(json["groups"][0]["prefixes"][0], "192.0.2.0/24");
+}
+
+#[test]
+fn unreadable_file_is_one_error() {
+    let errors = load(Path::new("/nonexistent/policy.yaml")).unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert!(
+        errors
+            .to_string()
+            .starts_with("/nonexistent/policy.yaml: error: cannot read the policy: ")
+    );
+}
+
+#[test]
+fn aliases_resolve_to_their_anchor() {
+    let source = "version: 1\ngroups:\n  - name: a\n    smtp: block\n    prefixes: &nets [10.0.0.0/8]\nrelays: *nets\n";
+    let policy = parse(source, FILE).unwrap().policy;
+    assert_eq!(policy.relays, [net("10.0.0.0/8")]);
+}

@@ -1,0 +1,667 @@
+//! Walks the located YAML tree, builds the `Policy` and collects every problem on the way,
+//! so one run shows the operator all of them.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
+use std::hash::Hash;
+
+use filter_common::MAX_GROUPS;
+use ipnet::IpNet;
+
+use super::Loaded;
+use super::diagnostic::{Diagnostic, PolicyErrors, Severity};
+use super::locate::{Node, Pos, Value, parse_yaml};
+use super::prefix::{PrefixError, parse_prefix};
+use super::schema::{Action, DEFAULT_PORTS, Group, Interface, Mode, Policy, VERSION, XdpMode};
+use crate::image::Smtp;
+
+const POLICY_KEYS: &[&str] = &[
+    "version",
+    "mode",
+    "action",
+    "ports",
+    "groups",
+    "relays",
+    "interfaces",
+];
+const GROUP_KEYS: &[&str] = &["name", "smtp", "prefixes"];
+const INTERFACE_KEYS: &[&str] = &["name", "xdp_mode"];
+
+const MODES: &[(&str, Mode)] = &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)];
+const ACTIONS: &[(&str, Action)] = &[("drop", Action::Drop)];
+const SMTP: &[(&str, Smtp)] = &[("block", Smtp::Block), ("allow", Smtp::Allow)];
+const XDP_MODES: &[(&str, XdpMode)] = &[
+    ("auto", XdpMode::Auto),
+    ("native", XdpMode::Native),
+    ("generic", XdpMode::Generic),
+];
+
+/// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
+const MAX_INTERFACE_NAME: usize = 15;
+
+const PREFIX_HINT: &str = "write ADDRESS/LENGTH, e.g. 192.0.2.0/24 or 2001:db8::/32";
+const RELAY_HINT: &str =
+    "write an address or a prefix, e.g. 203.0.113.25 or 2001:db8::/64; host names are not resolved";
+
+pub fn check(source: &str, file: &str) -> Result<Loaded, PolicyErrors> {
+    let mut checker = Checker {
+        file,
+        diagnostics: Vec::new(),
+    };
+    let policy = match parse_yaml(source) {
+        Err((pos, info)) => {
+            checker.error(pos, format!("invalid YAML: {info}"), None);
+            None
+        }
+        Ok(documents) => match documents.as_slice() {
+            [] => {
+                checker.diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: file.to_string(),
+                    line: None,
+                    column: None,
+                    message: "the policy file is empty".to_string(),
+                    hint: Some("start it with `version: 1`".to_string()),
+                });
+                None
+            }
+            [document, extra @ ..] => {
+                for node in extra {
+                    checker.error(
+                        node.pos,
+                        "a policy file holds one YAML document".to_string(),
+                        Some("remove the `---` that starts a second one".to_string()),
+                    );
+                }
+                checker.policy(document)
+            }
+        },
+    };
+    checker.finish(policy)
+}
+
+struct Checker<'f> {
+    file: &'f str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// The known keys of one mapping, each with the position of its key.
+struct Fields<'n> {
+    pos: Pos,
+    what: String,
+    entries: Vec<(&'n str, Pos, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, ..)| *k == key)
+            .map(|(.., value)| *value)
+    }
+}
+
+/// Where a prefix was first seen: the group's index and label, and the line.
+type SeenPrefixes = HashMap<IpNet, (usize, String, Pos)>;
+
+impl Checker<'_> {
+    fn finish(mut self, policy: Option<Policy>) -> Result<Loaded, PolicyErrors> {
+        self.diagnostics.sort_by_key(|d| (d.line, d.column));
+        let has_errors = self
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error);
+        match policy {
+            Some(policy) if !has_errors => Ok(Loaded {
+                policy,
+                warnings: self.diagnostics,
+            }),
+            _ => Err(PolicyErrors(self.diagnostics)),
+        }
+    }
+
+    fn report(&mut self, severity: Severity, pos: Pos, message: String, hint: Option<String>) {
+        self.diagnostics.push(Diagnostic {
+            severity,
+            file: self.file.to_string(),
+            line: Some(pos.line),
+            column: Some(pos.column),
+            message,
+            hint,
+        });
+    }
+
+    fn error(&mut self, pos: Pos, message: String, hint: Option<String>) {
+        self.report(Severity::Error, pos, message, hint);
+    }
+
+    fn warning(&mut self, pos: Pos, message: String, hint: Option<String>) {
+        self.report(Severity::Warning, pos, message, hint);
+    }
+
+    fn policy(&mut self, document: &Node) -> Option<Policy> {
+        let fields = self.fields(document, "the policy".to_string(), POLICY_KEYS)?;
+        let version = self.required(&fields, "version").and_then(|node| {
+            let version = self.integer(node, "a version number")?;
+            if version != i128::from(VERSION) {
+                self.error(
+                    node.pos,
+                    format!("unsupported policy version {version}"),
+                    Some(format!("this agent understands version {VERSION}")),
+                );
+            }
+            Some(version)
+        });
+        let mode = fields
+            .get("mode")
+            .and_then(|n| self.choice(n, "mode", MODES));
+        let action = fields
+            .get("action")
+            .and_then(|n| self.choice(n, "action", ACTIONS));
+        let ports = fields
+            .get("ports")
+            .map_or_else(|| DEFAULT_PORTS.to_vec(), |n| self.ports(n));
+        let groups = fields
+            .get("groups")
+            .map_or_else(Vec::new, |n| self.groups(n));
+        let relays = fields
+            .get("relays")
+            .map_or_else(Vec::new, |n| self.relays(n));
+        let interfaces = fields
+            .get("interfaces")
+            .map_or_else(Vec::new, |n| self.interfaces(n));
+        // Without a version the rest was still checked, but there is no policy to return.
+        version?;
+        Some(Policy {
+            version: VERSION,
+            mode: mode.unwrap_or(Mode::Enforce),
+            action: action.unwrap_or(Action::Drop),
+            ports,
+            groups,
+            relays,
+            interfaces,
+        })
+    }
+
+    fn ports(&mut self, node: &Node) -> Vec<u16> {
+        let Some(items) = self.list(node, "ports") else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.error(
+                node.pos,
+                "the port list is empty, so nothing would be filtered".to_string(),
+                Some(
+                    "list the ports to filter, e.g. [25], or leave out `ports` for port 25"
+                        .to_string(),
+                ),
+            );
+        }
+        let mut seen: HashMap<u16, Pos> = HashMap::new();
+        let mut ports = Vec::new();
+        for item in items {
+            let Some(number) = self.integer(item, "a port number") else {
+                continue;
+            };
+            let Some(port) = u16::try_from(number).ok().filter(|&p| p != 0) else {
+                self.error(
+                    item.pos,
+                    format!("port {number} is out of range"),
+                    Some("TCP ports are 1 to 65535".to_string()),
+                );
+                continue;
+            };
+            if let Some(first) = first_seen(&mut seen, port, item.pos) {
+                self.error(
+                    item.pos,
+                    format!("port {port} is listed twice (first on line {})", first.line),
+                    None,
+                );
+                continue;
+            }
+            let submission = match port {
+                587 => Some("message submission port (RFC 6409)"),
+                465 => Some("submission over implicit TLS port (RFC 8314)"),
+                _ => None,
+            };
+            if let Some(what) = submission {
+                self.warning(
+                    item.pos,
+                    format!(
+                        "port {port} is the {what}; customers need it to reach their mail provider"
+                    ),
+                    Some("filter port 25 only: that is where direct-to-MX spam goes".to_string()),
+                );
+            }
+            ports.push(port);
+        }
+        ports
+    }
+
+    fn groups(&mut self, node: &Node) -> Vec<Group> {
+        let Some(items) = self.list(node, "groups") else {
+            return Vec::new();
+        };
+        if let Some(first_extra) = items.get(MAX_GROUPS as usize) {
+            self.error(
+                first_extra.pos,
+                format!("too many groups: {} (at most {MAX_GROUPS})", items.len()),
+                Some("merge groups that block or allow alike".to_string()),
+            );
+        }
+        let mut names = HashMap::new();
+        let mut prefixes = SeenPrefixes::new();
+        let mut groups = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            if let Some(group) = self.group(index, item, &mut names, &mut prefixes) {
+                groups.push(group);
+            }
+        }
+        groups
+    }
+
+    fn group(
+        &mut self,
+        index: usize,
+        node: &Node,
+        names: &mut HashMap<String, Pos>,
+        seen: &mut SeenPrefixes,
+    ) -> Option<Group> {
+        let label = label(node, "group", index);
+        let fields = self.fields(node, label.clone(), GROUP_KEYS)?;
+        let name = self.required(&fields, "name").and_then(|n| {
+            let name = self.string(n, "a group name")?;
+            if name.is_empty() {
+                self.error(
+                    n.pos,
+                    "group name is empty".to_string(),
+                    Some("name the group, e.g. residential; counters and logs show it".to_string()),
+                );
+                return None;
+            }
+            if let Some(first) = first_seen(names, name.to_string(), n.pos) {
+                self.error(
+                    n.pos,
+                    format!(
+                        "group name \"{name}\" is used twice (first on line {})",
+                        first.line
+                    ),
+                    None,
+                );
+            }
+            Some(name)
+        });
+        let smtp = self
+            .required(&fields, "smtp")
+            .and_then(|n| self.choice(n, "smtp", SMTP));
+        let prefixes = self
+            .required(&fields, "prefixes")
+            .map(|n| self.group_prefixes(n, index, &label, seen));
+        Some(Group {
+            name: name?.to_string(),
+            smtp: smtp?,
+            prefixes: prefixes?,
+        })
+    }
+
+    fn group_prefixes(
+        &mut self,
+        node: &Node,
+        index: usize,
+        label: &str,
+        seen: &mut SeenPrefixes,
+    ) -> Vec<IpNet> {
+        let Some(items) = self.list(node, "prefixes") else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.warning(
+                node.pos,
+                format!("{label} has no prefixes, so it matches no traffic"),
+                None,
+            );
+        }
+        let mut prefixes = Vec::new();
+        for item in items {
+            let Some(prefix) = self.prefix(item, "prefix", PREFIX_HINT) else {
+                continue;
+            };
+            match seen.entry(prefix) {
+                Slot::Vacant(slot) => {
+                    slot.insert((index, label.to_string(), item.pos));
+                    prefixes.push(prefix);
+                }
+                Slot::Occupied(first) => {
+                    let (first_index, first_label, first_pos) = first.get();
+                    let message = if *first_index == index {
+                        format!(
+                            "prefix {prefix} is listed twice in {label} (first on line {})",
+                            first_pos.line
+                        )
+                    } else {
+                        format!(
+                            "prefix {prefix} is listed in {first_label} (line {}) and again in {label}",
+                            first_pos.line
+                        )
+                    };
+                    self.error(
+                        item.pos,
+                        message,
+                        Some("a prefix belongs to one group; list a more specific one to carve out an exception".to_string()),
+                    );
+                }
+            }
+        }
+        prefixes
+    }
+
+    fn relays(&mut self, node: &Node) -> Vec<IpNet> {
+        let Some(items) = self.list(node, "relays") else {
+            return Vec::new();
+        };
+        let mut seen: HashMap<IpNet, Pos> = HashMap::new();
+        let mut relays = Vec::new();
+        for item in items {
+            let Some(relay) = self.prefix(item, "relay", RELAY_HINT) else {
+                continue;
+            };
+            if let Some(first) = first_seen(&mut seen, relay, item.pos) {
+                self.error(
+                    item.pos,
+                    format!(
+                        "relay {relay} is listed twice (first on line {})",
+                        first.line
+                    ),
+                    None,
+                );
+                continue;
+            }
+            relays.push(relay);
+        }
+        relays
+    }
+
+    fn interfaces(&mut self, node: &Node) -> Vec<Interface> {
+        let Some(items) = self.list(node, "interfaces") else {
+            return Vec::new();
+        };
+        let mut names: HashMap<String, Pos> = HashMap::new();
+        let mut interfaces = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let label = label(item, "interface", index);
+            let Some(fields) = self.fields(item, label, INTERFACE_KEYS) else {
+                continue;
+            };
+            let name = self.required(&fields, "name").and_then(|n| {
+                let name = self.string(n, "an interface name")?;
+                let problem = if name.is_empty() {
+                    Some("interface name is empty".to_string())
+                } else if name.len() > MAX_INTERFACE_NAME {
+                    Some(format!(
+                        "interface name \"{name}\" is longer than {MAX_INTERFACE_NAME} bytes"
+                    ))
+                } else if name.contains(|c: char| c == '/' || c.is_whitespace()) {
+                    Some(format!(
+                        "interface name \"{name}\" contains a slash or white space"
+                    ))
+                } else {
+                    first_seen(&mut names, name.to_string(), n.pos).map(|first| {
+                        format!(
+                            "interface \"{name}\" is listed twice (first on line {})",
+                            first.line
+                        )
+                    })
+                };
+                match problem {
+                    Some(message) => {
+                        self.error(n.pos, message, None);
+                        None
+                    }
+                    None => Some(name.to_string()),
+                }
+            });
+            let xdp_mode = fields
+                .get("xdp_mode")
+                .map(|n| self.choice(n, "xdp_mode", XDP_MODES));
+            if let (Some(name), Some(xdp_mode)) = (name, xdp_mode.unwrap_or(Some(XdpMode::Auto))) {
+                interfaces.push(Interface { name, xdp_mode });
+            }
+        }
+        interfaces
+    }
+
+    /// Checks a mapping's keys: unknown ones (with a guess at the intended one) and repeats.
+    fn fields<'n>(&mut self, node: &'n Node, what: String, known: &[&str]) -> Option<Fields<'n>> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.pos,
+                format!("expected a mapping for {what}, found {}", node.kind()),
+                None,
+            );
+            return None;
+        };
+        let mut fields = Fields {
+            pos: node.pos,
+            what,
+            entries: Vec::new(),
+        };
+        for entry in entries {
+            let key_pos = entry.key.pos;
+            let Some(key) = entry.key.scalar() else {
+                self.error(
+                    key_pos,
+                    format!(
+                        "a key in {} is {}, not a name",
+                        fields.what,
+                        entry.key.kind()
+                    ),
+                    None,
+                );
+                continue;
+            };
+            if !known.contains(&key) {
+                let known_list = format!("known keys: {}", known.join(", "));
+                let hint = match nearest(key, known) {
+                    Some(guess) => format!("did you mean \"{guess}\"? {known_list}"),
+                    None => known_list,
+                };
+                self.error(
+                    key_pos,
+                    format!("unknown key \"{key}\" in {}", fields.what),
+                    Some(hint),
+                );
+            } else if let Some((_, first, _)) = fields.entries.iter().find(|(k, ..)| *k == key) {
+                let message = format!(
+                    "key \"{key}\" is given twice in {} (first on line {})",
+                    fields.what, first.line
+                );
+                self.error(key_pos, message, None);
+            } else {
+                fields.entries.push((key, key_pos, &entry.value));
+            }
+        }
+        Some(fields)
+    }
+
+    fn required<'n>(&mut self, fields: &Fields<'n>, key: &str) -> Option<&'n Node> {
+        let node = fields.get(key);
+        if node.is_none() {
+            self.error(
+                fields.pos,
+                format!("{} is missing required key \"{key}\"", fields.what),
+                None,
+            );
+        }
+        node
+    }
+
+    /// A sequence; an empty value counts as an empty one.
+    fn list<'n>(&mut self, node: &'n Node, key: &str) -> Option<&'n [Node]> {
+        match &node.value {
+            Value::Seq(items) => Some(items),
+            _ if node.is_null() => Some(&[]),
+            value => {
+                let hint = match value {
+                    Value::Scalar { text, .. } => Some(format!("write a list: `{key}: [{text}]`")),
+                    _ => None,
+                };
+                self.error(
+                    node.pos,
+                    format!("expected a list for {key}, found {}", node.kind()),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+        match node.scalar() {
+            Some(text) if !node.is_null() => Some(text),
+            _ => {
+                self.error(
+                    node.pos,
+                    format!("expected {what}, found {}", node.kind()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, node: &Node, what: &str) -> Option<i128> {
+        let number = self.string(node, what)?;
+        let parsed = number.parse().ok();
+        if parsed.is_none() {
+            self.error(
+                node.pos,
+                format!("expected {what}, found \"{number}\""),
+                Some("write a whole number".to_string()),
+            );
+        }
+        parsed
+    }
+
+    fn choice<T: Copy>(&mut self, node: &Node, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        let allowed = format!("allowed values: {}", names.join(", "));
+        let Some(text) = node.scalar().filter(|_| !node.is_null()) else {
+            self.error(
+                node.pos,
+                format!("expected a value for {key}, found {}", node.kind()),
+                Some(allowed),
+            );
+            return None;
+        };
+        if let Some((_, value)) = options.iter().find(|(name, _)| *name == text) {
+            return Some(*value);
+        }
+        let hint = match nearest(text, &names) {
+            Some(guess) => format!("did you mean \"{guess}\"? {allowed}"),
+            None => allowed,
+        };
+        self.error(
+            node.pos,
+            format!("unknown value \"{text}\" for {key}"),
+            Some(hint),
+        );
+        None
+    }
+
+    fn prefix(&mut self, node: &Node, what: &str, hint: &str) -> Option<IpNet> {
+        let text = self.string(node, &format!("a {what}"))?;
+        let (message, hint) = match parse_prefix(text) {
+            Ok(prefix) => return Some(prefix),
+            Err(PrefixError::NotAddress) => (
+                format!("{what} \"{text}\" is not an IP address or prefix"),
+                hint.to_string(),
+            ),
+            Err(PrefixError::Length { max }) => (
+                format!("{what} \"{text}\" has an invalid length"),
+                format!(
+                    "an IPv{} prefix length is 0 to {max}",
+                    if max == 32 { 4 } else { 6 }
+                ),
+            ),
+            Err(PrefixError::HostBits(network)) => (
+                format!("{what} {text} has host bits set"),
+                format!("did you mean {network}?"),
+            ),
+        };
+        self.error(node.pos, message, Some(hint));
+        None
+    }
+}
+
+/// Records where `key` was first seen; returns that place if it was seen before.
+fn first_seen<K: Hash + Eq>(seen: &mut HashMap<K, Pos>, key: K, pos: Pos) -> Option<Pos> {
+    match seen.entry(key) {
+        Slot::Occupied(first) => Some(*first.get()),
+        Slot::Vacant(slot) => {
+            slot.insert(pos);
+            None
+        }
+    }
+}
+
+/// `group "residential"` when the item has a usable name, else `group #2` (1-based).
+fn label(node: &Node, kind: &str, index: usize) -> String {
+    let name = match &node.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|e| e.key.scalar() == Some("name"))
+            .and_then(|e| {
+                e.value
+                    .scalar()
+                    .filter(|n| !n.is_empty() && !e.value.is_null())
+            }),
+        _ => None,
+    };
+    match name {
+        Some(name) => format!("{kind} \"{name}\""),
+        None => format!("{kind} #{}", index + 1),
+    }
+}
+
+/// The candidate `word` is most likely a misspelling of, if any is close enough.
+fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|&c| (distance(&word, c), c))
+        .filter(|&(d, c)| {
+            let common = word
+                .chars()
+                .zip(c.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
+            d <= (c.len() / 3).max(1) || (common >= 4 && 2 * common >= c.len())
+        })
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Edit distance counting a swap of neighbours as one edit, the commonest typo.
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}

@@ -1,0 +1,199 @@
+//! The contract between the XDP program and userspace: map names, the `#[repr(C)]` keys
+//! and values stored in them, the verdict reasons and the counter layout.
+//!
+//! Everything the kernel program reads is precomputed by the agent into these types, so
+//! the program and the reference model read the same plain data.
+#![no_std]
+
+/// Name of the single-entry array holding [`Config`].
+pub const MAP_CONFIG: &str = "FILTER_CONFIG";
+/// LPM trie: IPv4 source prefix (network-order bytes) -> [`SourceRule`].
+pub const MAP_SOURCES_V4: &str = "SOURCES_V4";
+/// LPM trie: IPv6 source prefix (network-order bytes) -> [`SourceRule`].
+pub const MAP_SOURCES_V6: &str = "SOURCES_V6";
+/// LPM trie: IPv4 relay prefix -> `u8` (presence is what matters).
+pub const MAP_RELAYS_V4: &str = "RELAYS_V4";
+/// LPM trie: IPv6 relay prefix -> `u8`.
+pub const MAP_RELAYS_V6: &str = "RELAYS_V6";
+/// Per-CPU array of [`Counter`], indexed by [`reason_counter_index`].
+pub const MAP_REASON_STATS: &str = "REASON_STATS";
+/// Per-CPU array of [`Counter`], indexed by [`group_counter_index`].
+pub const MAP_GROUP_STATS: &str = "GROUP_STATS";
+
+/// The XDP entry point that filters.
+pub const PROGRAM_FILTER: &str = "smtp_filter";
+/// An XDP program that only returns `XDP_PASS`: the benchmark baseline.
+pub const PROGRAM_PASS_BASELINE: &str = "pass_baseline";
+
+/// Groups are numbered 1..=MAX_GROUPS in policy order; 0 means "no group".
+pub const MAX_GROUPS: u32 = 1023;
+/// Default capacity of the prefix tries when the loader does not size them.
+pub const DEFAULT_PREFIX_CAPACITY: u32 = 1024;
+
+/// Number of 64-bit words in the destination-port bitmap (one bit per port).
+pub const PORT_WORDS: usize = 65536 / 64;
+
+/// `Config::flags`: count would-be drops as `monitored` and drop nothing.
+pub const FLAG_MONITOR: u32 = 1;
+
+/// Everything scalar the program needs, in one array slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub flags: u32,
+    /// One of the `ACTION_*` constants.
+    pub action: u32,
+    /// Bit `p % 64` of word `p / 64` is set when TCP destination port `p` is filtered.
+    pub ports: [u64; PORT_WORDS],
+}
+
+pub const ACTION_DROP: u32 = 0;
+
+impl Config {
+    pub const fn empty() -> Self {
+        Config {
+            flags: 0,
+            action: ACTION_DROP,
+            ports: [0; PORT_WORDS],
+        }
+    }
+
+    #[inline(always)]
+    pub fn port_filtered(&self, port: u16) -> bool {
+        let word = (port >> 6) as usize;
+        // The index is always < PORT_WORDS; `get` keeps the verifier and the compiler agreeing.
+        match self.ports.get(word) {
+            Some(bits) => bits & (1u64 << (port & 63)) != 0,
+            None => false,
+        }
+    }
+
+    pub fn set_port(&mut self, port: u16) {
+        self.ports[(port >> 6) as usize] |= 1u64 << (port & 63);
+    }
+
+    pub fn monitor(&self) -> bool {
+        self.flags & FLAG_MONITOR != 0
+    }
+}
+
+/// `SourceRule::smtp`: the group blocks port-25 traffic.
+pub const SMTP_BLOCK: u32 = 1;
+/// `SourceRule::smtp`: the group may send.
+pub const SMTP_ALLOW: u32 = 2;
+
+/// The value of a source-prefix entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRule {
+    /// 1-based group number (see [`MAX_GROUPS`]).
+    pub group: u32,
+    /// [`SMTP_BLOCK`] or [`SMTP_ALLOW`].
+    pub smtp: u32,
+}
+
+/// Packet and byte totals of one counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a frame got its verdict. The discriminant is the counter index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    NotIp = 0,
+    NotTcp = 1,
+    Fragment = 2,
+    Port = 3,
+    Unmanaged = 4,
+    Exempt = 5,
+    Relay = 6,
+    Blocked = 7,
+    Monitored = 8,
+    Malformed = 9,
+}
+
+pub const REASON_COUNT: u32 = 10;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::NotIp,
+        Reason::NotTcp,
+        Reason::Fragment,
+        Reason::Port,
+        Reason::Unmanaged,
+        Reason::Exempt,
+        Reason::Relay,
+        Reason::Blocked,
+        Reason::Monitored,
+        Reason::Malformed,
+    ];
+
+    /// The name used in output, policies and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NotIp => "not-ip",
+            Reason::NotTcp => "not-tcp",
+            Reason::Fragment => "fragment",
+            Reason::Port => "port",
+            Reason::Unmanaged => "unmanaged",
+            Reason::Exempt => "exempt",
+            Reason::Relay => "relay",
+            Reason::Blocked => "blocked",
+            Reason::Monitored => "monitored",
+            Reason::Malformed => "malformed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// Address family of a frame, as far as it was parsed.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// Not IP, or malformed before the IP header was found.
+    Other = 0,
+    Ipv4 = 1,
+    Ipv6 = 2,
+}
+
+pub const FAMILY_COUNT: u32 = 3;
+
+impl Family {
+    pub const ALL: [Family; FAMILY_COUNT as usize] = [Family::Other, Family::Ipv4, Family::Ipv6];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Other => "other",
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+pub const REASON_STATS_ENTRIES: u32 = FAMILY_COUNT * REASON_COUNT;
+pub const GROUP_STATS_ENTRIES: u32 = (MAX_GROUPS + 1) * REASON_COUNT;
+
+#[inline(always)]
+pub const fn reason_counter_index(family: Family, reason: Reason) -> u32 {
+    family as u32 * REASON_COUNT + reason as u32
+}
+
+#[inline(always)]
+pub const fn group_counter_index(group: u32, reason: Reason) -> u32 {
+    group * REASON_COUNT + reason as u32
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data without padding or pointers.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SourceRule {}
+    unsafe impl aya::Pod for super::Counter {}
+}

@@ -1,0 +1,64 @@
+//! Every map the program uses, declared in one place; names come from filter-common.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray},
+};
+use filter_common::{
+    Config, Counter, DEFAULT_PREFIX_CAPACITY, GROUP_STATS_ENTRIES, REASON_STATS_ENTRIES,
+    SourceRule, group_counter_index, reason_counter_index,
+};
+
+use crate::decide::Decision;
+
+#[map(name = "FILTER_CONFIG")]
+pub static FILTER_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+// The agent resizes the tries to the policy before loading.
+#[map(name = "SOURCES_V4")]
+pub static SOURCES_V4: LpmTrie<[u8; 4], SourceRule> =
+    LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+
+#[map(name = "SOURCES_V6")]
+pub static SOURCES_V6: LpmTrie<[u8; 16], SourceRule> =
+    LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+
+#[map(name = "RELAYS_V4")]
+pub static RELAYS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+
+#[map(name = "RELAYS_V6")]
+pub static RELAYS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+
+#[map(name = "REASON_STATS")]
+static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_ENTRIES, 0);
+
+#[map(name = "GROUP_STATS")]
+static GROUP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(GROUP_STATS_ENTRIES, 0);
+
+/// Counts one frame: always under (family, reason), and under its group when one matched.
+#[inline(always)]
+pub fn count(decision: &Decision, bytes: u64) {
+    bump(
+        &REASON_STATS,
+        reason_counter_index(decision.family, decision.reason),
+        bytes,
+    );
+    if decision.group != 0 {
+        bump(
+            &GROUP_STATS,
+            group_counter_index(decision.group, decision.reason),
+            bytes,
+        );
+    }
+}
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+    if let Some(counter) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Project chores: `cargo xtask setup | test | demo | bench`.
+//! xtask must build without the eBPF toolchain, because `setup` installs it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): nightly rust-src,
+    /// bpf-linker 0.13 built against nightly's LLVM, Debian packages.
+    Setup,
+    /// Set up, then run every test (kernel tests need root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and replay the example corpus through the real XDP program.
+    Demo,
+    /// Set up, then measure ns per frame in the kernel against a pass-only baseline.
+    Bench {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const DEBIAN_PACKAGES: &[&str] = &["iproute2"];
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Test { args } => {
+            setup()?;
+            require_root("the kernel tests load XDP programs")?;
+            let mut cmd = Command::new("cargo");
+            cmd.args(["test", "--workspace"]).args(args);
+            run(&mut cmd)
+        }
+        Task::Demo => {
+            setup()?;
+            require_root("the demo loads the XDP program")?;
+            run(Command::new("cargo").args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "filter-agent",
+                "--",
+                "replay",
+                "--policy",
+                "tests/corpus/policy.yaml",
+                "--expect",
+                "tests/corpus/corpus.expect",
+                "tests/corpus/corpus.pcap",
+            ]))
+        }
+        Task::Bench { json } => {
+            setup()?;
+            require_root("the benchmark loads XDP programs")?;
+            let mut cmd = Command::new("cargo");
+            cmd.args([
+                "bench",
+                "--quiet",
+                "-p",
+                "filter-agent",
+                "--bench",
+                "xdp",
+                "--",
+            ]);
+            if json {
+                cmd.arg("--json");
+            }
+            run(&mut cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn setup() -> Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_debian_packages()
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("rustup is needed (with a nightly toolchain) to build the eBPF crate")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker 0.13 writes BTF the kernel accepts (0.10 does not); it links against the
+/// nightly toolchain's own libLLVM, found through a prefix folder holding a symlink.
+fn ensure_bpf_linker() -> Result<()> {
+    if let Ok(version) = output(Command::new("bpf-linker").arg("--version"))
+        && version.contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    let sysroot =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") || n.starts_with("libLLVM-"))
+        })
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let prefix = workspace_root().join("target/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+    eprintln!(
+        "setup: installing bpf-linker {BPF_LINKER_VERSION} against {}",
+        libllvm.display()
+    );
+    run(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn ensure_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    require_root("installing Debian packages")?;
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q"])
+        .args(&missing))
+}
+
+fn require_root(why: &str) -> Result<()> {
+    let uid = output(Command::new("id").arg("-u"))?;
+    if uid.trim() != "0" {
+        bail!("{why}: run as root (e.g. sudo -E cargo xtask ...)");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
