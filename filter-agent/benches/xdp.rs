@@ -105,7 +105,9 @@ fn policy(size: usize) -> MapImage {
     image.insert_source("100.64.0.0/10".parse().unwrap(), block);
     image.insert_source("100.64.200.0/24".parse().unwrap(), allow);
     image.insert_source("2001:db8:1000::/36".parse().unwrap(), block);
-    image.insert_relay("203.0.113.25/32".parse().unwrap());
+    image
+        .set_relays(&["203.0.113.25/32".parse().unwrap()])
+        .unwrap();
     let mut rng = fastrand::Rng::with_seed(25);
     while image.source_count() < size {
         let rule = if rng.u8(..10) == 0 { allow } else { block };
@@ -162,15 +164,22 @@ fn target(case: &Case, prefixes: usize) -> Option<f64> {
 
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
+    // --quick: one small policy, three rounds; for trying out a change, not for reporting.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (sizes, rounds) = if quick {
+        (&POLICY_SIZES[..1], 3)
+    } else {
+        (&POLICY_SIZES[..], ROUNDS)
+    };
     let cases = cases();
-    let dataplanes: Vec<(usize, Dataplane)> = POLICY_SIZES
+    let dataplanes: Vec<(usize, Dataplane)> = sizes
         .iter()
         .map(|&size| Ok((size, Dataplane::load_with(&policy(size))?)))
         .collect::<Result<_>>()?;
     // samples[policy][case] = (filter ns, baseline ns) per round, interleaved so drift
     // in machine load hits both alike.
     let mut samples = vec![vec![(Vec::new(), Vec::new()); cases.len()]; dataplanes.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (p, (_, dataplane)) in dataplanes.iter().enumerate() {
             for (c, case) in cases.iter().enumerate() {
                 let (_, base) = dataplane.test_run_baseline(&case.frame, REPEAT)?;
@@ -202,7 +211,7 @@ fn main() -> Result<()> {
         let report = Report {
             baseline: "pass_baseline (XDP program that only returns XDP_PASS)",
             repeat: REPEAT,
-            rounds: ROUNDS,
+            rounds,
             statistic: "median over rounds; ratio is the median of per-round ratios",
             results,
         };
@@ -224,6 +233,6 @@ fn main() -> Result<()> {
             m.case, m.prefixes, m.ns_per_frame, m.baseline_ns_per_frame, m.ratio_to_baseline
         );
     }
-    println!("\nmedian of {ROUNDS} interleaved rounds, {REPEAT} runs each, measured by the kernel");
+    println!("\nmedian of {rounds} interleaved rounds, {REPEAT} runs each, measured by the kernel");
     Ok(())
 }

@@ -4,8 +4,8 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use filter_common::{Config, Family, Reason, SMTP_ALLOW, SourceRule};
 
 use crate::{
-    maps::{FILTER_CONFIG, RELAYS_V4, RELAYS_V6, SOURCES_V4, SOURCES_V6},
-    parse::{Cursor, IPPROTO_TCP, Stop, parse},
+    maps::{FILTER_CONFIG, SOURCES_V4, SOURCES_V6},
+    parse::{Cursor, IPPROTO_TCP, Ipv4Header, Ipv6Header, Stop, parse},
 };
 
 pub struct Decision {
@@ -43,7 +43,7 @@ pub fn judge(ctx: &XdpContext) -> Decision {
     if packet.non_first_fragment {
         return Decision::pass(family, Reason::Fragment);
     }
-    let Some(dport) = cur.be16(packet.l4 + 2) else {
+    let Some(dport) = cur.tcp_destination_port(packet.l4) else {
         return malformed(&cur, family, Some(packet.l3));
     };
     let Some(config) = FILTER_CONFIG.get(0) else {
@@ -58,7 +58,7 @@ pub fn judge(ctx: &XdpContext) -> Decision {
     // Anything not explicitly `allow` is treated as `block`: fail closed.
     let reason = if rule.smtp == SMTP_ALLOW {
         Reason::Exempt
-    } else if is_relay(&cur, family, packet.l3) {
+    } else if is_relay(config, &cur, family, packet.l3) {
         Reason::Relay
     } else {
         return enforce(config, family, rule.group, Reason::Blocked);
@@ -108,28 +108,44 @@ fn malformed(cur: &Cursor, family: Family, l3: Option<usize>) -> Decision {
 
 #[inline(always)]
 fn source_rule(cur: &Cursor, family: Family, l3: usize) -> Option<SourceRule> {
+    // A malformed header may be shorter than its fixed part: read only the address.
     match family {
         Family::Ipv4 => {
-            let addr = cur.bytes::<4>(l3 + 12)?;
-            SOURCES_V4.get(Key::new(32, addr)).copied()
+            let source = cur.header::<[u16; 2]>(l3 + 12)?;
+            SOURCES_V4.get(Key::new(32, v4_bytes(*source))).copied()
         }
         Family::Ipv6 => {
-            let addr = cur.bytes::<16>(l3 + 8)?;
-            SOURCES_V6.get(Key::new(128, addr)).copied()
+            let source = cur.header::<[u16; 8]>(l3 + 8)?;
+            SOURCES_V6.get(Key::new(128, v6_bytes(*source))).copied()
         }
         Family::Other => None,
     }
 }
 
 #[inline(always)]
-fn is_relay(cur: &Cursor, family: Family, l3: usize) -> bool {
+fn is_relay(config: &Config, cur: &Cursor, family: Family, l3: usize) -> bool {
     match family {
         Family::Ipv4 => cur
-            .bytes::<4>(l3 + 16)
-            .is_some_and(|addr| RELAYS_V4.get(Key::new(32, addr)).is_some()),
-        Family::Ipv6 => cur
-            .bytes::<16>(l3 + 24)
-            .is_some_and(|addr| RELAYS_V6.get(Key::new(128, addr)).is_some()),
+            .header::<Ipv4Header>(l3)
+            .is_some_and(|ip| config.is_relay_v4(u32::from_ne_bytes(v4_bytes(ip.destination)))),
+        Family::Ipv6 => cur.header::<Ipv6Header>(l3).is_some_and(|ip| {
+            // SAFETY: same size, plain integers; matching is on the bytes as read.
+            let words: [u64; 2] = unsafe { core::mem::transmute(ip.destination) };
+            config.is_relay_v6(words)
+        }),
         Family::Other => false,
     }
+}
+
+/// Addresses are read as 16-bit words; the tries are keyed by the same bytes.
+#[inline(always)]
+fn v4_bytes(words: [u16; 2]) -> [u8; 4] {
+    // SAFETY: same size, both plain integers; the byte order is kept as read.
+    unsafe { core::mem::transmute(words) }
+}
+
+#[inline(always)]
+fn v6_bytes(words: [u16; 8]) -> [u8; 16] {
+    // SAFETY: as above.
+    unsafe { core::mem::transmute(words) }
 }

@@ -23,12 +23,6 @@ pub static SOURCES_V4: LpmTrie<[u8; 4], SourceRule> =
 pub static SOURCES_V6: LpmTrie<[u8; 16], SourceRule> =
     LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
 
-#[map(name = "RELAYS_V4")]
-pub static RELAYS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
-
-#[map(name = "RELAYS_V6")]
-pub static RELAYS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
-
 #[map(name = "REASON_STATS")]
 static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_ENTRIES, 0);
 

@@ -44,6 +44,69 @@ pub struct Cursor<'a> {
     ctx: &'a XdpContext,
 }
 
+// Header layouts. Multi-byte fields are network order; all are 2-byte aligned, which the
+// packet is (XDP data starts aligned, and every header length is even), so a field read is
+// one load, not a byte-by-byte copy.
+#[repr(C)]
+struct EthernetHeader {
+    destination: [u8; 6],
+    source: [u8; 6],
+    ethertype: u16,
+}
+
+#[repr(C)]
+struct VlanTag {
+    tci: u16,
+    ethertype: u16,
+}
+
+#[repr(C)]
+struct PppoeSession {
+    version_type: u8,
+    code: u8,
+    session: u16,
+    length: u16,
+    protocol: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_length: u16,
+    id: u16,
+    fragment: u16,
+    ttl: u8,
+    protocol: u8,
+    checksum: u16,
+    pub source: [u16; 2],
+    pub destination: [u16; 2],
+}
+
+#[repr(C)]
+pub struct Ipv6Header {
+    version_class_flow: [u16; 2],
+    payload_length: u16,
+    next_header: u8,
+    hop_limit: u8,
+    pub source: [u16; 8],
+    pub destination: [u16; 8],
+}
+
+#[repr(C)]
+struct ExtensionHeader {
+    next_header: u8,
+    length: u8,
+    /// The fragment header's offset and flags; other headers' first option bytes.
+    fragment: u16,
+}
+
+#[repr(C)]
+struct TcpPorts {
+    source: u16,
+    destination: u16,
+}
+
 impl<'a> Cursor<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a XdpContext) -> Self {
@@ -52,37 +115,26 @@ impl<'a> Cursor<'a> {
 
     /// True when `len` bytes starting at `offset` lie inside the frame.
     #[inline(always)]
-    pub fn has(&self, offset: usize, len: usize) -> bool {
+    fn has(&self, offset: usize, len: usize) -> bool {
         offset <= MAX_OFFSET && self.ctx.data() + offset + len <= self.ctx.data_end()
     }
 
+    /// The header of type `T` at `offset`, if all of it is inside the frame.
     #[inline(always)]
-    fn ptr<T>(&self, offset: usize) -> Option<*const T> {
-        let start = self.ctx.data();
-        if offset > MAX_OFFSET || start + offset + core::mem::size_of::<T>() > self.ctx.data_end() {
+    pub fn header<T>(&self, offset: usize) -> Option<&T> {
+        if !self.has(offset, core::mem::size_of::<T>()) {
             return None;
         }
-        Some((start + offset) as *const T)
+        // SAFETY: the whole header lies inside the packet, which outlives `self`; headers
+        // are plain bytes with 2-byte alignment (see above).
+        Some(unsafe { &*((self.ctx.data() + offset) as *const T) })
     }
 
+    /// The TCP destination port of a segment starting at `l4`.
     #[inline(always)]
-    pub fn u8(&self, offset: usize) -> Option<u8> {
-        // SAFETY: `ptr` checked that the byte is inside the packet.
-        self.ptr::<u8>(offset).map(|p| unsafe { *p })
-    }
-
-    #[inline(always)]
-    pub fn be16(&self, offset: usize) -> Option<u16> {
-        // SAFETY: bounds checked by `ptr`; the read is unaligned-safe.
-        self.ptr::<[u8; 2]>(offset)
-            .map(|p| u16::from_be_bytes(unsafe { p.read_unaligned() }))
-    }
-
-    #[inline(always)]
-    pub fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        // SAFETY: bounds checked by `ptr`.
-        self.ptr::<[u8; N]>(offset)
-            .map(|p| unsafe { p.read_unaligned() })
+    pub fn tcp_destination_port(&self, l4: usize) -> Option<u16> {
+        self.header::<TcpPorts>(l4)
+            .map(|ports| u16::from_be(ports.destination))
     }
 }
 
@@ -97,23 +149,28 @@ pub fn parse(cur: &Cursor) -> Result<Packet, Stop> {
         family: Family::Other,
         l3: None,
     };
-    let mut ethertype = cur.be16(ETH_HLEN - 2).ok_or(LINK_MALFORMED)?;
+    let ethernet = cur.header::<EthernetHeader>(0).ok_or(LINK_MALFORMED)?;
+    let mut ethertype = u16::from_be(ethernet.ethertype);
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan_tpid(ethertype) {
             break;
         }
-        ethertype = cur.be16(offset + 2).ok_or(LINK_MALFORMED)?;
+        let tag = cur.header::<VlanTag>(offset).ok_or(LINK_MALFORMED)?;
+        ethertype = u16::from_be(tag.ethertype);
         offset += 4;
     }
     match ethertype {
         ETH_P_IPV4 => ipv4(cur, offset),
         ETH_P_IPV6 => ipv6(cur, offset),
-        ETH_P_PPPOE_SESSION => match cur.be16(offset + 6).ok_or(LINK_MALFORMED)? {
-            PPP_IPV4 => ipv4(cur, offset + 8),
-            PPP_IPV6 => ipv6(cur, offset + 8),
-            _ => Err(Stop::NotIp),
-        },
+        ETH_P_PPPOE_SESSION => {
+            let pppoe = cur.header::<PppoeSession>(offset).ok_or(LINK_MALFORMED)?;
+            match u16::from_be(pppoe.protocol) {
+                PPP_IPV4 => ipv4(cur, offset + 8),
+                PPP_IPV6 => ipv6(cur, offset + 8),
+                _ => Err(Stop::NotIp),
+            }
+        }
         _ => Err(Stop::NotIp),
     }
 }
@@ -124,20 +181,16 @@ fn ipv4(cur: &Cursor, l3: usize) -> Result<Packet, Stop> {
         family: Family::Ipv4,
         l3: Some(l3),
     };
-    if !cur.has(l3, 20) {
+    let ip = cur.header::<Ipv4Header>(l3).ok_or(malformed)?;
+    let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if ip.version_ihl >> 4 != 4 || header_len < 20 || !cur.has(l3, header_len) {
         return Err(malformed);
     }
-    let version_ihl = cur.u8(l3).ok_or(malformed)?;
-    let header_len = ((version_ihl & 0x0f) as usize) * 4;
-    if version_ihl >> 4 != 4 || header_len < 20 || !cur.has(l3, header_len) {
-        return Err(malformed);
-    }
-    let fragment_offset = cur.be16(l3 + 6).ok_or(malformed)? & 0x1fff;
     Ok(Packet {
         family: Family::Ipv4,
         l3,
-        protocol: cur.u8(l3 + 9).ok_or(malformed)?,
-        non_first_fragment: fragment_offset != 0,
+        protocol: ip.protocol,
+        non_first_fragment: u16::from_be(ip.fragment) & 0x1fff != 0,
         l4: l3 + header_len,
     })
 }
@@ -153,51 +206,48 @@ fn ipv6(cur: &Cursor, l3: usize) -> Result<Packet, Stop> {
         family: Family::Ipv6,
         l3: Some(l3),
     };
-    if !cur.has(l3, 40) {
+    let ip = cur.header::<Ipv6Header>(l3).ok_or(malformed)?;
+    if (u16::from_be(ip.version_class_flow[0]) >> 12) != 6 {
         return Err(malformed);
     }
-    if cur.u8(l3).ok_or(malformed)? >> 4 != 6 {
-        return Err(malformed);
-    }
-    let mut next_header = cur.u8(l3 + 6).ok_or(malformed)?;
+    let mut next_header = ip.next_header;
     let mut offset = l3 + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let len = match next_header {
-            44 => {
-                let Some(fragment) = cur.bytes::<4>(offset) else {
-                    return Err(malformed);
-                };
-                if !cur.has(offset, 8) {
-                    return Err(malformed);
-                }
-                if u16::from_be_bytes([fragment[2], fragment[3]]) >> 3 != 0 {
-                    return Ok(Packet {
-                        family: Family::Ipv6,
-                        l3,
-                        protocol: fragment[0],
-                        non_first_fragment: true,
-                        l4: offset + 8,
-                    });
-                }
-                8
+        if !is_ipv6_extension(next_header) {
+            break;
+        }
+        // Every extension header starts with next-header and length bytes; the fragment
+        // header's offset follows them.
+        let len = if next_header == 44 {
+            let fragment = cur.header::<ExtensionHeader>(offset).ok_or(malformed)?;
+            if !cur.has(offset, 8) {
+                return Err(malformed);
             }
-            51 | 0 | 43 | 60 => {
-                let Some(head) = cur.bytes::<2>(offset) else {
-                    return Err(malformed);
-                };
-                let len = if next_header == 51 {
-                    (head[1] as usize + 2) * 4
-                } else {
-                    (head[1] as usize + 1) * 8
-                };
-                if !cur.has(offset, len) {
-                    return Err(malformed);
-                }
-                len
+            if u16::from_be(fragment.fragment) >> 3 != 0 {
+                return Ok(Packet {
+                    family: Family::Ipv6,
+                    l3,
+                    protocol: fragment.next_header,
+                    non_first_fragment: true,
+                    l4: offset + 8,
+                });
             }
-            _ => break,
+            8
+        } else {
+            let Some(head) = cur.header::<[u8; 2]>(offset) else {
+                return Err(malformed);
+            };
+            let len = if next_header == 51 {
+                (head[1] as usize + 2) * 4
+            } else {
+                (head[1] as usize + 1) * 8
+            };
+            if !cur.has(offset, len) {
+                return Err(malformed);
+            }
+            len
         };
-        next_header = cur.u8(offset).ok_or(malformed)?;
+        next_header = cur.header::<[u8; 1]>(offset).ok_or(malformed)?[0];
         offset += len;
     }
     if is_ipv6_extension(next_header) {

@@ -11,9 +11,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use filter_common::{
-    Config, Counter, Family, MAP_CONFIG, MAP_GROUP_STATS, MAP_REASON_STATS, MAP_RELAYS_V4,
-    MAP_RELAYS_V6, MAP_SOURCES_V4, MAP_SOURCES_V6, PROGRAM_FILTER, PROGRAM_PASS_BASELINE,
-    REASON_COUNT, REASON_STATS_ENTRIES, Reason, SourceRule, reason_counter_index,
+    Config, Counter, Family, MAP_CONFIG, MAP_GROUP_STATS, MAP_REASON_STATS, MAP_SOURCES_V4,
+    MAP_SOURCES_V6, PROGRAM_FILTER, PROGRAM_PASS_BASELINE, REASON_COUNT, REASON_STATS_ENTRIES,
+    Reason, SourceRule, reason_counter_index,
 };
 
 use crate::image::MapImage;
@@ -33,8 +33,6 @@ pub const MIN_FRAME_LEN: usize = 14;
 pub struct Capacity {
     pub sources_v4: u32,
     pub sources_v6: u32,
-    pub relays_v4: u32,
-    pub relays_v6: u32,
 }
 
 impl Capacity {
@@ -44,8 +42,6 @@ impl Capacity {
         Capacity {
             sources_v4: size(image.sources_v4.len()),
             sources_v6: size(image.sources_v6.len()),
-            relays_v4: size(image.relays_v4.len()),
-            relays_v6: size(image.relays_v6.len()),
         }
     }
 }
@@ -68,8 +64,6 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_SOURCES_V4, capacity.sources_v4)
             .map_max_entries(MAP_SOURCES_V6, capacity.sources_v6)
-            .map_max_entries(MAP_RELAYS_V4, capacity.relays_v4)
-            .map_max_entries(MAP_RELAYS_V6, capacity.relays_v6)
             .load(OBJECT)
             .context("loading the XDP object into the kernel")
             .map_err(explain_permission)?;
@@ -115,26 +109,6 @@ impl Dataplane {
                     0,
                 )
                 .with_context(|| format!("inserting source prefix {prefix}"))?;
-        }
-        let mut relays_v4 = self.lpm::<[u8; 4], u8>(MAP_RELAYS_V4)?;
-        for prefix in &image.relays_v4 {
-            relays_v4
-                .insert(
-                    &Key::new(prefix.prefix_len().into(), prefix.addr().octets()),
-                    1,
-                    0,
-                )
-                .with_context(|| format!("inserting relay {prefix}"))?;
-        }
-        let mut relays_v6 = self.lpm::<[u8; 16], u8>(MAP_RELAYS_V6)?;
-        for prefix in &image.relays_v6 {
-            relays_v6
-                .insert(
-                    &Key::new(prefix.prefix_len().into(), prefix.addr().octets()),
-                    1,
-                    0,
-                )
-                .with_context(|| format!("inserting relay {prefix}"))?;
         }
         Ok(())
     }

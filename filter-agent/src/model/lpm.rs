@@ -34,8 +34,9 @@ pub fn lookup_source(image: &MapImage, addr: IpAddr) -> Option<(IpNet, SourceRul
 
 /// The longest relay prefix containing `addr`.
 pub fn lookup_relay(image: &MapImage, addr: IpAddr) -> Option<IpNet> {
-    prefixes(addr).find(|prefix| match prefix {
-        IpNet::V4(p) => image.relays_v4.contains(p),
-        IpNet::V6(p) => image.relays_v6.contains(p),
-    })
+    image
+        .relays()
+        .into_iter()
+        .filter(|relay| relay.contains(&addr))
+        .max_by_key(IpNet::prefix_len)
 }

@@ -49,8 +49,9 @@ fn image() -> MapImage {
     image.insert_source(net("10.1.0.0/16"), allow(EXEMPT_GROUP));
     image.insert_source(net("2001:db8::/32"), block(BLOCK_GROUP));
     image.insert_source(net("2001:db8:1::/48"), allow(EXEMPT_GROUP));
-    image.insert_relay(net("203.0.113.0/24"));
-    image.insert_relay(net("2001:db8:face::/48"));
+    image
+        .set_relays(&[net("203.0.113.0/24"), net("2001:db8:face::/48")])
+        .unwrap();
     image
 }
 
@@ -828,7 +829,9 @@ fn lpm_edges() {
 #[test]
 fn relay_prefix_longest_match() {
     let mut image = image();
-    image.insert_relay(net("203.0.113.128/25"));
+    let mut relays = image.relays();
+    relays.push(net("203.0.113.128/25"));
+    image.set_relays(&relays).unwrap();
     assert_eq!(
         lookup_relay(&image, relay4().into()),
         Some(net("203.0.113.0/24"))

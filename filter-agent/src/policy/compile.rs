@@ -31,9 +31,9 @@ impl Policy {
                 image.insert_source(prefix, rule);
             }
         }
-        for &relay in &self.relays {
-            image.insert_relay(relay);
-        }
+        image
+            .set_relays(&self.relays)
+            .expect("validation caps relays per family at MAX_RELAYS");
         image
     }
 }

@@ -646,19 +646,11 @@ fn example_policy_loads_and_compiles() {
     );
     assert_eq!(
         image
-            .relays_v4
+            .relays()
             .iter()
             .map(|p| p.to_string())
             .collect::<Vec<_>>(),
-        ["203.0.113.25/32"]
-    );
-    assert_eq!(
-        image
-            .relays_v6
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>(),
-        ["2001:db8:ffff::25/128"]
+        ["203.0.113.25/32", "2001:db8:ffff::25/128"]
     );
 }
 

@@ -1,6 +1,7 @@
 //! Walks the located YAML tree, builds the `Policy` and collects every problem on the way,
 //! so one run shows the operator all of them.
 
+use filter_common::MAX_RELAYS;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as Slot;
 use std::hash::Hash;
@@ -373,6 +374,23 @@ impl Checker<'_> {
                         first.line
                     ),
                     None,
+                );
+                continue;
+            }
+            let same_family = relays
+                .iter()
+                .filter(|r: &&IpNet| r.addr().is_ipv4() == relay.addr().is_ipv4());
+            if same_family.count() == MAX_RELAYS {
+                self.error(
+                    item.pos,
+                    format!(
+                        "more than {MAX_RELAYS} IPv{} relays",
+                        if relay.addr().is_ipv4() { 4 } else { 6 }
+                    ),
+                    Some(format!(
+                        "the filter scans at most {MAX_RELAYS} relay prefixes per address family; \
+                         cover several relays with one prefix"
+                    )),
                 );
                 continue;
             }
