@@ -84,16 +84,12 @@ fn policy(size: usize) -> MapImage {
     let mut config = Config::empty();
     config.set_port(25);
     let mut image = MapImage::new(config);
-    image.groups = vec![
-        GroupInfo {
-            name: "residential".into(),
-            smtp: Smtp::Block,
-        },
-        GroupInfo {
-            name: "business-ethernet".into(),
-            smtp: Smtp::Allow,
-        },
-    ];
+    let group = |name: &str, smtp| GroupInfo { name: name.into(), smtp };
+    image.groups = [
+        (1, group("residential", Smtp::Block)),
+        (2, group("business-ethernet", Smtp::Allow)),
+    ]
+    .into();
     let block = SourceRule {
         group: 1,
         smtp: SMTP_BLOCK,

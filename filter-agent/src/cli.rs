@@ -18,6 +18,28 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the agent: load and attach the filter to the policy's interfaces, then keep
+    /// it in step with the policy file (reload on SIGHUP or when the file changes).
+    /// Stopping the agent leaves the filter enforcing; `detach` removes it.
+    #[command(after_help = "Examples:
+  filter-agent run --policy /etc/filter-agent/policy.yaml
+  filter-agent run --policy policies/lab.yaml --pin-path /sys/fs/bpf/filter-agent-lab
+  kill -HUP $(pidof filter-agent)     # reload now
+
+Logging: RUST_LOG=debug for more detail; one event per line.")]
+    Run {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Where maps and links are pinned (bpffs is mounted there if needed).
+        #[arg(long, value_name = "DIR", default_value = crate::agent::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
+    /// Remove the filter from every interface and delete its pinned maps.
+    #[command(after_help = "Example:\n  filter-agent detach --pin-path /sys/fs/bpf/filter-agent")]
+    Detach {
+        #[arg(long, value_name = "DIR", default_value = crate::agent::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
     /// Validate a policy file and print its warnings; no root needed.
     #[command(after_help = "Example:\n  filter-agent check --policy policies/example.yaml")]
     Check {

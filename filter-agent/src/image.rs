@@ -31,7 +31,7 @@ impl Smtp {
     }
 }
 
-/// A group as userspace knows it; its id is its index in `MapImage::groups` plus one.
+/// A group as userspace knows it; `MapImage::groups` maps its id to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupInfo {
     pub name: String,
@@ -43,7 +43,8 @@ pub struct MapImage {
     pub config: Config,
     pub sources_v4: BTreeMap<Ipv4Net, SourceRule>,
     pub sources_v6: BTreeMap<Ipv6Net, SourceRule>,
-    pub groups: Vec<GroupInfo>,
+    /// Group id (1..=MAX_GROUPS, stable across reloads) -> group.
+    pub groups: BTreeMap<u32, GroupInfo>,
 }
 
 impl MapImage {
@@ -52,13 +53,13 @@ impl MapImage {
             config,
             sources_v4: BTreeMap::new(),
             sources_v6: BTreeMap::new(),
-            groups: Vec::new(),
+            groups: BTreeMap::new(),
         }
     }
 
     /// The group with this 1-based id.
     pub fn group(&self, id: u32) -> Option<&GroupInfo> {
-        self.groups.get((id as usize).checked_sub(1)?)
+        self.groups.get(&id)
     }
 
     pub fn insert_source(&mut self, prefix: IpNet, rule: SourceRule) {
@@ -125,6 +126,11 @@ impl MapImage {
                 IpNet::V6(Ipv6Net::with_netmask(network, mask).expect("relay masks are contiguous"))
             });
         v4.chain(v6).collect()
+    }
+
+    /// The highest group id in use (0 when there are no groups).
+    pub fn max_group_id(&self) -> u32 {
+        self.groups.keys().next_back().copied().unwrap_or(0)
     }
 
     pub fn source_count(&self) -> usize {

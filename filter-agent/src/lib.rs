@@ -1,5 +1,6 @@
 //! filter-agent: keeps an XDP port-25 filter in the kernel in sync with a YAML policy.
 
+pub mod agent;
 pub mod capture;
 pub mod cli;
 pub mod dataplane;

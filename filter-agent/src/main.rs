@@ -3,7 +3,7 @@ use std::{io, process::ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use filter_agent::{
-    capture,
+    agent, capture,
     cli::{Cli, Command, Format},
     explain, policy, replay,
 };
@@ -35,6 +35,15 @@ fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Run { policy, pin_path } => {
+            agent::init_logging();
+            agent::run(agent::RunOptions { policy, pin_path })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { pin_path } => {
+            agent::detach(&pin_path)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { policy } => {
             let loaded = load_policy(&policy)?;
             println!(

@@ -33,7 +33,7 @@ fn seed() -> u64 {
 /// Runs every frame through kernel and model; returns the disagreements.
 fn compare(image: &MapImage, frames: &[Vec<u8>]) -> Vec<String> {
     let dataplane = Dataplane::load_with(image).expect("load the XDP program (root?)");
-    let mut expected_groups = vec![0u64; (image.groups.len() + 1) * REASON_COUNT as usize];
+    let mut expected_groups = vec![0u64; (image.max_group_id() + 1) as usize * REASON_COUNT as usize];
     let mut problems = Vec::new();
     for (i, frame) in frames.iter().enumerate() {
         let kernel = dataplane.judge(frame).unwrap();
@@ -59,7 +59,7 @@ fn compare(image: &MapImage, frames: &[Vec<u8>]) -> Vec<String> {
         }
     }
     let kernel_groups: Vec<u64> = dataplane
-        .group_counters(image.groups.len() as u32)
+        .group_counters(image.max_group_id())
         .unwrap()
         .iter()
         .map(|c| c.packets)

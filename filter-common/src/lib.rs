@@ -5,8 +5,14 @@
 //! the program and the reference model read the same plain data.
 #![no_std]
 
-/// Name of the single-entry array holding [`Config`].
+/// Name of the two-slot array holding [`Config`]: the agent writes the idle slot, then
+/// flips [`MAP_CONFIG_SLOT`], so a config change is seen whole or not at all.
 pub const MAP_CONFIG: &str = "FILTER_CONFIG";
+/// Single-entry array: the index (0 or 1) of the live slot of [`MAP_CONFIG`].
+pub const MAP_CONFIG_SLOT: &str = "CONFIG_SLOT";
+/// Array of [`GroupName`] by group id. Only the agent reads it: it keeps group ids (and
+/// so their counters) stable across reloads and restarts.
+pub const MAP_GROUP_NAMES: &str = "GROUP_NAMES";
 /// LPM trie: IPv4 source prefix (network-order bytes) -> [`SourceRule`].
 pub const MAP_SOURCES_V4: &str = "SOURCES_V4";
 /// LPM trie: IPv6 source prefix (network-order bytes) -> [`SourceRule`].
@@ -156,6 +162,17 @@ pub struct SourceRule {
     pub smtp: u32,
 }
 
+/// Longest group name, in bytes.
+pub const GROUP_NAME_MAX: usize = 60;
+
+/// A group's name; `len == 0` marks a free id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupName {
+    pub len: u32,
+    pub bytes: [u8; GROUP_NAME_MAX],
+}
+
 /// Packet and byte totals of one counter slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -260,6 +277,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SourceRule {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::GroupName {}
     unsafe impl aya::Pod for super::RelayV4 {}
     unsafe impl aya::Pod for super::RelayV6 {}
 }

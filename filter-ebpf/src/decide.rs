@@ -4,7 +4,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use filter_common::{Config, Family, Reason, SMTP_ALLOW, SourceRule};
 
 use crate::{
-    maps::{FILTER_CONFIG, SOURCES_V4, SOURCES_V6},
+    maps::{self, SOURCES_V4, SOURCES_V6},
     parse::{Cursor, IPPROTO_TCP, Ipv4Header, Ipv6Header, Stop, parse},
 };
 
@@ -46,7 +46,7 @@ pub fn judge(ctx: &XdpContext) -> Decision {
     let Some(dport) = cur.tcp_destination_port(packet.l4) else {
         return malformed(&cur, family, Some(packet.l3));
     };
-    let Some(config) = FILTER_CONFIG.get(0) else {
+    let Some(config) = maps::config() else {
         return Decision::pass(family, Reason::Port);
     };
     if !config.port_filtered(dport) {
@@ -94,7 +94,7 @@ fn malformed(cur: &Cursor, family: Family, l3: Option<usize>) -> Decision {
         return Decision::pass(family, Reason::Malformed);
     };
     if rule.smtp != SMTP_ALLOW
-        && let Some(config) = FILTER_CONFIG.get(0)
+        && let Some(config) = maps::config()
     {
         return enforce(config, family, rule.group, Reason::Malformed);
     }

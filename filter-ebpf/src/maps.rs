@@ -5,14 +5,30 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray},
 };
 use filter_common::{
-    Config, Counter, DEFAULT_PREFIX_CAPACITY, GROUP_STATS_ENTRIES, REASON_STATS_ENTRIES,
+    Config, Counter, DEFAULT_PREFIX_CAPACITY, GROUP_STATS_ENTRIES, GroupName, MAX_GROUPS,
+    REASON_STATS_ENTRIES,
     SourceRule, group_counter_index, reason_counter_index,
 };
 
 use crate::decide::Decision;
 
 #[map(name = "FILTER_CONFIG")]
-pub static FILTER_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static FILTER_CONFIG: Array<Config> = Array::with_max_entries(2, 0);
+
+#[map(name = "CONFIG_SLOT")]
+static CONFIG_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Userspace bookkeeping (group id -> name), declared here so it is created and pinned
+/// with the others.
+#[map(name = "GROUP_NAMES")]
+static GROUP_NAMES: Array<GroupName> = Array::with_max_entries(MAX_GROUPS + 1, 0);
+
+/// The live config slot.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let slot = *CONFIG_SLOT.get(0)? & 1;
+    FILTER_CONFIG.get(slot)
+}
 
 // The agent resizes the tries to the policy before loading.
 #[map(name = "SOURCES_V4")]

@@ -1,20 +1,27 @@
-//! The kernel side as userspace sees it: load the embedded XDP object with maps sized for
-//! a policy, write a `MapImage` into its maps, run frames through it with
-//! BPF_PROG_TEST_RUN and read its counters.
+//! The kernel side as userspace sees it: load the embedded XDP object (maps fresh, or
+//! pinned and adopted), bring its maps to a `MapImage` (see `sync`), attach it (see
+//! `pins`), run frames through it with BPF_PROG_TEST_RUN and read its counters.
 
-use std::time::Duration;
+mod pins;
+mod sync;
+
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, MapInfo, PerCpuArray, PerCpuValues},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use filter_common::{
-    Config, Counter, Family, MAP_CONFIG, MAP_GROUP_STATS, MAP_REASON_STATS, MAP_SOURCES_V4,
-    MAP_SOURCES_V6, PROGRAM_FILTER, PROGRAM_PASS_BASELINE, REASON_COUNT, REASON_STATS_ENTRIES,
-    Reason, SourceRule, reason_counter_index,
+    Config, Counter, Family, GroupName, MAP_CONFIG, MAP_CONFIG_SLOT, MAP_GROUP_NAMES,
+    MAP_GROUP_STATS, MAP_REASON_STATS, MAP_SOURCES_V4, MAP_SOURCES_V6, PROGRAM_FILTER,
+    PROGRAM_PASS_BASELINE, REASON_COUNT, REASON_STATS_ENTRIES, Reason, SourceRule,
+    reason_counter_index,
 };
+
+pub use pins::{AttachedInterface, PinDir};
+pub use sync::SyncReport;
 
 use crate::image::MapImage;
 
@@ -28,7 +35,18 @@ const MIN_PREFIX_CAPACITY: u32 = 65_536;
 /// Frames shorter than this never reach XDP (and BPF_PROG_TEST_RUN refuses them).
 pub const MIN_FRAME_LEN: usize = 14;
 
-/// Capacity of each prefix trie, sized so the image fits twice over.
+/// Every map of the object, in the order they are pinned and checked.
+pub const MAP_NAMES: [&str; 7] = [
+    MAP_CONFIG,
+    MAP_CONFIG_SLOT,
+    MAP_SOURCES_V4,
+    MAP_SOURCES_V6,
+    MAP_GROUP_NAMES,
+    MAP_REASON_STATS,
+    MAP_GROUP_STATS,
+];
+
+/// Capacity of each prefix trie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     pub sources_v4: u32,
@@ -36,9 +54,12 @@ pub struct Capacity {
 }
 
 impl Capacity {
+    /// Room for the image twice over (a sync briefly holds old and new entries), and at
+    /// least `MIN_PREFIX_CAPACITY`.
     pub fn for_image(image: &MapImage) -> Self {
-        let size =
-            |n: usize| (n.saturating_mul(2).min(u32::MAX as usize) as u32).max(MIN_PREFIX_CAPACITY);
+        let size = |n: usize| {
+            (n.saturating_mul(2).min(u32::MAX as usize) as u32).max(MIN_PREFIX_CAPACITY)
+        };
         Capacity {
             sources_v4: size(image.sources_v4.len()),
             sources_v6: size(image.sources_v6.len()),
@@ -59,9 +80,29 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads (does not attach) the filter and the pass-only baseline program.
+    /// Loads (does not attach) the filter and the pass-only baseline with fresh maps.
     pub fn load(capacity: Capacity) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_object(EbpfLoader::new(), capacity)
+    }
+
+    /// Loads with every map pinned under `pins`: maps already pinned there are adopted
+    /// (their contents and counters kept), missing ones are created and pinned.
+    pub fn load_pinned(pins: &PinDir, capacity: Capacity) -> Result<Self> {
+        let paths: Vec<_> = MAP_NAMES.iter().map(|name| pins.map_path(name)).collect();
+        for (name, path) in MAP_NAMES.iter().zip(&paths) {
+            if path.exists() {
+                check_pinned_map(name, path)?;
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, path) in MAP_NAMES.iter().zip(&paths) {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::load_object(loader, capacity)
+    }
+
+    fn load_object(mut loader: EbpfLoader, capacity: Capacity) -> Result<Self> {
+        let mut ebpf = loader
             .map_max_entries(MAP_SOURCES_V4, capacity.sources_v4)
             .map_max_entries(MAP_SOURCES_V6, capacity.sources_v6)
             .load(OBJECT)
@@ -80,57 +121,70 @@ impl Dataplane {
         Ok(Dataplane { ebpf })
     }
 
-    /// Loads the filter with maps sized for `image` and writes the image into them.
+    /// Loads the filter with fresh maps sized for `image` and writes the image into them.
     pub fn load_with(image: &MapImage) -> Result<Self> {
         let mut dataplane = Self::load(Capacity::for_image(image))?;
-        dataplane.write_image(image)?;
+        dataplane.sync(image)?;
         Ok(dataplane)
     }
 
-    /// Writes every entry of `image` into the (fresh) maps.
-    pub fn write_image(&mut self, image: &MapImage) -> Result<()> {
-        self.write_config(&image.config)?;
-        let mut sources_v4 = self.lpm::<[u8; 4], SourceRule>(MAP_SOURCES_V4)?;
-        for (prefix, rule) in &image.sources_v4 {
-            sources_v4
-                .insert(
-                    &Key::new(prefix.prefix_len().into(), prefix.addr().octets()),
-                    rule,
-                    0,
-                )
-                .with_context(|| format!("inserting source prefix {prefix}"))?;
-        }
-        let mut sources_v6 = self.lpm::<[u8; 16], SourceRule>(MAP_SOURCES_V6)?;
-        for (prefix, rule) in &image.sources_v6 {
-            sources_v6
-                .insert(
-                    &Key::new(prefix.prefix_len().into(), prefix.addr().octets()),
-                    rule,
-                    0,
-                )
-                .with_context(|| format!("inserting source prefix {prefix}"))?;
-        }
-        Ok(())
+    /// Capacity of the loaded (possibly adopted) prefix tries.
+    pub fn capacity(&self) -> Result<Capacity> {
+        let max = |name: &str| -> Result<u32> { Ok(self.map(name)?.info()?.max_entries()) };
+        Ok(Capacity {
+            sources_v4: max(MAP_SOURCES_V4)?,
+            sources_v6: max(MAP_SOURCES_V6)?,
+        })
     }
 
-    fn write_config(&mut self, config: &Config) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_CONFIG)
-            .context("map FILTER_CONFIG missing")?;
-        let mut array: Array<&mut MapData, Config> = Array::try_from(map)?;
-        array
-            .set(0, config, 0)
-            .context("writing the filter config")?;
-        Ok(())
+    fn map(&self, name: &str) -> Result<&MapData> {
+        match self.ebpf.map(name).with_context(|| format!("map {name} missing"))? {
+            aya::maps::Map::Array(data)
+            | aya::maps::Map::PerCpuArray(data)
+            | aya::maps::Map::LpmTrie(data) => Ok(data),
+            _ => bail!("map {name} has an unexpected type"),
+        }
     }
 
-    fn lpm<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> Result<LpmTrie<&mut MapData, K, V>> {
-        let map = self
-            .ebpf
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
             .map_mut(name)
-            .with_context(|| format!("map {name} missing"))?;
-        Ok(LpmTrie::try_from(map)?)
+            .with_context(|| format!("map {name} missing"))
+    }
+
+    fn config_slot(&self) -> Result<u32> {
+        let slot: Array<&MapData, u32> = Array::try_from(self.ebpf.map(MAP_CONFIG_SLOT).context("CONFIG_SLOT")?)?;
+        Ok(slot.get(&0, 0)? & 1)
+    }
+
+    /// The config the program reads now.
+    pub fn live_config(&self) -> Result<Config> {
+        let slot = self.config_slot()?;
+        let configs: Array<&MapData, Config> = Array::try_from(self.ebpf.map(MAP_CONFIG).context("FILTER_CONFIG")?)?;
+        Ok(configs.get(&slot, 0)?)
+    }
+
+    /// Writes `config` to the idle slot, then makes that slot live: readers see the old
+    /// config or the new one, never a mix.
+    fn switch_config(&mut self, config: &Config) -> Result<()> {
+        let idle = self.config_slot()? ^ 1;
+        let mut configs: Array<&mut MapData, Config> = Array::try_from(self.map_mut(MAP_CONFIG)?)?;
+        configs.set(idle, config, 0).context("writing the idle config slot")?;
+        let mut slot: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_CONFIG_SLOT)?)?;
+        slot.set(0, idle, 0).context("switching the live config slot")?;
+        Ok(())
+    }
+
+    fn sources_v4(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 4], SourceRule>> {
+        Ok(LpmTrie::try_from(self.map_mut(MAP_SOURCES_V4)?)?)
+    }
+
+    fn sources_v6(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], SourceRule>> {
+        Ok(LpmTrie::try_from(self.map_mut(MAP_SOURCES_V6)?)?)
+    }
+
+    fn group_names(&mut self) -> Result<Array<&mut MapData, GroupName>> {
+        Ok(Array::try_from(self.map_mut(MAP_GROUP_NAMES)?)?)
     }
 
     fn program(&self, name: &str) -> Result<&Xdp> {
@@ -141,7 +195,20 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// The loaded filter program (to attach it, or read its info).
+    fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?)
+    }
+
+    /// Attaches the filter to `interface` (or swaps it in on the pinned link).
+    pub fn attach(&mut self, pins: &PinDir, interface: &str, mode: crate::policy::XdpMode) -> Result<AttachedInterface> {
+        pins.attach(self.program_mut(PROGRAM_FILTER)?, interface, mode)
+    }
+
+    /// The loaded filter program.
     pub fn filter_program(&self) -> Result<&Xdp> {
         self.program(PROGRAM_FILTER)
     }
@@ -180,30 +247,24 @@ impl Dataplane {
             XDP_PASS => false,
             other => bail!("the filter returned unexpected XDP action {other}"),
         };
-        Ok(KernelVerdict {
-            drop,
-            reason,
-            family,
-        })
+        Ok(KernelVerdict { drop, reason, family })
     }
 
     /// (family, reason) counters summed over CPUs, indexed by `reason_counter_index`.
     pub fn reason_counters(&self) -> Result<Vec<Counter>> {
-        self.summed_counters(MAP_REASON_STATS, REASON_STATS_ENTRIES)
+        self.summed_counters(MAP_REASON_STATS, 0..REASON_STATS_ENTRIES)
     }
 
-    /// Per-group counters summed over CPUs, indexed by `group_counter_index`.
-    pub fn group_counters(&self, groups: u32) -> Result<Vec<Counter>> {
-        self.summed_counters(MAP_GROUP_STATS, (groups + 1) * REASON_COUNT)
+    /// Per-group counters summed over CPUs for groups 0..=max_group, indexed by
+    /// `group_counter_index`.
+    pub fn group_counters(&self, max_group: u32) -> Result<Vec<Counter>> {
+        self.summed_counters(MAP_GROUP_STATS, 0..(max_group + 1) * REASON_COUNT)
     }
 
-    fn summed_counters(&self, name: &str, entries: u32) -> Result<Vec<Counter>> {
-        let map = self
-            .ebpf
-            .map(name)
-            .with_context(|| format!("map {name} missing"))?;
+    fn summed_counters(&self, name: &str, range: std::ops::Range<u32>) -> Result<Vec<Counter>> {
+        let map = self.ebpf.map(name).with_context(|| format!("map {name} missing"))?;
         let array: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map)?;
-        (0..entries)
+        range
             .map(|index| {
                 let per_cpu = array.get(&index, 0)?;
                 Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
@@ -213,6 +274,43 @@ impl Dataplane {
             })
             .collect()
     }
+
+    /// Zeroes a group's counters, so an id handed to a new group starts from nothing.
+    fn reset_group_counters(&mut self, group: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut array: PerCpuArray<&mut MapData, Counter> =
+            PerCpuArray::try_from(self.map_mut(MAP_GROUP_STATS)?)?;
+        for reason in Reason::ALL {
+            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
+            array.set(filter_common::group_counter_index(group, reason), zeros, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// A pinned map adopted by a new agent must have the layout this build expects; one
+/// left by another version is refused rather than misread.
+fn check_pinned_map(name: &str, path: &Path) -> Result<()> {
+    let info = MapInfo::from_pin(path)
+        .with_context(|| format!("reading the pinned map {}", path.display()))?;
+    let (key, value) = match name {
+        MAP_CONFIG => (4, size_of::<Config>()),
+        MAP_CONFIG_SLOT => (4, 4),
+        MAP_SOURCES_V4 => (8, size_of::<SourceRule>()),
+        MAP_SOURCES_V6 => (20, size_of::<SourceRule>()),
+        MAP_GROUP_NAMES => (4, size_of::<GroupName>()),
+        _ => (4, size_of::<Counter>()),
+    };
+    if info.key_size() as usize != key || info.value_size() as usize != value {
+        bail!(
+            "the pinned map {} has key/value sizes {}/{}, this build needs {key}/{value}: \
+             it was left by another version; run `filter-agent detach` first",
+            path.display(),
+            info.key_size(),
+            info.value_size()
+        );
+    }
+    Ok(())
 }
 
 const XDP_DROP: u32 = 1;

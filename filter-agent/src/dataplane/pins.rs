@@ -1,0 +1,271 @@
+//! The pin directory: bpffs mount, the one-agent lock, and the XDP links pinned per
+//! interface, so the filter outlives the agent that attached it.
+//!
+//! Layout: `DIR/maps/NAME` (every map), `DIR/links/IFNAME@MODE` (one XDP link per
+//! interface; MODE is `native` or `generic`).
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{
+    Xdp,
+    links::{FdLink, Link, PinnedLink},
+    xdp::{XdpLink, XdpMode as AyaXdpMode},
+};
+use log::{info, warn};
+
+use crate::policy::XdpMode;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub struct PinDir {
+    root: PathBuf,
+    /// Held for the agent's lifetime: an exclusive flock on the directory.
+    _lock: Option<File>,
+}
+
+/// An interface the filter is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttachedInterface {
+    pub interface: String,
+    /// `native` or `generic`.
+    pub mode: String,
+    pub program_id: u32,
+    pub link_id: u32,
+}
+
+impl PinDir {
+    /// Opens (creating and mounting bpffs if needed) the pin directory without locking it:
+    /// for `detach` and read-only inspection.
+    pub fn open(root: &Path) -> Result<PinDir> {
+        ensure_bpffs(root)?;
+        for sub in ["maps", "links"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating {}", root.join(sub).display()))?;
+        }
+        Ok(PinDir {
+            root: root.to_path_buf(),
+            _lock: None,
+        })
+    }
+
+    /// Opens the pin directory and takes the one-agent lock; fails when another agent
+    /// holds it.
+    pub fn open_locked(root: &Path) -> Result<PinDir> {
+        let mut dir = Self::open(root)?;
+        let file = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                bail!(
+                    "another filter-agent is already running with pin path {}; stop it first \
+                     (two agents would fight over the same maps)",
+                    root.display()
+                );
+            }
+            return Err(err).with_context(|| format!("locking {}", root.display()));
+        }
+        dir._lock = Some(file);
+        Ok(dir)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    fn link_path(&self, interface: &str, mode: &str) -> PathBuf {
+        self.root.join("links").join(format!("{interface}@{mode}"))
+    }
+
+    /// Interfaces with a pinned link, and the mode each was attached in.
+    pub fn pinned_links(&self) -> Result<Vec<(String, String)>> {
+        let mut links = Vec::new();
+        let dir = self.root.join("links");
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some((interface, mode)) = name.rsplit_once('@') {
+                links.push((interface.to_string(), mode.to_string()));
+            }
+        }
+        links.sort();
+        Ok(links)
+    }
+
+    /// The interfaces the filter is attached to now, with program and link ids.
+    pub fn attached(&self) -> Result<Vec<AttachedInterface>> {
+        self.pinned_links()?
+            .into_iter()
+            .map(|(interface, mode)| {
+                let link = FdLink::from(PinnedLink::from_pin(self.link_path(&interface, &mode))?);
+                let info = link.info()?;
+                Ok(AttachedInterface {
+                    interface,
+                    mode,
+                    program_id: info.program_id(),
+                    link_id: info.id(),
+                })
+            })
+            .collect()
+    }
+
+    /// Attaches `program` to `interface`. An interface that already has a pinned link
+    /// gets the program swapped in atomically (no moment without a filter); otherwise a
+    /// new link is created in the wanted mode and pinned.
+    pub fn attach(&self, program: &mut Xdp, interface: &str, wanted: XdpMode) -> Result<AttachedInterface> {
+        if let Some((_, mode)) = self.pinned_links()?.into_iter().find(|(i, _)| i == interface) {
+            let wanted_name = match wanted {
+                XdpMode::Native => Some("native"),
+                XdpMode::Generic => Some("generic"),
+                XdpMode::Auto => None,
+            };
+            if wanted_name.is_some_and(|w| w != mode) {
+                warn!(
+                    "interface {interface} stays in {mode} mode: changing the XDP mode needs a \
+                     detach and re-attach, which would leave the interface unfiltered for a moment; \
+                     run `filter-agent detach` and restart to change it"
+                );
+            }
+            let current = self.describe(interface, &mode)?;
+            if current.program_id == program.info()?.id() {
+                return Ok(current);
+            }
+            let path = self.link_path(interface, &mode);
+            let pinned = PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening the pinned link {}", path.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            let id = program
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program on {interface}"))?;
+            drop(program.take_link(id)?);
+            info!("interface={interface} mode={mode} program replaced on the pinned link");
+            return self.describe(interface, &mode);
+        }
+        let mode = match wanted {
+            XdpMode::Native => attach_new(program, interface, AyaXdpMode::Driver)?,
+            XdpMode::Generic => attach_new(program, interface, AyaXdpMode::Skb)?,
+            XdpMode::Auto => match attach_new(program, interface, AyaXdpMode::Driver) {
+                Ok(link) => link,
+                Err(err) => {
+                    warn!(
+                        "interface={interface} native XDP refused ({err:#}); falling back to \
+                         generic mode, which filters later in the stack and costs more CPU"
+                    );
+                    attach_new(program, interface, AyaXdpMode::Skb)?
+                }
+            },
+        };
+        let (link, mode) = mode;
+        let path = self.link_path(interface, mode);
+        link.pin(&path)
+            .with_context(|| format!("pinning the link at {}", path.display()))?;
+        info!("interface={interface} mode={mode} attached");
+        self.describe(interface, mode)
+    }
+
+    fn describe(&self, interface: &str, mode: &str) -> Result<AttachedInterface> {
+        let info = FdLink::from(PinnedLink::from_pin(self.link_path(interface, mode))?).info()?;
+        Ok(AttachedInterface {
+            interface: interface.to_string(),
+            mode: mode.to_string(),
+            program_id: info.program_id(),
+            link_id: info.id(),
+        })
+    }
+
+    /// Removes the filter from `interface` (unpinning its link releases it).
+    pub fn detach_interface(&self, interface: &str) -> Result<()> {
+        for (name, mode) in self.pinned_links()? {
+            if name == interface {
+                let path = self.link_path(&name, &mode);
+                let link = PinnedLink::from_pin(&path)?.unpin()?;
+                link.detach()?;
+                info!("interface={interface} mode={mode} detached");
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches every interface and removes every pinned map and the directory.
+    pub fn remove_all(&self) -> Result<()> {
+        for (interface, _) in self.pinned_links()? {
+            self.detach_interface(&interface)?;
+        }
+        for sub in ["maps", "links"] {
+            let dir = self.root.join(sub);
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries {
+                    let path = entry?.path();
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        // The directory itself may be a bpffs mount point; then it stays.
+        let _ = std::fs::remove_dir(&self.root);
+        Ok(())
+    }
+}
+
+fn attach_new(program: &mut Xdp, interface: &str, mode: AyaXdpMode) -> Result<(FdLink, &'static str)> {
+    let name = match mode {
+        AyaXdpMode::Skb => "generic",
+        _ => "native",
+    };
+    let id = program
+        .attach(interface, mode)
+        .with_context(|| format!("attaching to {interface} in {name} mode"))?;
+    let link = program.take_link(id)?;
+    let link = FdLink::try_from(link).map_err(|_| {
+        anyhow::anyhow!(
+            "the kernel attached {interface} without a BPF link (netlink fallback), which cannot \
+             be pinned; a kernel with XDP links (5.9+) is needed"
+        )
+    })?;
+    Ok((link, name))
+}
+
+/// Makes sure `root` lies on a bpffs, mounting one at `root` when it does not.
+fn ensure_bpffs(root: &Path) -> Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    if fs_type(root)? == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let c_root = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_root.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting bpffs at {} (root needed)", root.display()));
+    }
+    info!("mounted bpffs at {}", root.display());
+    Ok(())
+}
+
+fn fs_type(path: &Path) -> Result<i64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(stat.f_type as i64)
+}

@@ -1,0 +1,222 @@
+//! Bring the kernel maps to a wanted `MapImage` with the fewest operations, in an order
+//! that never opens a hole.
+//!
+//! Prefix changes: upserts first, most specific first; then deletions, least specific
+//! first. At every moment each source address is judged by its old longest match or its
+//! new one, never by a third: an upsert of length n only matters to addresses whose new
+//! longest match it is, and until the old entries longer than it are deleted (shortest
+//! first, so the longest old match goes last) they keep giving the old verdict.
+//! The config (mode, ports, relays) is switched whole, after the prefixes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{MapData, lpm_trie::{Key, LpmTrie}};
+use filter_common::{GROUP_NAME_MAX, GroupName, MAX_GROUPS, SourceRule};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::Dataplane;
+use crate::image::{GroupInfo, MapImage, Smtp};
+
+/// What a sync changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub config_changed: bool,
+    pub groups_added: Vec<String>,
+    pub groups_removed: Vec<String>,
+}
+
+impl SyncReport {
+    pub fn is_empty(&self) -> bool {
+        *self == SyncReport::default()
+    }
+}
+
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "prefixes added={} removed={} changed={} config_changed={}",
+            self.added, self.removed, self.changed, self.config_changed
+        )?;
+        if !self.groups_added.is_empty() {
+            write!(f, " groups_added={}", self.groups_added.join(","))?;
+        }
+        if !self.groups_removed.is_empty() {
+            write!(f, " groups_removed={}", self.groups_removed.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// A prefix family as the tries hold it.
+trait Prefix: Ord + Copy + std::fmt::Display {
+    type Bytes: aya::Pod;
+    fn key(&self) -> Key<Self::Bytes>;
+    fn from_key(key: &Key<Self::Bytes>) -> Result<Self>;
+    fn len(&self) -> u8;
+}
+
+impl Prefix for Ipv4Net {
+    type Bytes = [u8; 4];
+    fn key(&self) -> Key<[u8; 4]> {
+        Key::new(self.prefix_len().into(), self.network().octets())
+    }
+    fn from_key(key: &Key<[u8; 4]>) -> Result<Self> {
+        Ok(Ipv4Net::new(key.data().into(), key.prefix_len() as u8)?)
+    }
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
+}
+
+impl Prefix for Ipv6Net {
+    type Bytes = [u8; 16];
+    fn key(&self) -> Key<[u8; 16]> {
+        Key::new(self.prefix_len().into(), self.network().octets())
+    }
+    fn from_key(key: &Key<[u8; 16]>) -> Result<Self> {
+        Ok(Ipv6Net::new(key.data().into(), key.prefix_len() as u8)?)
+    }
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
+}
+
+fn read_trie<P: Prefix>(trie: &LpmTrie<&mut MapData, P::Bytes, SourceRule>) -> Result<BTreeMap<P, SourceRule>> {
+    trie.iter()
+        .map(|entry| {
+            let (key, rule) = entry?;
+            Ok((P::from_key(&key)?, rule))
+        })
+        .collect()
+}
+
+/// Applies the difference between `have` and `want` to `trie`; returns (added, removed,
+/// changed).
+fn sync_trie<P: Prefix>(
+    trie: &mut LpmTrie<&mut MapData, P::Bytes, SourceRule>,
+    have: &BTreeMap<P, SourceRule>,
+    want: &BTreeMap<P, SourceRule>,
+) -> Result<(usize, usize, usize)> {
+    let mut upserts: Vec<(&P, &SourceRule)> =
+        want.iter().filter(|(p, rule)| have.get(p) != Some(rule)).collect();
+    upserts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    let mut deletes: Vec<&P> = have.keys().filter(|p| !want.contains_key(p)).collect();
+    deletes.sort_by_key(|p| p.len());
+    let added = upserts.iter().filter(|(p, _)| !have.contains_key(p)).count();
+    let changed = upserts.len() - added;
+    for (prefix, rule) in &upserts {
+        trie.insert(&prefix.key(), *rule, 0)
+            .with_context(|| format!("inserting source prefix {prefix}"))?;
+    }
+    for prefix in &deletes {
+        trie.remove(&prefix.key())
+            .with_context(|| format!("removing source prefix {prefix}"))?;
+    }
+    Ok((added, deletes.len(), changed))
+}
+
+fn encode_name(name: &str) -> Result<GroupName> {
+    if name.len() > GROUP_NAME_MAX {
+        bail!("group name {name:?} is longer than {GROUP_NAME_MAX} bytes");
+    }
+    let mut bytes = [0u8; GROUP_NAME_MAX];
+    bytes[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(GroupName {
+        len: name.len() as u32,
+        bytes,
+    })
+}
+
+impl Dataplane {
+    /// Group names by id, as recorded in the kernel.
+    pub fn group_ids(&mut self) -> Result<BTreeMap<String, u32>> {
+        let names = self.group_names()?;
+        let mut ids = BTreeMap::new();
+        for id in 1..=MAX_GROUPS {
+            let entry = names.get(&id, 0)?;
+            if entry.len > 0 {
+                let len = (entry.len as usize).min(GROUP_NAME_MAX);
+                ids.insert(String::from_utf8_lossy(&entry.bytes[..len]).into_owned(), id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Reads back what the maps hold, as a `MapImage` (groups' smtp from their prefixes).
+    pub fn read_image(&mut self) -> Result<MapImage> {
+        let mut image = MapImage::new(self.live_config()?);
+        image.sources_v4 = read_trie(&self.sources_v4()?)?;
+        image.sources_v6 = read_trie(&self.sources_v6()?)?;
+        let rules: BTreeMap<u32, u32> = image
+            .sources_v4
+            .values()
+            .chain(image.sources_v6.values())
+            .map(|r| (r.group, r.smtp))
+            .collect();
+        for (name, id) in self.group_ids()? {
+            let smtp = rules.get(&id).and_then(|&code| Smtp::from_code(code)).unwrap_or(Smtp::Block);
+            image.groups.insert(id, GroupInfo { name, smtp });
+        }
+        Ok(image)
+    }
+
+    /// Brings the maps to `want`, touching only what differs. Refuses, changing nothing,
+    /// when the tries cannot hold old and new entries together.
+    pub fn sync(&mut self, want: &MapImage) -> Result<SyncReport> {
+        let have_v4 = read_trie::<Ipv4Net>(&self.sources_v4()?)?;
+        let have_v6 = read_trie::<Ipv6Net>(&self.sources_v6()?)?;
+        let capacity = self.capacity()?;
+        let union = |have: usize, added: usize| have + added;
+        let new_v4 = want.sources_v4.keys().filter(|p| !have_v4.contains_key(p)).count();
+        let new_v6 = want.sources_v6.keys().filter(|p| !have_v6.contains_key(p)).count();
+        if union(have_v4.len(), new_v4) > capacity.sources_v4 as usize
+            || union(have_v6.len(), new_v6) > capacity.sources_v6 as usize
+        {
+            bail!(
+                "the policy needs room for {} IPv4 and {} IPv6 prefixes during the update, the \
+                 loaded maps hold {} and {}; restart the agent after `filter-agent detach` to \
+                 size them anew",
+                union(have_v4.len(), new_v4),
+                union(have_v6.len(), new_v6),
+                capacity.sources_v4,
+                capacity.sources_v6
+            );
+        }
+
+        let have_groups = self.group_ids()?;
+        let want_groups: BTreeMap<&str, u32> =
+            want.groups.iter().map(|(&id, g)| (g.name.as_str(), id)).collect();
+        let mut report = SyncReport::default();
+        // New groups get their names (and zeroed counters) before any prefix points at them.
+        for (name, &id) in &want_groups {
+            if have_groups.get(*name) != Some(&id) {
+                self.reset_group_counters(id)?;
+                self.group_names()?.set(id, encode_name(name)?, 0)?;
+                report.groups_added.push(name.to_string());
+            }
+        }
+        let (a4, r4, c4) = sync_trie(&mut self.sources_v4()?, &have_v4, &want.sources_v4)?;
+        let (a6, r6, c6) = sync_trie(&mut self.sources_v6()?, &have_v6, &want.sources_v6)?;
+        report.added = a4 + a6;
+        report.removed = r4 + r6;
+        report.changed = c4 + c6;
+        if self.live_config()? != want.config {
+            self.switch_config(&want.config)?;
+            report.config_changed = true;
+        }
+        // Names of groups that are gone are cleared last, once no prefix refers to them.
+        let live_ids: BTreeSet<u32> = want_groups.values().copied().collect();
+        for (name, id) in have_groups {
+            if !live_ids.contains(&id) {
+                self.group_names()?.set(id, encode_name("")?, 0)?;
+                report.groups_removed.push(name);
+            }
+        }
+        Ok(report)
+    }
+}
