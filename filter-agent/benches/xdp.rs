@@ -84,7 +84,10 @@ fn policy(size: usize) -> MapImage {
     let mut config = Config::empty();
     config.set_port(25);
     let mut image = MapImage::new(config);
-    let group = |name: &str, smtp| GroupInfo { name: name.into(), smtp };
+    let group = |name: &str, smtp| GroupInfo {
+        name: name.into(),
+        smtp,
+    };
     image.groups = [
         (1, group("residential", Smtp::Block)),
         (2, group("business-ethernet", Smtp::Allow)),

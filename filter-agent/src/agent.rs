@@ -122,8 +122,12 @@ impl Agent {
 
 async fn run_async(options: RunOptions) -> Result<()> {
     let started = Instant::now();
-    let policy = load_policy(&options.policy)
-        .with_context(|| format!("policy {} rejected; nothing attached", options.policy.display()))?;
+    let policy = load_policy(&options.policy).with_context(|| {
+        format!(
+            "policy {} rejected; nothing attached",
+            options.policy.display()
+        )
+    })?;
     check_interfaces(&policy)?;
     let pins = PinDir::open_locked(&options.pin_path)?;
     let capacity = Capacity::for_image(&policy.compile());
@@ -166,9 +170,7 @@ async fn run_async(options: RunOptions) -> Result<()> {
             _ = interrupt.recv() => break,
         }
     }
-    info!(
-        "stopping; the filter stays attached and enforcing (`filter-agent detach` removes it)"
-    );
+    info!("stopping; the filter stays attached and enforcing (`filter-agent detach` removes it)");
     Ok(())
 }
 

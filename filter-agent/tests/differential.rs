@@ -33,7 +33,8 @@ fn seed() -> u64 {
 /// Runs every frame through kernel and model; returns the disagreements.
 fn compare(image: &MapImage, frames: &[Vec<u8>]) -> Vec<String> {
     let dataplane = Dataplane::load_with(image).expect("load the XDP program (root?)");
-    let mut expected_groups = vec![0u64; (image.max_group_id() + 1) as usize * REASON_COUNT as usize];
+    let mut expected_groups =
+        vec![0u64; (image.max_group_id() + 1) as usize * REASON_COUNT as usize];
     let mut problems = Vec::new();
     for (i, frame) in frames.iter().enumerate() {
         let kernel = dataplane.judge(frame).unwrap();

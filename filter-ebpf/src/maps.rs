@@ -6,8 +6,7 @@ use aya_ebpf::{
 };
 use filter_common::{
     Config, Counter, DEFAULT_PREFIX_CAPACITY, GROUP_STATS_ENTRIES, GroupName, MAX_GROUPS,
-    REASON_STATS_ENTRIES,
-    SourceRule, group_counter_index, reason_counter_index,
+    REASON_STATS_ENTRIES, SourceRule, group_counter_index, reason_counter_index,
 };
 
 use crate::decide::Decision;

@@ -57,9 +57,8 @@ impl Capacity {
     /// Room for the image twice over (a sync briefly holds old and new entries), and at
     /// least `MIN_PREFIX_CAPACITY`.
     pub fn for_image(image: &MapImage) -> Self {
-        let size = |n: usize| {
-            (n.saturating_mul(2).min(u32::MAX as usize) as u32).max(MIN_PREFIX_CAPACITY)
-        };
+        let size =
+            |n: usize| (n.saturating_mul(2).min(u32::MAX as usize) as u32).max(MIN_PREFIX_CAPACITY);
         Capacity {
             sources_v4: size(image.sources_v4.len()),
             sources_v6: size(image.sources_v6.len()),
@@ -138,7 +137,11 @@ impl Dataplane {
     }
 
     fn map(&self, name: &str) -> Result<&MapData> {
-        match self.ebpf.map(name).with_context(|| format!("map {name} missing"))? {
+        match self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))?
+        {
             aya::maps::Map::Array(data)
             | aya::maps::Map::PerCpuArray(data)
             | aya::maps::Map::LpmTrie(data) => Ok(data),
@@ -153,14 +156,16 @@ impl Dataplane {
     }
 
     fn config_slot(&self) -> Result<u32> {
-        let slot: Array<&MapData, u32> = Array::try_from(self.ebpf.map(MAP_CONFIG_SLOT).context("CONFIG_SLOT")?)?;
+        let slot: Array<&MapData, u32> =
+            Array::try_from(self.ebpf.map(MAP_CONFIG_SLOT).context("CONFIG_SLOT")?)?;
         Ok(slot.get(&0, 0)? & 1)
     }
 
     /// The config the program reads now.
     pub fn live_config(&self) -> Result<Config> {
         let slot = self.config_slot()?;
-        let configs: Array<&MapData, Config> = Array::try_from(self.ebpf.map(MAP_CONFIG).context("FILTER_CONFIG")?)?;
+        let configs: Array<&MapData, Config> =
+            Array::try_from(self.ebpf.map(MAP_CONFIG).context("FILTER_CONFIG")?)?;
         Ok(configs.get(&slot, 0)?)
     }
 
@@ -169,9 +174,12 @@ impl Dataplane {
     fn switch_config(&mut self, config: &Config) -> Result<()> {
         let idle = self.config_slot()? ^ 1;
         let mut configs: Array<&mut MapData, Config> = Array::try_from(self.map_mut(MAP_CONFIG)?)?;
-        configs.set(idle, config, 0).context("writing the idle config slot")?;
+        configs
+            .set(idle, config, 0)
+            .context("writing the idle config slot")?;
         let mut slot: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_CONFIG_SLOT)?)?;
-        slot.set(0, idle, 0).context("switching the live config slot")?;
+        slot.set(0, idle, 0)
+            .context("switching the live config slot")?;
         Ok(())
     }
 
@@ -204,7 +212,12 @@ impl Dataplane {
     }
 
     /// Attaches the filter to `interface` (or swaps it in on the pinned link).
-    pub fn attach(&mut self, pins: &PinDir, interface: &str, mode: crate::policy::XdpMode) -> Result<AttachedInterface> {
+    pub fn attach(
+        &mut self,
+        pins: &PinDir,
+        interface: &str,
+        mode: crate::policy::XdpMode,
+    ) -> Result<AttachedInterface> {
         pins.attach(self.program_mut(PROGRAM_FILTER)?, interface, mode)
     }
 
@@ -247,7 +260,11 @@ impl Dataplane {
             XDP_PASS => false,
             other => bail!("the filter returned unexpected XDP action {other}"),
         };
-        Ok(KernelVerdict { drop, reason, family })
+        Ok(KernelVerdict {
+            drop,
+            reason,
+            family,
+        })
     }
 
     /// (family, reason) counters summed over CPUs, indexed by `reason_counter_index`.
@@ -262,7 +279,10 @@ impl Dataplane {
     }
 
     fn summed_counters(&self, name: &str, range: std::ops::Range<u32>) -> Result<Vec<Counter>> {
-        let map = self.ebpf.map(name).with_context(|| format!("map {name} missing"))?;
+        let map = self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))?;
         let array: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map)?;
         range
             .map(|index| {

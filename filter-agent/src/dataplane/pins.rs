@@ -90,7 +90,9 @@ impl PinDir {
     pub fn pinned_links(&self) -> Result<Vec<(String, String)>> {
         let mut links = Vec::new();
         let dir = self.root.join("links");
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if let Some((interface, mode)) = name.rsplit_once('@') {
                 links.push((interface.to_string(), mode.to_string()));
@@ -120,8 +122,17 @@ impl PinDir {
     /// Attaches `program` to `interface`. An interface that already has a pinned link
     /// gets the program swapped in atomically (no moment without a filter); otherwise a
     /// new link is created in the wanted mode and pinned.
-    pub fn attach(&self, program: &mut Xdp, interface: &str, wanted: XdpMode) -> Result<AttachedInterface> {
-        if let Some((_, mode)) = self.pinned_links()?.into_iter().find(|(i, _)| i == interface) {
+    pub fn attach(
+        &self,
+        program: &mut Xdp,
+        interface: &str,
+        wanted: XdpMode,
+    ) -> Result<AttachedInterface> {
+        if let Some((_, mode)) = self
+            .pinned_links()?
+            .into_iter()
+            .find(|(i, _)| i == interface)
+        {
             let wanted_name = match wanted {
                 XdpMode::Native => Some("native"),
                 XdpMode::Generic => Some("generic"),
@@ -216,7 +227,11 @@ impl PinDir {
     }
 }
 
-fn attach_new(program: &mut Xdp, interface: &str, mode: AyaXdpMode) -> Result<(FdLink, &'static str)> {
+fn attach_new(
+    program: &mut Xdp,
+    interface: &str,
+    mode: AyaXdpMode,
+) -> Result<(FdLink, &'static str)> {
     let name = match mode {
         AyaXdpMode::Skb => "generic",
         _ => "native",

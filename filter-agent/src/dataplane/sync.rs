@@ -11,7 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{MapData, lpm_trie::{Key, LpmTrie}};
+use aya::maps::{
+    MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use filter_common::{GROUP_NAME_MAX, GroupName, MAX_GROUPS, SourceRule};
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -53,7 +56,7 @@ impl std::fmt::Display for SyncReport {
 }
 
 /// A prefix family as the tries hold it.
-trait Prefix: Ord + Copy + std::fmt::Display {
+pub trait Prefix: Ord + Copy + std::fmt::Display {
     type Bytes: aya::Pod;
     fn key(&self) -> Key<Self::Bytes>;
     fn from_key(key: &Key<Self::Bytes>) -> Result<Self>;
@@ -86,12 +89,45 @@ impl Prefix for Ipv6Net {
     }
 }
 
-fn read_trie<P: Prefix>(trie: &LpmTrie<&mut MapData, P::Bytes, SourceRule>) -> Result<BTreeMap<P, SourceRule>> {
+fn read_trie<P: Prefix>(
+    trie: &LpmTrie<&mut MapData, P::Bytes, SourceRule>,
+) -> Result<BTreeMap<P, SourceRule>> {
     trie.iter()
         .map(|entry| {
             let (key, rule) = entry?;
             Ok((P::from_key(&key)?, rule))
         })
+        .collect()
+}
+
+/// One change to a trie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op<P> {
+    Upsert(P, SourceRule),
+    Remove(P),
+}
+
+/// The changes that take `have` to `want`, in hole-free order (see the module comment).
+pub fn plan<P: Prefix>(
+    have: &BTreeMap<P, SourceRule>,
+    want: &BTreeMap<P, SourceRule>,
+) -> Vec<Op<P>> {
+    let mut upserts: Vec<(P, SourceRule)> = want
+        .iter()
+        .filter(|(p, rule)| have.get(p) != Some(rule))
+        .map(|(p, rule)| (*p, *rule))
+        .collect();
+    upserts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    let mut removes: Vec<P> = have
+        .keys()
+        .filter(|p| !want.contains_key(p))
+        .copied()
+        .collect();
+    removes.sort_by_key(|p| p.len());
+    upserts
+        .into_iter()
+        .map(|(p, rule)| Op::Upsert(p, rule))
+        .chain(removes.into_iter().map(Op::Remove))
         .collect()
 }
 
@@ -102,22 +138,26 @@ fn sync_trie<P: Prefix>(
     have: &BTreeMap<P, SourceRule>,
     want: &BTreeMap<P, SourceRule>,
 ) -> Result<(usize, usize, usize)> {
-    let mut upserts: Vec<(&P, &SourceRule)> =
-        want.iter().filter(|(p, rule)| have.get(p) != Some(rule)).collect();
-    upserts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    let mut deletes: Vec<&P> = have.keys().filter(|p| !want.contains_key(p)).collect();
-    deletes.sort_by_key(|p| p.len());
-    let added = upserts.iter().filter(|(p, _)| !have.contains_key(p)).count();
-    let changed = upserts.len() - added;
-    for (prefix, rule) in &upserts {
-        trie.insert(&prefix.key(), *rule, 0)
-            .with_context(|| format!("inserting source prefix {prefix}"))?;
+    let (mut added, mut removed, mut changed) = (0, 0, 0);
+    for op in plan(have, want) {
+        match op {
+            Op::Upsert(prefix, rule) => {
+                trie.insert(&prefix.key(), rule, 0)
+                    .with_context(|| format!("inserting source prefix {prefix}"))?;
+                if have.contains_key(&prefix) {
+                    changed += 1;
+                } else {
+                    added += 1;
+                }
+            }
+            Op::Remove(prefix) => {
+                trie.remove(&prefix.key())
+                    .with_context(|| format!("removing source prefix {prefix}"))?;
+                removed += 1;
+            }
+        }
     }
-    for prefix in &deletes {
-        trie.remove(&prefix.key())
-            .with_context(|| format!("removing source prefix {prefix}"))?;
-    }
-    Ok((added, deletes.len(), changed))
+    Ok((added, removed, changed))
 }
 
 fn encode_name(name: &str) -> Result<GroupName> {
@@ -141,7 +181,10 @@ impl Dataplane {
             let entry = names.get(&id, 0)?;
             if entry.len > 0 {
                 let len = (entry.len as usize).min(GROUP_NAME_MAX);
-                ids.insert(String::from_utf8_lossy(&entry.bytes[..len]).into_owned(), id);
+                ids.insert(
+                    String::from_utf8_lossy(&entry.bytes[..len]).into_owned(),
+                    id,
+                );
             }
         }
         Ok(ids)
@@ -159,7 +202,10 @@ impl Dataplane {
             .map(|r| (r.group, r.smtp))
             .collect();
         for (name, id) in self.group_ids()? {
-            let smtp = rules.get(&id).and_then(|&code| Smtp::from_code(code)).unwrap_or(Smtp::Block);
+            let smtp = rules
+                .get(&id)
+                .and_then(|&code| Smtp::from_code(code))
+                .unwrap_or(Smtp::Block);
             image.groups.insert(id, GroupInfo { name, smtp });
         }
         Ok(image)
@@ -172,8 +218,16 @@ impl Dataplane {
         let have_v6 = read_trie::<Ipv6Net>(&self.sources_v6()?)?;
         let capacity = self.capacity()?;
         let union = |have: usize, added: usize| have + added;
-        let new_v4 = want.sources_v4.keys().filter(|p| !have_v4.contains_key(p)).count();
-        let new_v6 = want.sources_v6.keys().filter(|p| !have_v6.contains_key(p)).count();
+        let new_v4 = want
+            .sources_v4
+            .keys()
+            .filter(|p| !have_v4.contains_key(p))
+            .count();
+        let new_v6 = want
+            .sources_v6
+            .keys()
+            .filter(|p| !have_v6.contains_key(p))
+            .count();
         if union(have_v4.len(), new_v4) > capacity.sources_v4 as usize
             || union(have_v6.len(), new_v6) > capacity.sources_v6 as usize
         {
@@ -189,8 +243,11 @@ impl Dataplane {
         }
 
         let have_groups = self.group_ids()?;
-        let want_groups: BTreeMap<&str, u32> =
-            want.groups.iter().map(|(&id, g)| (g.name.as_str(), id)).collect();
+        let want_groups: BTreeMap<&str, u32> = want
+            .groups
+            .iter()
+            .map(|(&id, g)| (g.name.as_str(), id))
+            .collect();
         let mut report = SyncReport::default();
         // New groups get their names (and zeroed counters) before any prefix points at them.
         for (name, &id) in &want_groups {
@@ -218,5 +275,89 @@ impl Dataplane {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ordering claim, checked with the reference model: applying a plan one step at a
+    //! time, every address is judged by its old verdict until it switches, once, to its new
+    //! one.
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use filter_common::{Config, SMTP_ALLOW, SMTP_BLOCK};
+
+    use super::*;
+    use crate::model::{self, Decision};
+
+    /// Addresses 10.0.0.0 .. 10.0.4.0: the prefixes below nest inside it.
+    const SPACE: u32 = 1024;
+
+    fn random_rules(rng: &mut fastrand::Rng) -> BTreeMap<Ipv4Net, SourceRule> {
+        // Nested prefixes in a small space, so most addresses have several matches.
+        (0..rng.usize(0..12))
+            .map(|_| {
+                let len = rng.u8(22..=30);
+                let addr = Ipv4Addr::from(0x0a00_0000 | rng.u32(0..SPACE));
+                let rule = SourceRule {
+                    group: rng.u32(1..4),
+                    smtp: if rng.bool() { SMTP_BLOCK } else { SMTP_ALLOW },
+                };
+                (Ipv4Net::new(addr, len).unwrap().trunc(), rule)
+            })
+            .collect()
+    }
+
+    fn image(sources: &BTreeMap<Ipv4Net, SourceRule>) -> MapImage {
+        let mut config = Config::empty();
+        config.set_port(25);
+        let mut image = MapImage::new(config);
+        image.sources_v4 = sources.clone();
+        image
+    }
+
+    fn verdict(image: &MapImage, addr: u32) -> Decision {
+        let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | addr));
+        model::judge_flow(image, src, "203.0.113.9".parse().unwrap(), 25)
+    }
+
+    #[test]
+    fn every_address_goes_from_old_to_new_verdict_exactly_once() {
+        let same = |a: &Decision, b: &Decision| {
+            (a.verdict, a.reason, a.group) == (b.verdict, b.reason, b.group)
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let have = random_rules(&mut rng);
+            let want = random_rules(&mut rng);
+            let (old, new) = (image(&have), image(&want));
+            let before: Vec<Decision> = (0..SPACE).map(|a| verdict(&old, a)).collect();
+            let after: Vec<Decision> = (0..SPACE).map(|a| verdict(&new, a)).collect();
+            let mut state = image(&have);
+            let mut switched = vec![false; SPACE as usize];
+            for op in plan(&have, &want) {
+                match op {
+                    Op::Upsert(p, rule) => state.sources_v4.insert(p, rule),
+                    Op::Remove(p) => state.sources_v4.remove(&p),
+                };
+                for addr in 0..SPACE {
+                    let now = verdict(&state, addr);
+                    let i = addr as usize;
+                    if same(&now, &after[i]) {
+                        switched[i] = true;
+                    } else {
+                        assert!(
+                            same(&now, &before[i]) && !switched[i],
+                            "10.0.{}.{} after {op:?}: {now:?}, old {:?}, new {:?}",
+                            addr >> 8,
+                            addr & 255,
+                            before[i],
+                            after[i]
+                        );
+                    }
+                }
+            }
+            assert_eq!(state.sources_v4, want);
+        }
     }
 }

@@ -54,9 +54,15 @@ impl Policy {
 
 /// Ids for `names` in order: kept from `existing` where the name has one, otherwise the
 /// lowest id neither kept nor already handed out.
-fn assign_ids<'a>(names: impl Iterator<Item = &'a str>, existing: &BTreeMap<String, u32>) -> Vec<u32> {
+fn assign_ids<'a>(
+    names: impl Iterator<Item = &'a str>,
+    existing: &BTreeMap<String, u32>,
+) -> Vec<u32> {
     let names: Vec<&str> = names.collect();
-    let mut taken: BTreeSet<u32> = names.iter().filter_map(|n| existing.get(*n).copied()).collect();
+    let mut taken: BTreeSet<u32> = names
+        .iter()
+        .filter_map(|n| existing.get(*n).copied())
+        .collect();
     let mut next_free = 1u32..;
     names
         .iter()
