@@ -27,7 +27,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and replay the example corpus through the real XDP program.
+    /// Set up, build, and run the lab: namespaces customers/router/internet, the agent on
+    /// the router, real TCP connections from every customer type, a live policy change.
     Demo,
     /// Set up, then measure ns per frame in the kernel against a pass-only baseline.
     Bench {
@@ -53,21 +54,19 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup()?;
-            require_root("the demo loads the XDP program")?;
+            require_root("the demo creates network namespaces and loads the XDP program")?;
             run(Command::new("cargo").args([
-                "run",
+                "build",
                 "--quiet",
                 "--release",
                 "-p",
                 "filter-agent",
-                "--",
-                "replay",
-                "--policy",
-                "tests/corpus/policy.yaml",
-                "--expect",
-                "tests/corpus/corpus.expect",
-                "tests/corpus/corpus.pcap",
-            ]))
+                "--bin",
+                "filter-agent",
+                "--example",
+                "demo",
+            ]))?;
+            run(Command::new("target/release/examples/demo").arg("target/release/filter-agent"))
         }
         Task::Bench { json } => {
             setup()?;

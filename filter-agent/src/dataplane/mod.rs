@@ -353,14 +353,12 @@ fn run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
     Ok((result.return_value, result.duration))
 }
 
-/// Turns the kernel's EPERM into advice: loading BPF programs needs root (or CAP_BPF,
-/// CAP_NET_ADMIN and CAP_PERFMON).
+/// Turns the kernel's EPERM (and the verifier's EACCES without CAP_PERFMON) into advice:
+/// loading this program needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
 fn explain_permission(err: anyhow::Error) -> anyhow::Error {
     let denied = err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(1))
-            || cause.to_string().contains("Operation not permitted")
+        let text = cause.to_string();
+        text.contains("Operation not permitted") || text.contains("Permission denied")
     });
     if denied {
         err.context(

@@ -249,18 +249,30 @@ fn attach_new(
     Ok((link, name))
 }
 
-/// Makes sure `root` lies on a bpffs, mounting one at `root` when it does not.
+/// The conventional bpffs mount point.
+const SYS_FS_BPF: &str = "/sys/fs/bpf";
+
+/// Makes sure `root` lies on a bpffs: under /sys/fs/bpf, bpffs is mounted there (as
+/// systemd would); elsewhere, at `root` itself.
 fn ensure_bpffs(root: &Path) -> Result<()> {
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    if fs_type(root)? == BPF_FS_MAGIC {
-        return Ok(());
+    let sys_fs_bpf = Path::new(SYS_FS_BPF);
+    if root.starts_with(sys_fs_bpf) && fs_type(sys_fs_bpf)? != BPF_FS_MAGIC {
+        mount_bpffs(sys_fs_bpf)?;
     }
-    let c_root = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    if fs_type(root)? != BPF_FS_MAGIC {
+        mount_bpffs(root)?;
+    }
+    Ok(())
+}
+
+fn mount_bpffs(at: &Path) -> Result<()> {
+    let c_at = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
         libc::mount(
             c"bpf".as_ptr(),
-            c_root.as_ptr(),
+            c_at.as_ptr(),
             c"bpf".as_ptr(),
             0,
             std::ptr::null(),
@@ -268,9 +280,9 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs at {} (root needed)", root.display()));
+            .with_context(|| format!("mounting bpffs at {} (root needed)", at.display()));
     }
-    info!("mounted bpffs at {}", root.display());
+    info!("mounted bpffs at {}", at.display());
     Ok(())
 }
 

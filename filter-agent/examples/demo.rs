@@ -1,0 +1,633 @@
+//! The lab demo: the real agent, attached to a real veth in a network-namespace lab,
+//! filtering real TCP connections, and reloading its policy live.
+//!
+//! ```text
+//! demo PATH_TO_filter-agent      (as root; `cargo xtask demo` builds both and runs this)
+//! ```
+//!
+//! Builds the lab of `tests/lab/mod.rs` (customers -> router -> internet), starts
+//! `filter-agent run` in the router namespace, connects from every customer type to a
+//! remote MTA and to the ISP relay, and checks each outcome against what the policy says.
+//! Then it edits the policy file live (an exemption, then an invalid edit the agent must
+//! refuse) and checks again. Everything is torn down at the end, on error, and on Ctrl-C.
+//!
+//! Exit status: 0 every attempt matched the policy, 1 a mismatch or an error, 130 Ctrl-C.
+
+#[path = "../tests/lab/mod.rs"]
+mod lab;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use filter_agent::{explain::explain, image::MapImage, policy};
+use lab::{Customer, Lab, Listener, Ns, Outcome};
+
+const LAB_PREFIX: &str = "demo";
+const PIN_PATH: &str = "/sys/fs/bpf/filter-agent-demo";
+/// A SYN the filter drops gets no answer; this is how long an attempt waits for one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The exemption the demo grants live: residential customer .10 may send mail directly.
+const EXEMPT_GROUP: &str = "residential-exempt-demo";
+const EXEMPT_V4: &str = "100.64.0.10/32";
+const EXEMPT_V6: &str = "2001:db8:1000::10/128";
+/// The invalid edit: host bits set in an IPv4 prefix.
+const INVALID_V4: &str = "100.64.0.10/24";
+
+fn main() -> ExitCode {
+    install_signal_handlers();
+    let binary = match std::env::args_os().nth(1) {
+        Some(path) if std::env::args_os().len() == 2 => PathBuf::from(path),
+        _ => {
+            eprintln!("usage: demo PATH_TO_filter-agent_BINARY   (as root)");
+            return ExitCode::from(2);
+        }
+    };
+    let binary = match std::path::absolute(&binary) {
+        Ok(path) if path.is_file() => path,
+        _ => {
+            eprintln!("error: {} is not a file", binary.display());
+            return ExitCode::FAILURE;
+        }
+    };
+
+    heading("Lab");
+    let lab = match Lab::with_prefix(LAB_PREFIX) {
+        Ok(lab) => lab,
+        Err(err) => {
+            if let Some(signal) = interrupted() {
+                eprintln!("\ninterrupted by signal {signal} while building the lab");
+                return ExitCode::from(128 + signal as u8);
+            }
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut agent: Option<Agent> = None;
+    let dir = std::env::temp_dir().join(format!("filter-agent-demo-{}", std::process::id()));
+    let result = demo(&lab, &binary, &dir, &mut agent);
+
+    heading("Teardown");
+    let (teardown, log) = teardown(&lab, &binary, agent.take());
+    let namespaces: Vec<String> = Ns::ALL.iter().map(|&ns| lab.netns_name(ns)).collect();
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("  removed the lab namespaces ({})", namespaces.join(", "));
+
+    if let Some(signal) = interrupted() {
+        eprintln!("\ninterrupted by signal {signal}; everything torn down");
+        return ExitCode::from(128 + signal as u8);
+    }
+    let failure = match (&result, &teardown) {
+        (Err(err), _) => Some(format!("error: {err:#}")),
+        (Ok(_), Err(err)) => Some(format!("error during teardown: {err:#}")),
+        (Ok(mismatches), Ok(())) if *mismatches > 0 => Some(format!(
+            "FAILED: {mismatches} attempt(s) did not do what the policy says"
+        )),
+        (Ok(_), Ok(())) => None,
+    };
+    match failure {
+        None => {
+            println!("\nEvery attempt did what the policy says.");
+            ExitCode::SUCCESS
+        }
+        Some(message) => {
+            eprintln!("\nThe agent's log:");
+            for line in &log {
+                eprintln!("  {line}");
+            }
+            eprintln!("\n{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Steps 1 to 4; returns the number of attempts that did not match the policy.
+fn demo(lab: &Lab, binary: &Path, dir: &Path, agent_slot: &mut Option<Agent>) -> Result<usize> {
+    let [customers, router, internet] = Ns::ALL.map(|ns| lab.netns_name(ns));
+    println!(
+        "  {customers} --veth-- {router} [XDP on {}] --veth-- {internet}",
+        lab.router_customer_if()
+    );
+    check_interrupt()?;
+
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let policy_file = dir.join("lab.yaml");
+    let base_yaml = lab.policy_yaml();
+    let base = compile(&base_yaml)?;
+    write_atomically(&policy_file, &base_yaml)?;
+    println!(
+        "  policy      {}  (policies/lab.yaml, for this lab)",
+        policy_file.display()
+    );
+
+    let mut listeners: Vec<Listener> = Vec::new();
+    for (ip, ports) in [
+        (lab::REMOTE_V4, &[25, 465, 587][..]),
+        (lab::REMOTE_V6, &[25, 465, 587]),
+        (lab::RELAY_V4, &[25]),
+        (lab::RELAY_V6, &[25]),
+    ] {
+        for &port in ports {
+            listeners.push(lab.listen(SocketAddr::new(ip, port))?);
+        }
+    }
+    println!(
+        "  listening   remote MTA {} and {} on 25, 465, 587; relay {} and {} on 25",
+        lab::REMOTE_V4,
+        lab::REMOTE_V6,
+        lab::RELAY_V4,
+        lab::RELAY_V6
+    );
+    check_interrupt()?;
+
+    heading("Agent");
+    if Path::new(PIN_PATH).exists() {
+        // Left by an earlier run that was killed: its links point at deleted veths.
+        println!("  removing what a killed earlier run left under {PIN_PATH}:");
+        run_detach(lab, binary).context("removing the pins of an earlier run")?;
+    }
+    let agent = agent_slot.insert(Agent::start(lab, binary, &policy_file)?);
+    println!(
+        "  $ nsenter --net={} {} run --policy {} --pin-path {PIN_PATH}",
+        lab.netns_path(Ns::Router).display(),
+        binary.display(),
+        policy_file.display()
+    );
+    agent.wait_for(START_TIMEOUT, "start enforcing", |line| {
+        line.contains(" enforcing after ").then_some(())
+    })?;
+
+    let (mut mismatches, mut connected) = (0, 0);
+    let mut tally = |(m, c)| {
+        mismatches += m;
+        connected += c;
+    };
+    heading("Every customer type, IPv4 and IPv6, to the remote MTA and to the relay");
+    tally(attempts(lab, &base, &lab::CUSTOMERS)?);
+
+    heading(&format!(
+        "Live edit: exempt residential {} and {}",
+        lab::RESIDENTIAL.v4,
+        lab::RESIDENTIAL.v6
+    ));
+    let exempt_yaml = add_group(
+        &base_yaml,
+        &format!(
+            "  - name: {EXEMPT_GROUP}\n    smtp: allow\n    prefixes:\n      - {EXEMPT_V4}\n      - \"{EXEMPT_V6}\"\n"
+        ),
+    )?;
+    let exempt = compile(&exempt_yaml)?;
+    println!("  adding to groups: (written to a temporary file, renamed over the policy)");
+    println!(
+        "    - {{name: {EXEMPT_GROUP}, smtp: allow, prefixes: [{EXEMPT_V4}, \"{EXEMPT_V6}\"]}}"
+    );
+    write_atomically(&policy_file, &exempt_yaml)?;
+    if !agent.wait_for(RELOAD_TIMEOUT, "reload", reload_outcome)? {
+        bail!("the agent refused the exemption");
+    }
+    tally(attempts(lab, &exempt, &[lab::RESIDENTIAL])?);
+
+    heading(&format!(
+        "Invalid edit: {INVALID_V4} (host bits set) instead of {EXEMPT_V4}"
+    ));
+    let invalid_yaml =
+        exempt_yaml.replace(&format!("- {EXEMPT_V4}\n"), &format!("- {INVALID_V4}\n"));
+    if invalid_yaml == exempt_yaml || policy::parse(&invalid_yaml, "lab.yaml").is_ok() {
+        bail!("the demo's invalid edit is not invalid");
+    }
+    println!("  changing `- {EXEMPT_V4}` to `- {INVALID_V4}` (written the same way)");
+    write_atomically(&policy_file, &invalid_yaml)?;
+    if agent.wait_for(RELOAD_TIMEOUT, "reload", reload_outcome)? {
+        bail!("the agent accepted a policy with host bits set");
+    }
+    println!("  The previous policy must still be in force (residential .10 exempt):");
+    tally(attempts(lab, &exempt, &[lab::RESIDENTIAL])?);
+
+    // Each "connected" above was a handshake with one of the demo's own listeners.
+    let accepted: usize = listeners.iter().map(Listener::accepted).sum();
+    if accepted != connected {
+        bail!("the listeners accepted {accepted} connections, the customers made {connected}");
+    }
+    println!(
+        "\n  The lab's listeners accepted {accepted} connections, one per \"connected\" above."
+    );
+    Ok(mismatches)
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection attempts and the table.
+
+struct Attempt {
+    customer: &'static str,
+    src: IpAddr,
+    dst: SocketAddr,
+    dst_name: &'static str,
+    verdict: &'static str,
+    reason: &'static str,
+    outcome: Outcome,
+}
+
+impl Attempt {
+    fn expected(&self) -> Outcome {
+        if self.verdict == "pass" {
+            Outcome::Connected
+        } else {
+            Outcome::TimedOut
+        }
+    }
+
+    fn matches(&self) -> bool {
+        self.outcome == self.expected()
+    }
+}
+
+/// Connects, all at once, from each customer (IPv4, then IPv6) to remote:25, relay:25,
+/// remote:465 and remote:587, prints the table and returns the number of mismatches and
+/// of connections made.
+fn attempts(lab: &Lab, image: &MapImage, customers: &[Customer]) -> Result<(usize, usize)> {
+    let mut plan = Vec::new();
+    for c in customers {
+        for (src, remote, relay) in [
+            (c.v4, lab::REMOTE_V4, lab::RELAY_V4),
+            (c.v6, lab::REMOTE_V6, lab::RELAY_V6),
+        ] {
+            for (dst, port, dst_name) in [
+                (remote, 25, "remote MTA"),
+                (relay, 25, "relay"),
+                (remote, 465, "remote MTA"),
+                (remote, 587, "remote MTA"),
+            ] {
+                let said = explain(image, src, dst, port);
+                plan.push(Attempt {
+                    customer: c.name,
+                    src,
+                    dst: SocketAddr::new(dst, port),
+                    dst_name,
+                    verdict: said.verdict,
+                    reason: said.reason,
+                    outcome: Outcome::Error("not run".into()),
+                });
+            }
+        }
+    }
+    std::thread::scope(|s| {
+        for attempt in &mut plan {
+            s.spawn(|| attempt.outcome = lab.connect(attempt.src, attempt.dst, CONNECT_TIMEOUT));
+        }
+    });
+    check_interrupt()?;
+    print_table(&plan);
+    Ok((
+        plan.iter().filter(|a| !a.matches()).count(),
+        plan.iter()
+            .filter(|a| a.outcome == Outcome::Connected)
+            .count(),
+    ))
+}
+
+fn print_table(plan: &[Attempt]) {
+    let rows: Vec<[String; 6]> = plan
+        .iter()
+        .map(|a| {
+            [
+                a.customer.to_owned(),
+                a.src.to_string(),
+                format!("{} {}", a.dst_name, a.dst),
+                format!("{} ({})", a.verdict, a.reason),
+                outcome_text(&a.outcome),
+                if a.matches() {
+                    "OK".to_owned()
+                } else {
+                    format!("MISMATCH, expected {}", outcome_text(&a.expected()))
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "customer",
+        "source",
+        "destination",
+        "policy says",
+        "what happened",
+        "check",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut out = String::from(" ");
+        for (cell, width) in cells.iter().zip(widths) {
+            out += &format!(" {cell:<width$} ");
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header);
+    line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
+    let mut previous = "";
+    for (attempt, row) in plan.iter().zip(&rows) {
+        let mut cells = row.each_ref().map(String::as_str);
+        if attempt.customer == previous {
+            cells[0] = "";
+        } else if !previous.is_empty() {
+            println!();
+        }
+        previous = attempt.customer;
+        line(cells);
+    }
+    let (ok, total) = (plan.iter().filter(|a| a.matches()).count(), plan.len());
+    println!("\n  {ok} of {total} attempts as the policy says");
+}
+
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Connected => "connected".into(),
+        Outcome::TimedOut => "timed out".into(),
+        Outcome::Refused => "refused".into(),
+        Outcome::Error(e) => format!("error: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The policy file.
+
+fn compile(yaml: &str) -> Result<MapImage> {
+    let loaded = policy::parse(yaml, "lab.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(loaded.policy.compile())
+}
+
+/// Inserts `group` (YAML list items, indented two spaces) at the end of `groups:`, i.e.
+/// before the comment lines and the `relays:` key that follow it.
+fn add_group(yaml: &str, group: &str) -> Result<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let relays = lines
+        .iter()
+        .position(|l| l.starts_with("relays:"))
+        .context("the lab policy has no `relays:` key")?;
+    let mut at = relays;
+    while at > 0 && (lines[at - 1].starts_with('#') || lines[at - 1].trim().is_empty()) {
+        at -= 1;
+    }
+    let mut out = String::new();
+    for line in &lines[..at] {
+        out += line;
+        out.push('\n');
+    }
+    out.push('\n');
+    out += group;
+    for line in &lines[at..] {
+        out += line;
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Writes `text` as editors and config management do: a temporary file, then a rename.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let name = path.file_name().context("policy path has no file name")?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent process.
+
+struct Agent {
+    child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: JoinHandle<()>,
+}
+
+/// After a policy change: `true` once the agent has applied it, `false` once refused.
+fn reload_outcome(line: &str) -> Option<bool> {
+    if line.contains(" generation=") {
+        Some(true)
+    } else if line.contains("the running policy stays in force unchanged") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+impl Agent {
+    fn start(lab: &Lab, binary: &Path, policy_file: &Path) -> Result<Agent> {
+        let mut cmd = lab.command_in(Ns::Router, binary);
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(policy_file)
+            .args(["--pin-path", PIN_PATH])
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Ctrl-C at the terminal reaches the demo only; the demo stops the agent.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches only the child's own state. If
+        // the demo is killed outright, the agent gets SIGTERM rather than running on.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting filter-agent run (nsenter)")?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            })
+        };
+        Ok(Agent {
+            child,
+            lines,
+            log,
+            reader,
+        })
+    }
+
+    /// Shows the agent's lines until `done` returns something for one, and returns that.
+    /// Fails on timeout, on the agent exiting, and on Ctrl-C.
+    fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&str) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            check_interrupt()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("the agent did not {what} within {timeout:?}");
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    println!("  agent | {}", without_timestamp(&line));
+                    if let Some(value) = done(&line) {
+                        return Ok(value);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!("the agent exited ({status}) before it would {what}");
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped in time; returns the whole log.
+    fn stop(mut self) -> (Result<()>, Vec<String>) {
+        let result = self.terminate();
+        let _ = self.reader.join();
+        for line in self.lines.try_iter() {
+            println!("  agent | {}", without_timestamp(&line));
+        }
+        if let (Ok(true), Ok(Some(status))) = (&result, self.child.try_wait()) {
+            println!("  agent stopped ({status})");
+        }
+        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        (result.map(|_| ()), log)
+    }
+
+    /// Returns whether the agent was still running (and has now stopped on SIGTERM).
+    fn terminate(&mut self) -> Result<bool> {
+        if let Some(status) = self.child.try_wait()? {
+            println!("  the agent had already exited ({status})");
+            return Ok(false);
+        }
+        println!("  SIGTERM to the agent (it leaves the filter attached)");
+        // SAFETY: plain syscall; the pid is our unreaped child, so it cannot be reused.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        bail!("the agent ignored SIGTERM for {STOP_TIMEOUT:?}; killed it")
+    }
+}
+
+/// `2026-01-02T03:04:05.678Z INFO  text` -> `INFO  text`.
+fn without_timestamp(line: &str) -> &str {
+    match line.split_once(' ') {
+        Some((first, rest)) if first.len() >= 20 && first.ends_with('Z') => rest,
+        _ => line,
+    }
+}
+
+fn run_detach(lab: &Lab, binary: &Path) -> Result<()> {
+    let out = lab
+        .command_in(Ns::Router, binary)
+        .args(["detach", "--pin-path", PIN_PATH])
+        .stdin(Stdio::null())
+        .process_group(0)
+        .output()
+        .context("running filter-agent detach")?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+    if !out.status.success() {
+        bail!(
+            "filter-agent detach failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Stops the agent and detaches the filter; the caller drops the lab. Returns the
+/// agent's log (empty if it never started).
+fn teardown(lab: &Lab, binary: &Path, agent: Option<Agent>) -> (Result<()>, Vec<String>) {
+    let (mut result, mut log) = (Ok(()), Vec::new());
+    if let Some(agent) = agent {
+        (result, log) = agent.stop();
+    }
+    if Path::new(PIN_PATH).exists() {
+        println!("  $ filter-agent detach --pin-path {PIN_PATH}");
+        if let Err(err) = run_detach(lab, binary) {
+            result = result.and(Err(err));
+        }
+    }
+    (result, log)
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals and output.
+
+/// The signal that interrupted the demo (SIGINT or SIGTERM), or 0.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe;
+        // SA_RESTART keeps blocking calls elsewhere from failing with EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+fn interrupted() -> Option<i32> {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+fn check_interrupt() -> Result<()> {
+    match interrupted() {
+        Some(signal) => bail!("interrupted by signal {signal}"),
+        None => Ok(()),
+    }
+}
+
+fn heading(title: &str) {
+    println!("\n== {title}");
+}

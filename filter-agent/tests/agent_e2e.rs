@@ -1,0 +1,340 @@
+//! The agent end to end: real kernel, real TCP, in network namespaces each test creates
+//! and removes (see tests/lab). Needs root.
+
+mod agent_process;
+mod lab;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use agent_process::{AgentProcess, BINARY, Scratch, attached_program};
+use lab::{
+    BUSINESS_BROADBAND, BUSINESS_ETHERNET, LEASED_LINE, Lab, Ns, Outcome, RELAY_V4, RELAY_V6,
+    REMOTE_V4, REMOTE_V6, RESIDENTIAL, UNMANAGED,
+};
+
+/// Long enough for a connection through the lab (milliseconds), short enough that a
+/// dropped SYN does not slow the tests down.
+const CONNECT: Duration = Duration::from_millis(700);
+const RELOAD: Duration = Duration::from_secs(10);
+
+/// Sets its flag when dropped, also while unwinding from a failed assertion.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn at(addr: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr, port)
+}
+
+/// Listeners on the remote MTA (25, 465, 587) and the relay (25), both families.
+fn listeners(lab: &Lab) -> Vec<lab::Listener> {
+    [
+        (REMOTE_V4, 25),
+        (REMOTE_V4, 465),
+        (REMOTE_V4, 587),
+        (RELAY_V4, 25),
+        (REMOTE_V6, 25),
+        (REMOTE_V6, 465),
+        (REMOTE_V6, 587),
+        (RELAY_V6, 25),
+    ]
+    .into_iter()
+    .map(|(addr, port)| lab.listen(at(addr, port)).unwrap())
+    .collect()
+}
+
+fn start(lab: &Lab) -> (Scratch, AgentProcess) {
+    let scratch = Scratch::new(lab);
+    scratch.write_policy(&lab.policy_yaml());
+    let agent = AgentProcess::start(lab, &scratch.policy(), &scratch.pin_path);
+    (scratch, agent)
+}
+
+fn expect(lab: &Lab, from: IpAddr, to: SocketAddr, want: Outcome) {
+    let got = lab.connect(from, to, CONNECT);
+    assert_eq!(got, want, "{from} -> {to}");
+}
+
+#[test]
+fn blocked_customers_reach_only_the_relay_and_submission_ports() {
+    let lab = Lab::create().unwrap();
+    let _listeners = listeners(&lab);
+    let (_scratch, agent) = start(&lab);
+    for customer in [RESIDENTIAL, BUSINESS_BROADBAND] {
+        for (src, remote, relay) in [
+            (customer.v4, REMOTE_V4, RELAY_V4),
+            (customer.v6, REMOTE_V6, RELAY_V6),
+        ] {
+            expect(&lab, src, at(remote, 25), Outcome::TimedOut);
+            expect(&lab, src, at(relay, 25), Outcome::Connected);
+            expect(&lab, src, at(remote, 465), Outcome::Connected);
+            expect(&lab, src, at(remote, 587), Outcome::Connected);
+        }
+    }
+    for customer in [LEASED_LINE, UNMANAGED, BUSINESS_ETHERNET] {
+        expect(&lab, customer.v4, at(REMOTE_V4, 25), Outcome::Connected);
+        expect(&lab, customer.v6, at(REMOTE_V6, 25), Outcome::Connected);
+    }
+    assert_eq!(agent.count("ERROR"), 0, "{}", agent.log().join("\n"));
+}
+
+/// The lab policy plus two prefixes that no test source lies in, placed in `block` or
+/// `allow` groups depending on `round`.
+fn shuffled_policy(lab: &Lab, round: usize) -> String {
+    let (a, b) = if round.is_multiple_of(2) {
+        ("residential", "leased-line")
+    } else {
+        ("leased-line", "residential")
+    };
+    let mut text = lab.policy_yaml();
+    for (group, prefix) in [(a, "100.100.0.0/16"), (b, "\"2001:db8:1fff::/48\"")] {
+        let anchor = format!("  - name: {group}\n");
+        let at = text.find(&anchor).expect("group in lab policy");
+        let list = "    prefixes:\n";
+        let prefixes = text[at..].find(list).expect("block-style prefix list") + at + list.len();
+        text.insert_str(prefixes, &format!("      - {prefix}\n"));
+    }
+    text
+}
+
+#[test]
+fn a_hundred_reloads_under_traffic_let_nothing_through_and_break_nothing() {
+    let lab = Lab::create().unwrap();
+    let _listeners = listeners(&lab);
+    let (scratch, agent) = start(&lab);
+    let stop = AtomicBool::new(false);
+    let leaked = Arc::new(AtomicUsize::new(0));
+    let blocked_attempts = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let allowed_attempts = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        // Stops the senders even when an assertion below panics, so the scope can end.
+        let _stop = StopOnDrop(&stop);
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let outcome = lab.connect(
+                    RESIDENTIAL.v4,
+                    at(REMOTE_V4, 25),
+                    Duration::from_millis(150),
+                );
+                if outcome != Outcome::TimedOut {
+                    leaked.fetch_add(1, Ordering::Relaxed);
+                }
+                blocked_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if lab.connect(LEASED_LINE.v4, at(REMOTE_V4, 25), Duration::from_secs(2))
+                    != Outcome::Connected
+                {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                allowed_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        for round in 1..=100 {
+            scratch.write_policy(&shuffled_policy(&lab, round));
+            agent.wait_for_nth("generation=", round + 1, RELOAD);
+        }
+    });
+    let (blocked, allowed) = (
+        blocked_attempts.load(Ordering::Relaxed),
+        allowed_attempts.load(Ordering::Relaxed),
+    );
+    println!(
+        "reload under traffic: {blocked} blocked attempts, {allowed} allowed attempts, 100 reloads"
+    );
+    assert!(
+        blocked > 20 && allowed > 100,
+        "too little traffic: {blocked} blocked, {allowed} allowed"
+    );
+    assert_eq!(
+        leaked.load(Ordering::Relaxed),
+        0,
+        "blocked connections got through"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "allowed connections failed"
+    );
+    assert_eq!(
+        agent.count("reload refused"),
+        0,
+        "{}",
+        agent.log().join("\n")
+    );
+    // Each reload moved two prefixes: one changed value in each family's trie.
+    let last = agent
+        .log()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("generation=101"))
+        .unwrap();
+    assert!(last.contains("added=0 removed=0 changed=2"), "{last}");
+}
+
+#[test]
+fn kill_9_keeps_enforcing_and_a_restarted_agent_adopts_without_a_gap() {
+    let lab = Lab::create().unwrap();
+    let _listeners = listeners(&lab);
+    let (scratch, agent) = start(&lab);
+    let interface = lab.router_customer_if().to_string();
+    let first = attached_program(&lab, &interface).expect("filter attached");
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
+    let blocked_before = blocked_count(&scratch);
+
+    agent.kill9();
+    assert_eq!(
+        attached_program(&lab, &interface),
+        Some(first),
+        "the program must stay attached"
+    );
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
+    expect(&lab, LEASED_LINE.v4, at(REMOTE_V4, 25), Outcome::Connected);
+
+    // Watch the interface while a new agent adopts the pins: a program must be attached at
+    // every sample, and the id may change only by replacement.
+    let restarted = AtomicBool::new(false);
+    let gaps = std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&restarted);
+        let sampler = scope.spawn(|| {
+            let mut gaps = 0;
+            while !restarted.load(Ordering::Relaxed) {
+                if attached_program(&lab, &interface).is_none() {
+                    gaps += 1;
+                }
+            }
+            gaps
+        });
+        let second_agent = AgentProcess::start(&lab, &scratch.policy(), &scratch.pin_path);
+        restarted.store(true, Ordering::Relaxed);
+        let gaps = sampler.join().unwrap();
+        let second = attached_program(&lab, &interface).expect("filter attached");
+        assert_ne!(
+            second, first,
+            "the restarted agent swaps in its own program"
+        );
+        assert!(
+            second_agent.count("program replaced on the pinned link") == 1,
+            "{}",
+            second_agent.log().join("\n")
+        );
+        expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
+        expect(&lab, LEASED_LINE.v4, at(REMOTE_V4, 25), Outcome::Connected);
+        let blocked_after = blocked_count(&scratch);
+        assert!(
+            blocked_after > blocked_before,
+            "counters continue across the restart: {blocked_before} then {blocked_after}"
+        );
+        drop(second_agent);
+        gaps
+    });
+    assert_eq!(
+        gaps, 0,
+        "the interface was seen without a program during the restart"
+    );
+}
+
+/// Blocked IPv4 packets so far, read from the pinned counters.
+fn blocked_count(scratch: &Scratch) -> u64 {
+    use aya::maps::{MapData, PerCpuArray};
+    use filter_common::{Counter, Family, Reason, reason_counter_index};
+    let map = MapData::from_pin(scratch.pin_path.join("maps/REASON_STATS")).unwrap();
+    let counters: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).unwrap();
+    let index = reason_counter_index(Family::Ipv4, Reason::Blocked);
+    counters
+        .get(&index, 0)
+        .unwrap()
+        .iter()
+        .map(|c| c.packets)
+        .sum()
+}
+
+#[test]
+fn an_invalid_policy_written_over_a_running_one_is_refused_and_the_old_one_enforced() {
+    let lab = Lab::create().unwrap();
+    let _listeners = listeners(&lab);
+    let (scratch, agent) = start(&lab);
+    let broken = lab.policy_yaml().replace("100.64.0.0/10", "100.64.0.1/10");
+    scratch.write_policy(&broken);
+    agent.wait_for("reload refused: the running policy stays in force", RELOAD);
+    assert!(
+        agent.count("host bits set") >= 1,
+        "{}",
+        agent.log().join("\n")
+    );
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
+    expect(&lab, RESIDENTIAL.v6, at(REMOTE_V6, 25), Outcome::TimedOut);
+    expect(&lab, LEASED_LINE.v4, at(REMOTE_V4, 25), Outcome::Connected);
+    // A later valid edit still applies.
+    scratch.write_policy(&lab.policy_yaml().replace("smtp: block", "smtp: allow"));
+    agent.wait_for_nth("generation=", 2, RELOAD);
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::Connected);
+}
+
+#[test]
+fn an_invalid_policy_at_start_attaches_nothing_and_exits_1() {
+    let lab = Lab::create().unwrap();
+    let scratch = Scratch::new(&lab);
+    scratch.write_policy(&lab.policy_yaml().replace("ports: [25]", "ports: [0]"));
+    let mut agent = AgentProcess::spawn(&lab, &scratch.policy(), &scratch.pin_path);
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(1));
+    let log = agent.log().join("\n");
+    assert!(
+        log.contains("nothing attached") && log.contains("port"),
+        "{log}"
+    );
+    assert_eq!(attached_program(&lab, lab.router_customer_if()), None);
+}
+
+#[test]
+fn a_second_agent_on_the_same_pins_is_refused_and_detach_removes_the_filter() {
+    let lab = Lab::create().unwrap();
+    let _listeners = listeners(&lab);
+    let (scratch, agent) = start(&lab);
+    let mut second = AgentProcess::spawn(&lab, &scratch.policy(), &scratch.pin_path);
+    assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(1));
+    assert!(
+        second.count("already running") == 1,
+        "{}",
+        second.log().join("\n")
+    );
+
+    // detach refuses while the agent runs, works once it is stopped.
+    let refused = lab
+        .command_in(Ns::Router, BINARY)
+        .args(["detach", "--pin-path"])
+        .arg(&scratch.pin_path)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(agent.stop(), Some(0));
+    assert!(
+        attached_program(&lab, lab.router_customer_if()).is_some(),
+        "stopping keeps the filter"
+    );
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
+    let detached = scratch.detach();
+    assert!(
+        detached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detached.stderr)
+    );
+    assert_eq!(attached_program(&lab, lab.router_customer_if()), None);
+    assert!(!scratch.pin_path.exists());
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::Connected);
+}
