@@ -18,6 +18,7 @@ use tokio::{
 
 use crate::{
     dataplane::{Capacity, Dataplane, PinDir},
+    image::MapImage,
     policy::{self, Policy},
 };
 
@@ -78,15 +79,31 @@ struct Agent {
     policy_path: PathBuf,
     pins: PinDir,
     dataplane: Dataplane,
+    /// What the maps hold: read from the kernel at start, then the image last applied
+    /// (this agent is the maps' only writer), so a reload diffs without reading them back.
+    applied: MapImage,
     generation: u64,
 }
 
 impl Agent {
     /// Makes the kernel match `policy`: maps first (hole-free), then attachments.
     fn apply(&mut self, policy: &Policy) -> Result<()> {
+        let started = Instant::now();
         check_interfaces(policy)?;
-        let image = policy.compile_with_ids(&self.dataplane.group_ids()?);
-        let report = self.dataplane.sync(&image)?;
+        let ids = self
+            .applied
+            .groups
+            .iter()
+            .map(|(&id, g)| (g.name.clone(), id))
+            .collect();
+        let image = policy.compile_with_ids(&ids);
+        let report = self.dataplane.sync_from(&self.applied, &image);
+        if report.is_err() {
+            // A failed sync may have applied part of the plan: learn what the maps hold.
+            self.applied = self.dataplane.read_image()?;
+        }
+        let report = report?;
+        self.applied = image;
         for interface in &policy.interfaces {
             self.dataplane
                 .attach(&self.pins, &interface.name, interface.xdp_mode)?;
@@ -98,19 +115,27 @@ impl Agent {
         }
         self.generation += 1;
         info!(
-            "policy={} generation={} groups={} prefixes={} relays={} {report}",
+            "policy={} generation={} groups={} prefixes={} relays={} {report} applied_ms={}",
             self.policy_path.display(),
             self.generation,
             policy.groups.len(),
             policy.prefix_count(),
-            policy.relays.len()
+            policy.relays.len(),
+            started.elapsed().as_millis()
         );
         Ok(())
     }
 
     fn reload(&mut self, why: &str) {
         info!("reload requested ({why})");
+        let started = Instant::now();
         let result = load_policy(&self.policy_path).and_then(|policy| self.apply(&policy));
+        if result.is_ok() {
+            info!(
+                "reload done in {} ms (parse, validate, sync)",
+                started.elapsed().as_millis()
+            );
+        }
         if let Err(err) = result {
             for line in format!("{err:#}").lines() {
                 error!("reload refused: {line}");
@@ -131,11 +156,13 @@ async fn run_async(options: RunOptions) -> Result<()> {
     check_interfaces(&policy)?;
     let pins = PinDir::open_locked(&options.pin_path)?;
     let capacity = Capacity::for_image(&policy.compile());
-    let dataplane = Dataplane::load_pinned(&pins, capacity)?;
+    let mut dataplane = Dataplane::load_pinned(&pins, capacity)?;
+    let applied = dataplane.read_image()?;
     let mut agent = Agent {
         policy_path: options.policy.clone(),
         pins,
         dataplane,
+        applied,
         generation: 0,
     };
     agent.apply(&policy)?;

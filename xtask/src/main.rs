@@ -35,6 +35,12 @@ enum Task {
         #[arg(long)]
         json: bool,
     },
+    /// Set up, then measure the agent at 100,000 prefixes: time to first enforcement,
+    /// resident memory, a one-prefix change.
+    BenchAgent {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -68,25 +74,28 @@ fn main() -> Result<()> {
             ]))?;
             run(Command::new("target/release/examples/demo").arg("target/release/filter-agent"))
         }
-        Task::Bench { json } => {
-            setup()?;
-            require_root("the benchmark loads XDP programs")?;
-            let mut cmd = Command::new("cargo");
-            cmd.args([
-                "bench",
-                "--quiet",
-                "-p",
-                "filter-agent",
-                "--bench",
-                "xdp",
-                "--",
-            ]);
-            if json {
-                cmd.arg("--json");
-            }
-            run(&mut cmd)
-        }
+        Task::Bench { json } => bench("xdp", json),
+        Task::BenchAgent { json } => bench("agent", json),
     }
+}
+
+fn bench(name: &str, json: bool) -> Result<()> {
+    setup()?;
+    require_root("the benchmarks load XDP programs")?;
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "bench",
+        "--quiet",
+        "-p",
+        "filter-agent",
+        "--bench",
+        name,
+        "--",
+    ]);
+    if json {
+        cmd.arg("--json");
+    }
+    run(&mut cmd)
 }
 
 fn workspace_root() -> PathBuf {

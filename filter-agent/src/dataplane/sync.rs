@@ -214,8 +214,14 @@ impl Dataplane {
     /// Brings the maps to `want`, touching only what differs. Refuses, changing nothing,
     /// when the tries cannot hold old and new entries together.
     pub fn sync(&mut self, want: &MapImage) -> Result<SyncReport> {
-        let have_v4 = read_trie::<Ipv4Net>(&self.sources_v4()?)?;
-        let have_v6 = read_trie::<Ipv6Net>(&self.sources_v6()?)?;
+        let have = self.read_image()?;
+        self.sync_from(&have, want)
+    }
+
+    /// Like `sync`, trusting `have` to be what the maps hold (the image this process
+    /// applied last), so a small change costs only its own map operations.
+    pub fn sync_from(&mut self, have: &MapImage, want: &MapImage) -> Result<SyncReport> {
+        let (have_v4, have_v6) = (&have.sources_v4, &have.sources_v6);
         let capacity = self.capacity()?;
         let union = |have: usize, added: usize| have + added;
         let new_v4 = want
@@ -242,7 +248,11 @@ impl Dataplane {
             );
         }
 
-        let have_groups = self.group_ids()?;
+        let have_groups: BTreeMap<&str, u32> = have
+            .groups
+            .iter()
+            .map(|(&id, g)| (g.name.as_str(), id))
+            .collect();
         let want_groups: BTreeMap<&str, u32> = want
             .groups
             .iter()
@@ -257,12 +267,12 @@ impl Dataplane {
                 report.groups_added.push(name.to_string());
             }
         }
-        let (a4, r4, c4) = sync_trie(&mut self.sources_v4()?, &have_v4, &want.sources_v4)?;
-        let (a6, r6, c6) = sync_trie(&mut self.sources_v6()?, &have_v6, &want.sources_v6)?;
+        let (a4, r4, c4) = sync_trie(&mut self.sources_v4()?, have_v4, &want.sources_v4)?;
+        let (a6, r6, c6) = sync_trie(&mut self.sources_v6()?, have_v6, &want.sources_v6)?;
         report.added = a4 + a6;
         report.removed = r4 + r6;
         report.changed = c4 + c6;
-        if self.live_config()? != want.config {
+        if have.config != want.config {
             self.switch_config(&want.config)?;
             report.config_changed = true;
         }
@@ -271,7 +281,7 @@ impl Dataplane {
         for (name, id) in have_groups {
             if !live_ids.contains(&id) {
                 self.group_names()?.set(id, encode_name("")?, 0)?;
-                report.groups_removed.push(name);
+                report.groups_removed.push(name.to_string());
             }
         }
         Ok(report)
