@@ -130,7 +130,10 @@ fn ensure_rust_src() -> Result<()> {
 /// bpf-linker 0.13 writes BTF the kernel accepts (0.10 does not); it links against the
 /// nightly toolchain's own libLLVM, found through a prefix folder holding a symlink.
 fn ensure_bpf_linker() -> Result<()> {
-    if let Ok(version) = output(Command::new("bpf-linker").arg("--version"))
+    // It loads nightly's libLLVM at run time, which `rustup run nightly` puts on the
+    // library path (as it does when rustc invokes the linker).
+    if let Ok(version) =
+        output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]))
         && version.contains(BPF_LINKER_VERSION)
     {
         return Ok(());
