@@ -691,3 +691,13 @@ fn aliases_resolve_to_their_anchor() {
     let policy = parse(source, FILE).unwrap().policy;
     assert_eq!(policy.relays, [net("10.0.0.0/8")]);
 }
+
+#[test]
+fn more_relays_than_the_filter_scans_is_an_error() {
+    let relays: String = (1..=17).map(|i| format!("  - 203.0.113.{i}\n")).collect();
+    let source = format!("version: 1\nrelays:\n{relays}  - 2001:db8::25\n");
+    let error = one_error(&source);
+    assert_eq!(at(&error), (19, 5));
+    assert_eq!(error.message, "more than 16 IPv4 relays");
+    assert!(error.hint.as_deref().unwrap().contains("one prefix"));
+}
