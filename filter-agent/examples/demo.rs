@@ -235,8 +235,8 @@ struct Attempt {
     src: IpAddr,
     dst: SocketAddr,
     dst_name: &'static str,
-    verdict: &'static str,
-    reason: &'static str,
+    verdict: String,
+    reason: String,
     outcome: Outcome,
 }
 

@@ -33,6 +33,57 @@ Logging: RUST_LOG=debug for more detail; one event per line.")]
         /// Where maps and links are pinned (bpffs is mounted there if needed).
         #[arg(long, value_name = "DIR", default_value = crate::agent::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// The control socket the CLI talks to (mode 0660, owner root).
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Group of the control socket: its members may read status, stats and exemptions.
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
+        /// Members of this group may also add and remove exemptions (root always may).
+        #[arg(long, value_name = "GROUP")]
+        writers_group: Option<String>,
+        /// Where exemptions granted from the CLI are kept across restarts.
+        #[arg(long, value_name = "FILE", default_value = crate::exemptions::DEFAULT_STATE_FILE)]
+        state_file: PathBuf,
+        /// Serve Prometheus/OpenMetrics metrics on ADDR:PORT (path /metrics).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// What the running agent is doing: interfaces, program, policy, maps, counters.
+    #[command(
+        after_help = "Examples:\n  filter-agent status\n  filter-agent status --json | jq .policy"
+    )]
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Packets and bytes per reason, family, group and interface; with rates when watching.
+    #[command(
+        after_help = "Examples:\n  filter-agent stats\n  filter-agent stats --watch 5\n  filter-agent stats --json"
+    )]
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS and show rates since the previous round.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Per-customer permission to send on port 25 (the abuse desk's tool).
+    Exemptions {
+        #[command(subcommand)]
+        command: ExemptionsCommand,
+        #[arg(long, global = true, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Write shell completions (bash, zsh, fish) and man pages into DIR.
+    #[command(hide = true)]
+    Docs {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Remove the filter from every interface and delete its pinned maps.
     #[command(after_help = "Example:\n  filter-agent detach --pin-path /sys/fs/bpf/filter-agent")]
@@ -68,20 +119,60 @@ exits with status 1.")]
         #[arg(required = true, value_name = "CAPTURE")]
         captures: Vec<PathBuf>,
     },
-    /// Show what the policy does with one TCP flow, and which group and prefix decide it
-    /// (reference model; no root needed).
+    /// Show what the policy does with one TCP flow, and which group and prefix decide it.
+    /// Without --policy, asks the running agent (its policy and CLI exemptions); with
+    /// --policy, uses that file (reference model; no root needed).
     #[command(after_help = "Examples:
+  filter-agent explain --src 100.64.1.2 --dst 203.0.113.9
   filter-agent explain --policy policies/example.yaml --src 100.64.1.2 --dst 203.0.113.9
   filter-agent explain --policy policies/example.yaml --src 2001:db8:1000::5 --dst 2001:db8:ffff::25 --json")]
     Explain {
         #[arg(long, value_name = "FILE")]
-        policy: PathBuf,
+        policy: Option<PathBuf>,
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
         #[arg(long, value_name = "ADDR")]
         src: IpAddr,
         #[arg(long, value_name = "ADDR")]
         dst: IpAddr,
         #[arg(long, value_name = "PORT", default_value_t = 25, value_parser = clap::value_parser!(u16).range(1..))]
         dport: u16,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExemptionsCommand {
+    /// Let PREFIX send on port 25, at once and across restarts. It must lie in a block group.
+    #[command(after_help = "Examples:
+  filter-agent exemptions add 100.64.12.34/32 --reason \"ticket 4711: own MTA\"
+  filter-agent exemptions add 2001:db8:1000:42::/64 --reason \"pilot\" --expires 7d
+  filter-agent exemptions add 100.64.12.34 --reason \"migration\" --until 2026-12-31T23:00:00Z")]
+    Add {
+        #[arg(value_name = "PREFIX")]
+        prefix: String,
+        /// Why (a ticket number, a name): shown in `list` and the logs.
+        #[arg(long)]
+        reason: String,
+        /// Remove it after this long (30m, 12h, 7d).
+        #[arg(long, value_name = "DURATION", conflicts_with = "until")]
+        expires: Option<String>,
+        /// Remove it at this time (RFC 3339, e.g. 2026-12-31T23:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+    },
+    /// Revoke an exemption granted with `add`.
+    #[command(after_help = "Example:\n  filter-agent exemptions remove 100.64.12.34/32")]
+    Remove {
+        #[arg(value_name = "PREFIX")]
+        prefix: String,
+    },
+    /// Every exemption: policy allow prefixes (source policy) and CLI ones (source cli).
+    #[command(
+        after_help = "Examples:\n  filter-agent exemptions list\n  filter-agent exemptions list --json"
+    )]
+    List {
         #[arg(long)]
         json: bool,
     },

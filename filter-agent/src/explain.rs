@@ -10,13 +10,13 @@ use crate::{
     model,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Explanation {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub dport: u16,
-    pub verdict: &'static str,
-    pub reason: &'static str,
+    pub verdict: String,
+    pub reason: String,
     /// The longest source prefix over all groups, with its group.
     pub source_prefix: Option<IpNet>,
     pub group: Option<String>,
@@ -34,8 +34,8 @@ pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explan
         src,
         dst,
         dport,
-        verdict: decision.verdict.name(),
-        reason: decision.reason.name(),
+        verdict: decision.verdict.name().to_string(),
+        reason: decision.reason.name().to_string(),
         source_prefix: matched.map(|(prefix, _)| prefix),
         group: group.map(|g| g.name.clone()),
         smtp: group.map(|g| g.smtp),

@@ -62,6 +62,14 @@ impl MapImage {
         self.groups.get(&id)
     }
 
+    /// The rule of exactly this prefix, if the image holds it.
+    pub fn source(&self, prefix: IpNet) -> Option<&SourceRule> {
+        match prefix {
+            IpNet::V4(p) => self.sources_v4.get(&p),
+            IpNet::V6(p) => self.sources_v6.get(&p),
+        }
+    }
+
     pub fn insert_source(&mut self, prefix: IpNet, rule: SourceRule) {
         match prefix {
             IpNet::V4(p) => self.sources_v4.insert(p, rule),

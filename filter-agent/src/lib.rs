@@ -3,10 +3,15 @@
 pub mod agent;
 pub mod capture;
 pub mod cli;
+pub mod client;
+pub mod control;
 pub mod dataplane;
+pub mod docs;
+pub mod exemptions;
 pub mod explain;
 pub mod fixtures;
 pub mod image;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod replay;

@@ -4,8 +4,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use filter_agent::{
     agent, capture,
-    cli::{Cli, Command, Format},
-    explain, policy, replay,
+    cli::{Cli, Command, ExemptionsCommand, Format},
+    client,
+    control::Request,
+    docs, explain, policy, replay,
 };
 
 fn main() -> ExitCode {
@@ -35,9 +37,66 @@ fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Run { policy, pin_path } => {
+        Command::Run {
+            policy,
+            pin_path,
+            socket,
+            socket_group,
+            writers_group,
+            state_file,
+            metrics,
+        } => {
             agent::init_logging();
-            agent::run(agent::RunOptions { policy, pin_path })?;
+            agent::run(agent::RunOptions {
+                policy,
+                pin_path,
+                socket,
+                socket_group,
+                writers_group,
+                state_file,
+                metrics,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, socket } => {
+            client::status(&socket, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats {
+            json,
+            watch,
+            socket,
+        } => {
+            client::stats(&socket, json, watch)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exemptions { command, socket } => {
+            match command {
+                ExemptionsCommand::List { json } => client::exemptions_list(&socket, json)?,
+                ExemptionsCommand::Add {
+                    prefix,
+                    reason,
+                    expires,
+                    until,
+                } => client::exemptions_change(
+                    &socket,
+                    Request::ExemptionsAdd {
+                        prefix,
+                        reason,
+                        expires,
+                        until,
+                    },
+                )?,
+                ExemptionsCommand::Remove { prefix } => {
+                    client::exemptions_change(&socket, Request::ExemptionsRemove { prefix })?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Docs { dir } => {
+            for file in docs::generate(<Cli as clap::CommandFactory>::command(), &dir)? {
+                println!("{}", file.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Detach { pin_path } => {
@@ -97,6 +156,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Explain {
             policy,
+            socket,
             src,
             dst,
             dport,
@@ -105,8 +165,16 @@ fn run(command: Command) -> Result<ExitCode> {
             if src.is_ipv4() != dst.is_ipv4() {
                 bail!("--src {src} and --dst {dst} are of different address families");
             }
-            let image = load_policy(&policy)?.compile();
-            let explanation = explain::explain(&image, src, dst, dport);
+            let explanation = match policy {
+                Some(policy) => {
+                    let image = load_policy(&policy)?.compile();
+                    explain::explain(&image, src, dst, dport)
+                }
+                None => serde_json::from_value(client::call(
+                    &socket,
+                    &Request::Explain { src, dst, dport },
+                )?)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);
             } else {

@@ -57,7 +57,7 @@ fn listeners(lab: &Lab) -> Vec<lab::Listener> {
 fn start(lab: &Lab) -> (Scratch, AgentProcess) {
     let scratch = Scratch::new(lab);
     scratch.write_policy(&lab.policy_yaml());
-    let agent = AgentProcess::start(lab, &scratch.policy(), &scratch.pin_path);
+    let agent = AgentProcess::start(lab, &scratch, &[]);
     (scratch, agent)
 }
 
@@ -219,7 +219,7 @@ fn kill_9_keeps_enforcing_and_a_restarted_agent_adopts_without_a_gap() {
             }
             gaps
         });
-        let second_agent = AgentProcess::start(&lab, &scratch.policy(), &scratch.pin_path);
+        let second_agent = AgentProcess::start(&lab, &scratch, &[]);
         restarted.store(true, Ordering::Relaxed);
         let gaps = sampler.join().unwrap();
         let second = attached_program(&lab, &interface).expect("filter attached");
@@ -248,19 +248,23 @@ fn kill_9_keeps_enforcing_and_a_restarted_agent_adopts_without_a_gap() {
     );
 }
 
-/// Blocked IPv4 packets so far, read from the pinned counters.
+/// Blocked IPv4 packets so far on any interface, read from the pinned counters.
 fn blocked_count(scratch: &Scratch) -> u64 {
     use aya::maps::{MapData, PerCpuArray};
-    use filter_common::{Counter, Family, Reason, reason_counter_index};
+    use filter_common::{Counter, Family, MAX_INTERFACES, Reason, reason_counter_index};
     let map = MapData::from_pin(scratch.pin_path.join("maps/REASON_STATS")).unwrap();
     let counters: PerCpuArray<_, Counter> =
         PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).unwrap();
-    let index = reason_counter_index(Family::Ipv4, Reason::Blocked);
-    counters
-        .get(&index, 0)
-        .unwrap()
-        .iter()
-        .map(|c| c.packets)
+    (0..=MAX_INTERFACES)
+        .map(|slot| reason_counter_index(slot, Family::Ipv4, Reason::Blocked))
+        .map(|index| {
+            counters
+                .get(&index, 0)
+                .unwrap()
+                .iter()
+                .map(|c| c.packets)
+                .sum::<u64>()
+        })
         .sum()
 }
 
@@ -291,7 +295,7 @@ fn an_invalid_policy_at_start_attaches_nothing_and_exits_1() {
     let lab = Lab::create().unwrap();
     let scratch = Scratch::new(&lab);
     scratch.write_policy(&lab.policy_yaml().replace("ports: [25]", "ports: [0]"));
-    let mut agent = AgentProcess::spawn(&lab, &scratch.policy(), &scratch.pin_path);
+    let mut agent = AgentProcess::spawn(&lab, &scratch, &[]);
     assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(1));
     let log = agent.log().join("\n");
     assert!(
@@ -306,7 +310,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_detach_removes_the_filter() {
     let lab = Lab::create().unwrap();
     let _listeners = listeners(&lab);
     let (scratch, agent) = start(&lab);
-    let mut second = AgentProcess::spawn(&lab, &scratch.policy(), &scratch.pin_path);
+    let mut second = AgentProcess::spawn(&lab, &scratch, &[]);
     assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(1));
     assert!(
         second.count("already running") == 1,

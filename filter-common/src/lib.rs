@@ -17,6 +17,11 @@ pub const MAP_GROUP_NAMES: &str = "GROUP_NAMES";
 pub const MAP_SOURCES_V4: &str = "SOURCES_V4";
 /// LPM trie: IPv6 source prefix (network-order bytes) -> [`SourceRule`].
 pub const MAP_SOURCES_V6: &str = "SOURCES_V6";
+/// Array: ingress ifindex -> interface slot (0: an interface the agent did not attach).
+pub const MAP_IFINDEX_SLOTS: &str = "IFINDEX_SLOTS";
+/// Array of [`InterfaceSlot`] by slot: which interface a slot's counters belong to. Only the
+/// agent reads it.
+pub const MAP_INTERFACE_SLOTS: &str = "INTERFACE_SLOTS";
 /// Per-CPU array of [`Counter`], indexed by [`reason_counter_index`].
 pub const MAP_REASON_STATS: &str = "REASON_STATS";
 /// Per-CPU array of [`Counter`], indexed by [`group_counter_index`].
@@ -27,8 +32,12 @@ pub const PROGRAM_FILTER: &str = "smtp_filter";
 /// An XDP program that only returns `XDP_PASS`: the benchmark baseline.
 pub const PROGRAM_PASS_BASELINE: &str = "pass_baseline";
 
-/// Groups are numbered 1..=MAX_GROUPS in policy order; 0 means "no group".
+/// Group ids run 1..=MAX_GROUPS; 0 means "no group". Policy groups use 1..MAX_GROUPS.
 pub const MAX_GROUPS: u32 = 1023;
+/// The group id of exemptions granted from the CLI (`filter-agent exemptions add`).
+pub const EXEMPTION_GROUP: u32 = MAX_GROUPS;
+/// The name the CLI exemptions' group goes by in counters and metrics.
+pub const EXEMPTION_GROUP_NAME: &str = "exemptions";
 /// Default capacity of the prefix tries when the loader does not size them.
 pub const DEFAULT_PREFIX_CAPACITY: u32 = 1024;
 
@@ -258,12 +267,27 @@ impl Family {
     }
 }
 
-pub const REASON_STATS_ENTRIES: u32 = FAMILY_COUNT * REASON_COUNT;
+/// Interfaces with counters of their own: slots 1..=MAX_INTERFACES; slot 0 counts the rest
+/// (and BPF_PROG_TEST_RUN).
+pub const MAX_INTERFACES: u32 = 63;
+/// ifindex values below this map to a slot; higher ones count under slot 0.
+pub const IFINDEX_SLOTS_ENTRIES: u32 = 65536;
+pub const INTERFACE_NAME_MAX: usize = 16;
+
+/// The interface a counter slot belongs to; `ifindex == 0` marks a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceSlot {
+    pub ifindex: u32,
+    pub name: [u8; INTERFACE_NAME_MAX],
+}
+
+pub const REASON_STATS_ENTRIES: u32 = (MAX_INTERFACES + 1) * FAMILY_COUNT * REASON_COUNT;
 pub const GROUP_STATS_ENTRIES: u32 = (MAX_GROUPS + 1) * REASON_COUNT;
 
 #[inline(always)]
-pub const fn reason_counter_index(family: Family, reason: Reason) -> u32 {
-    family as u32 * REASON_COUNT + reason as u32
+pub const fn reason_counter_index(slot: u32, family: Family, reason: Reason) -> u32 {
+    (slot * FAMILY_COUNT + family as u32) * REASON_COUNT + reason as u32
 }
 
 #[inline(always)]
@@ -278,6 +302,7 @@ mod pod {
     unsafe impl aya::Pod for super::SourceRule {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::GroupName {}
+    unsafe impl aya::Pod for super::InterfaceSlot {}
     unsafe impl aya::Pod for super::RelayV4 {}
     unsafe impl aya::Pod for super::RelayV6 {}
 }

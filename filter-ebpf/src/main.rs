@@ -15,7 +15,8 @@ use aya_ebpf::{
 #[xdp]
 pub fn smtp_filter(ctx: XdpContext) -> u32 {
     let decision = decide::judge(&ctx);
-    maps::count(&decision, (ctx.data_end() - ctx.data()) as u64);
+    let slot = maps::interface_slot(ctx.ingress_ifindex() as u32);
+    maps::count(&decision, slot, (ctx.data_end() - ctx.data()) as u64);
     if decision.drop { XDP_DROP } else { XDP_PASS }
 }
 

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray},
 };
 use filter_common::{
-    Config, Counter, DEFAULT_PREFIX_CAPACITY, GROUP_STATS_ENTRIES, GroupName, MAX_GROUPS,
-    REASON_STATS_ENTRIES, SourceRule, group_counter_index, reason_counter_index,
+    Config, Counter, DEFAULT_PREFIX_CAPACITY, GROUP_STATS_ENTRIES, GroupName,
+    IFINDEX_SLOTS_ENTRIES, InterfaceSlot, MAX_GROUPS, MAX_INTERFACES, REASON_STATS_ENTRIES,
+    SourceRule, group_counter_index, reason_counter_index,
 };
 
 use crate::decide::Decision;
@@ -38,18 +39,35 @@ pub static SOURCES_V4: LpmTrie<[u8; 4], SourceRule> =
 pub static SOURCES_V6: LpmTrie<[u8; 16], SourceRule> =
     LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
 
+#[map(name = "IFINDEX_SLOTS")]
+static IFINDEX_SLOTS: Array<u32> = Array::with_max_entries(IFINDEX_SLOTS_ENTRIES, 0);
+
+/// Userspace bookkeeping (slot -> interface), created and pinned with the others.
+#[map(name = "INTERFACE_SLOTS")]
+static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(MAX_INTERFACES + 1, 0);
+
+/// The counter slot of the interface the frame arrived on.
+#[inline(always)]
+pub fn interface_slot(ifindex: u32) -> u32 {
+    match IFINDEX_SLOTS.get(ifindex) {
+        Some(&slot) if slot <= MAX_INTERFACES => slot,
+        _ => 0,
+    }
+}
+
 #[map(name = "REASON_STATS")]
 static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_ENTRIES, 0);
 
 #[map(name = "GROUP_STATS")]
 static GROUP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(GROUP_STATS_ENTRIES, 0);
 
-/// Counts one frame: always under (family, reason), and under its group when one matched.
+/// Counts one frame: always under (interface, family, reason), and under its group when
+/// one matched.
 #[inline(always)]
-pub fn count(decision: &Decision, bytes: u64) {
+pub fn count(decision: &Decision, slot: u32, bytes: u64) {
     bump(
         &REASON_STATS,
-        reason_counter_index(decision.family, decision.reason),
+        reason_counter_index(slot, decision.family, decision.reason),
         bytes,
     );
     if decision.group != 0 {

@@ -3,6 +3,7 @@
 //! `pins`), run frames through it with BPF_PROG_TEST_RUN and read its counters.
 
 mod pins;
+mod slots;
 mod sync;
 
 use std::{path::Path, time::Duration};
@@ -14,10 +15,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use filter_common::{
-    Config, Counter, Family, GroupName, MAP_CONFIG, MAP_CONFIG_SLOT, MAP_GROUP_NAMES,
-    MAP_GROUP_STATS, MAP_REASON_STATS, MAP_SOURCES_V4, MAP_SOURCES_V6, PROGRAM_FILTER,
-    PROGRAM_PASS_BASELINE, REASON_COUNT, REASON_STATS_ENTRIES, Reason, SourceRule,
-    reason_counter_index,
+    Config, Counter, FAMILY_COUNT, Family, GroupName, InterfaceSlot, MAP_CONFIG, MAP_CONFIG_SLOT,
+    MAP_GROUP_NAMES, MAP_GROUP_STATS, MAP_IFINDEX_SLOTS, MAP_INTERFACE_SLOTS, MAP_REASON_STATS,
+    MAP_SOURCES_V4, MAP_SOURCES_V6, PROGRAM_FILTER, PROGRAM_PASS_BASELINE, REASON_COUNT, Reason,
+    SourceRule, reason_counter_index,
 };
 
 pub use pins::{AttachedInterface, PinDir};
@@ -36,12 +37,14 @@ const MIN_PREFIX_CAPACITY: u32 = 65_536;
 pub const MIN_FRAME_LEN: usize = 14;
 
 /// Every map of the object, in the order they are pinned and checked.
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 9] = [
     MAP_CONFIG,
     MAP_CONFIG_SLOT,
     MAP_SOURCES_V4,
     MAP_SOURCES_V6,
     MAP_GROUP_NAMES,
+    MAP_IFINDEX_SLOTS,
+    MAP_INTERFACE_SLOTS,
     MAP_REASON_STATS,
     MAP_GROUP_STATS,
 ];
@@ -191,6 +194,14 @@ impl Dataplane {
         Ok(LpmTrie::try_from(self.map_mut(MAP_SOURCES_V6)?)?)
     }
 
+    fn ifindex_slots(&mut self) -> Result<Array<&mut MapData, u32>> {
+        Ok(Array::try_from(self.map_mut(MAP_IFINDEX_SLOTS)?)?)
+    }
+
+    fn interface_slots_map(&mut self) -> Result<Array<&mut MapData, InterfaceSlot>> {
+        Ok(Array::try_from(self.map_mut(MAP_INTERFACE_SLOTS)?)?)
+    }
+
     fn group_names(&mut self) -> Result<Array<&mut MapData, GroupName>> {
         Ok(Array::try_from(self.map_mut(MAP_GROUP_NAMES)?)?)
     }
@@ -238,11 +249,12 @@ impl Dataplane {
     }
 
     /// Judges one frame in the kernel: the verdict from the program's return code, the
-    /// reason and family from the (family, reason) counter that moved.
+    /// reason and family from the (family, reason) counter that moved. Test runs count
+    /// under interface slot 0.
     pub fn judge(&self, frame: &[u8]) -> Result<KernelVerdict> {
-        let before = self.reason_counters()?;
+        let before = self.reason_counters(0)?;
         let (action, _) = self.test_run(frame, 1)?;
-        let after = self.reason_counters()?;
+        let after = self.reason_counters(0)?;
         let moved: Vec<usize> = (0..before.len())
             .filter(|&i| after[i].packets != before[i].packets)
             .collect();
@@ -254,7 +266,7 @@ impl Dataplane {
         };
         let family = Family::ALL[index / REASON_COUNT as usize];
         let reason = Reason::ALL[index % REASON_COUNT as usize];
-        debug_assert_eq!(reason_counter_index(family, reason) as usize, index);
+        debug_assert_eq!(reason_counter_index(0, family, reason) as usize, index);
         let drop = match action {
             XDP_DROP => true,
             XDP_PASS => false,
@@ -267,9 +279,11 @@ impl Dataplane {
         })
     }
 
-    /// (family, reason) counters summed over CPUs, indexed by `reason_counter_index`.
-    pub fn reason_counters(&self) -> Result<Vec<Counter>> {
-        self.summed_counters(MAP_REASON_STATS, 0..REASON_STATS_ENTRIES)
+    /// One interface slot's (family, reason) counters summed over CPUs, indexed by
+    /// `reason_counter_index(0, family, reason)`.
+    pub fn reason_counters(&self, slot: u32) -> Result<Vec<Counter>> {
+        let per_slot = FAMILY_COUNT * REASON_COUNT;
+        self.summed_counters(MAP_REASON_STATS, slot * per_slot..(slot + 1) * per_slot)
     }
 
     /// Per-group counters summed over CPUs for groups 0..=max_group, indexed by
@@ -319,6 +333,8 @@ fn check_pinned_map(name: &str, path: &Path) -> Result<()> {
         MAP_SOURCES_V4 => (8, size_of::<SourceRule>()),
         MAP_SOURCES_V6 => (20, size_of::<SourceRule>()),
         MAP_GROUP_NAMES => (4, size_of::<GroupName>()),
+        MAP_IFINDEX_SLOTS => (4, 4),
+        MAP_INTERFACE_SLOTS => (4, size_of::<InterfaceSlot>()),
         _ => (4, size_of::<Counter>()),
     };
     if info.key_size() as usize != key || info.value_size() as usize != value {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry as Slot;
 use std::hash::Hash;
 
-use filter_common::MAX_GROUPS;
+use filter_common::{EXEMPTION_GROUP, EXEMPTION_GROUP_NAME, GROUP_NAME_MAX};
 use ipnet::IpNet;
 
 use super::Loaded;
@@ -243,10 +243,12 @@ impl Checker<'_> {
         let Some(items) = self.list(node, "groups") else {
             return Vec::new();
         };
-        if let Some(first_extra) = items.get(MAX_GROUPS as usize) {
+        // The last id is reserved for exemptions granted from the CLI.
+        let max_groups = EXEMPTION_GROUP - 1;
+        if let Some(first_extra) = items.get(max_groups as usize) {
             self.error(
                 first_extra.pos,
-                format!("too many groups: {} (at most {MAX_GROUPS})", items.len()),
+                format!("too many groups: {} (at most {max_groups})", items.len()),
                 Some("merge groups that block or allow alike".to_string()),
             );
         }
@@ -277,6 +279,22 @@ impl Checker<'_> {
                     n.pos,
                     "group name is empty".to_string(),
                     Some("name the group, e.g. residential; counters and logs show it".to_string()),
+                );
+                return None;
+            }
+            if name == EXEMPTION_GROUP_NAME {
+                self.error(
+                    n.pos,
+                    format!("group name \"{name}\" is reserved for exemptions granted with `filter-agent exemptions add`"),
+                    Some("choose another name".to_string()),
+                );
+                return None;
+            }
+            if name.len() > GROUP_NAME_MAX {
+                self.error(
+                    n.pos,
+                    format!("group name \"{name}\" is longer than {GROUP_NAME_MAX} bytes"),
+                    None,
                 );
                 return None;
             }

@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -20,21 +20,27 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `filter-agent run` in the router namespace and waits until it enforces.
-    pub fn start(lab: &Lab, policy: &Path, pin_path: &Path) -> AgentProcess {
-        let agent = Self::spawn(lab, policy, pin_path);
+    /// Starts `filter-agent run` in the router namespace with the scratch's policy, pins,
+    /// control socket and state file, and waits until it enforces.
+    pub fn start(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> AgentProcess {
+        let agent = Self::spawn(lab, scratch, extra);
         agent.wait_for("enforcing after", Duration::from_secs(30));
         agent
     }
 
-    pub fn spawn(lab: &Lab, policy: &Path, pin_path: &Path) -> AgentProcess {
+    pub fn spawn(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> AgentProcess {
         let mut child = lab
             .command_in(Ns::Router, BINARY)
             .arg("run")
             .arg("--policy")
-            .arg(policy)
+            .arg(scratch.policy())
             .arg("--pin-path")
-            .arg(pin_path)
+            .arg(&scratch.pin_path)
+            .arg("--socket")
+            .arg(scratch.socket())
+            .arg("--state-file")
+            .arg(scratch.state_file())
+            .args(extra)
             .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -143,6 +149,24 @@ impl Scratch {
 
     pub fn policy(&self) -> PathBuf {
         self.dir.join("policy.yaml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state/exemptions.yaml")
+    }
+
+    /// Runs the CLI (on the host) against this test's agent.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BINARY)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .unwrap()
     }
 
     /// Replaces the policy file the way editors do: write a temporary file, rename it.

@@ -3,13 +3,19 @@
 //! filter attached and enforcing: the kernel holds all state (pinned maps and links), so a
 //! restarted agent picks up where this one left off.
 
+mod handler;
+pub mod rfc3339;
+mod state;
+
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, bail};
-use log::{error, info, warn};
+use log::{info, warn};
 use notify::Watcher;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -17,10 +23,13 @@ use tokio::{
 };
 
 use crate::{
+    control,
     dataplane::{Capacity, Dataplane, PinDir},
-    image::MapImage,
+    exemptions::ExemptionStore,
+    metrics,
     policy::{self, Policy},
 };
+use state::{Agent, ReloadResult};
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/filter-agent";
 
@@ -30,6 +39,13 @@ const SETTLE: Duration = Duration::from_millis(300);
 pub struct RunOptions {
     pub policy: PathBuf,
     pub pin_path: PathBuf,
+    pub socket: PathBuf,
+    /// Group that may connect to the control socket (read-only requests).
+    pub socket_group: Option<String>,
+    /// Group whose members may also add and remove exemptions (root always may).
+    pub writers_group: Option<String>,
+    pub state_file: PathBuf,
+    pub metrics: Option<SocketAddr>,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -40,21 +56,35 @@ pub fn run(options: RunOptions) -> Result<()> {
 }
 
 /// Loads and validates the policy, logging its warnings; errors are returned whole.
-fn load_policy(path: &Path) -> Result<Policy> {
-    match policy::load(path) {
+/// Returns the policy and the SHA-256 of the file it was read from.
+fn load_policy(path: &Path) -> Result<(Policy, String)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    match policy::parse(
+        &String::from_utf8_lossy(&bytes),
+        &path.display().to_string(),
+    ) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 warn!("{}", one_line(&warning.to_string()));
             }
-            Ok(loaded.policy)
+            Ok((loaded.policy, state::sha256_hex(&bytes)))
         }
         Err(errors) => bail!("{errors}"),
     }
 }
 
 /// Journald and log shippers want one event per line.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.lines().map(str::trim).collect::<Vec<_>>().join(" | ")
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c_name = std::ffi::CString::new(name)?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => bail!("no such interface: {name}"),
+        index => Ok(index),
+    }
 }
 
 /// Every interface of the policy must exist before anything is changed.
@@ -63,11 +93,7 @@ fn check_interfaces(policy: &Policy) -> Result<()> {
         .interfaces
         .iter()
         .map(|i| i.name.as_str())
-        .filter(|name| {
-            let c_name = std::ffi::CString::new(*name).unwrap_or_default();
-            // SAFETY: valid NUL-terminated string.
-            unsafe { libc::if_nametoindex(c_name.as_ptr()) == 0 }
-        })
+        .filter(|name| ifindex(name).is_err())
         .collect();
     if !missing.is_empty() {
         bail!("no such interface: {}", missing.join(", "));
@@ -75,97 +101,54 @@ fn check_interfaces(policy: &Policy) -> Result<()> {
     Ok(())
 }
 
-struct Agent {
-    policy_path: PathBuf,
-    pins: PinDir,
-    dataplane: Dataplane,
-    /// What the maps hold: read from the kernel at start, then the image last applied
-    /// (this agent is the maps' only writer), so a reload diffs without reading them back.
-    applied: MapImage,
-    generation: u64,
-}
-
-impl Agent {
-    /// Makes the kernel match `policy`: maps first (hole-free), then attachments.
-    fn apply(&mut self, policy: &Policy) -> Result<()> {
-        let started = Instant::now();
-        check_interfaces(policy)?;
-        let ids = self
-            .applied
-            .groups
-            .iter()
-            .map(|(&id, g)| (g.name.clone(), id))
-            .collect();
-        let image = policy.compile_with_ids(&ids);
-        let report = self.dataplane.sync_from(&self.applied, &image);
-        if report.is_err() {
-            // A failed sync may have applied part of the plan: learn what the maps hold.
-            self.applied = self.dataplane.read_image()?;
-        }
-        let report = report?;
-        self.applied = image;
-        for interface in &policy.interfaces {
-            self.dataplane
-                .attach(&self.pins, &interface.name, interface.xdp_mode)?;
-        }
-        for (pinned, _) in self.pins.pinned_links()? {
-            if !policy.interfaces.iter().any(|i| i.name == pinned) {
-                self.pins.detach_interface(&pinned)?;
-            }
-        }
-        self.generation += 1;
-        info!(
-            "policy={} generation={} groups={} prefixes={} relays={} {report} applied_ms={}",
-            self.policy_path.display(),
-            self.generation,
-            policy.groups.len(),
-            policy.prefix_count(),
-            policy.relays.len(),
-            started.elapsed().as_millis()
-        );
-        Ok(())
-    }
-
-    fn reload(&mut self, why: &str) {
-        info!("reload requested ({why})");
-        let started = Instant::now();
-        let result = load_policy(&self.policy_path).and_then(|policy| self.apply(&policy));
-        if result.is_ok() {
-            info!(
-                "reload done in {} ms (parse, validate, sync)",
-                started.elapsed().as_millis()
-            );
-        }
-        if let Err(err) = result {
-            for line in format!("{err:#}").lines() {
-                error!("reload refused: {line}");
-            }
-            error!("reload refused: the running policy stays in force unchanged");
-        }
-    }
-}
-
 async fn run_async(options: RunOptions) -> Result<()> {
     let started = Instant::now();
-    let policy = load_policy(&options.policy).with_context(|| {
+    let (policy, sha256) = load_policy(&options.policy).with_context(|| {
         format!(
             "policy {} rejected; nothing attached",
             options.policy.display()
         )
     })?;
     check_interfaces(&policy)?;
+    let exemptions = ExemptionStore::load(&options.state_file)?;
     let pins = PinDir::open_locked(&options.pin_path)?;
+    let (listener, _) = control::bind(&options.socket, options.socket_group.as_deref())?;
+    let writers_gid = match &options.writers_group {
+        Some(name) => Some(control::group_id(name)?),
+        None => None,
+    };
+    let metrics_listener = match options.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
+        ),
+        None => None,
+    };
     let capacity = Capacity::for_image(&policy.compile());
     let mut dataplane = Dataplane::load_pinned(&pins, capacity)?;
     let applied = dataplane.read_image()?;
+    let now = SystemTime::now();
     let mut agent = Agent {
         policy_path: options.policy.clone(),
         pins,
         dataplane,
+        policy_image: policy.compile(),
+        policy: policy.clone(),
+        policy_sha256: sha256.clone(),
+        policy_loaded_at: now,
+        exemptions,
         applied,
         generation: 0,
+        last_reload: ReloadResult {
+            ok: true,
+            at: now,
+            message: "started".into(),
+        },
+        started_at: now,
     };
-    agent.apply(&policy)?;
+    agent.apply(policy, sha256)?;
+    agent.last_reload.message = format!("generation {} in force", agent.generation);
     let attached: Vec<String> = agent
         .pins
         .attached()?
@@ -173,30 +156,57 @@ async fn run_async(options: RunOptions) -> Result<()> {
         .map(|a| format!("{}({},prog {})", a.interface, a.mode, a.program_id))
         .collect();
     info!(
-        "enforcing after {} ms on [{}], pin path {}",
+        "enforcing after {} ms on [{}], pin path {}, {} exemptions, control socket {}",
         started.elapsed().as_millis(),
         attached.join(", "),
-        options.pin_path.display()
+        options.pin_path.display(),
+        agent.exemptions.len(),
+        options.socket.display()
     );
+
+    let agent = Arc::new(Mutex::new(agent));
+    tokio::spawn(control::serve(
+        listener,
+        control::Permissions { writers_gid },
+        Arc::new(handler::AgentHandler {
+            agent: agent.clone(),
+        }),
+    ));
+    if let Some(listener) = metrics_listener {
+        info!("metrics on http://{}/metrics", listener.local_addr()?);
+        let source = agent.clone();
+        let snapshot: Arc<metrics::SnapshotFn> = Arc::new(move || {
+            let mut agent = source
+                .lock()
+                .map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
+            handler::snapshot(&mut agent)
+        });
+        tokio::spawn(metrics::serve(listener, snapshot));
+    }
 
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
     let _watcher = watch(&options.policy, file_tx)?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // Exemptions expire on time: checked every second.
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    let lock = || agent.lock().expect("agent state poisoned");
     loop {
         tokio::select! {
-            _ = hangup.recv() => agent.reload("SIGHUP"),
+            _ = hangup.recv() => lock().reload("SIGHUP"),
             Some(()) = file_rx.recv() => {
                 // Let the burst of events from one save settle, then reload once.
                 tokio::time::sleep(SETTLE).await;
                 while file_rx.try_recv().is_ok() {}
-                agent.reload("policy file changed");
+                lock().reload("policy file changed");
             }
+            _ = expiry.tick() => lock().expire_exemptions(),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
+    let _ = std::fs::remove_file(&options.socket);
     info!("stopping; the filter stays attached and enforcing (`filter-agent detach` removes it)");
     Ok(())
 }

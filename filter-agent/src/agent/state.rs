@@ -1,0 +1,226 @@
+//! The agent's view of what is in force: the policy, the CLI exemptions, and the image the
+//! maps hold. Every change goes through `apply`, which syncs the maps and attachments.
+
+use std::{
+    path::PathBuf,
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{Result, bail};
+use ipnet::IpNet;
+use log::{error, info, warn};
+
+use super::{check_interfaces, ifindex, load_policy};
+use crate::{
+    dataplane::{Dataplane, PinDir},
+    exemptions::{self, Exemption, ExemptionStore},
+    image::MapImage,
+    policy::Policy,
+};
+
+/// The outcome of the last (re)load, for `status` and metrics.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadResult {
+    pub ok: bool,
+    #[serde(with = "super::rfc3339")]
+    pub at: SystemTime,
+    pub message: String,
+}
+
+pub struct Agent {
+    pub policy_path: PathBuf,
+    pub pins: PinDir,
+    pub dataplane: Dataplane,
+    /// The policy in force, its hash and when it was loaded.
+    pub policy: Policy,
+    pub policy_sha256: String,
+    pub policy_loaded_at: SystemTime,
+    /// The policy compiled alone: what exemptions are checked against.
+    pub policy_image: MapImage,
+    pub exemptions: ExemptionStore,
+    /// What the maps hold: read from the kernel at start, then the image last applied
+    /// (this agent is the maps' only writer), so a reload diffs without reading them back.
+    pub applied: MapImage,
+    pub generation: u64,
+    pub last_reload: ReloadResult,
+    pub started_at: SystemTime,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Agent {
+    /// Makes the kernel match `policy` plus the exemptions: maps first (hole-free), then
+    /// attachments. On error nothing of `policy` is kept as "in force".
+    pub fn apply(&mut self, policy: Policy, sha256: String) -> Result<()> {
+        let started = Instant::now();
+        check_interfaces(&policy)?;
+        let ids = self
+            .applied
+            .groups
+            .iter()
+            .map(|(&id, g)| (g.name.clone(), id))
+            .collect();
+        let policy_image = policy.compile_with_ids(&ids);
+        let report = self.sync(&policy_image)?;
+        for interface in &policy.interfaces {
+            self.dataplane
+                .attach(&self.pins, &interface.name, interface.xdp_mode)?;
+            self.dataplane
+                .assign_interface_slot(&interface.name, ifindex(&interface.name)?)?;
+        }
+        for (pinned, _) in self.pins.pinned_links()? {
+            if !policy.interfaces.iter().any(|i| i.name == pinned) {
+                self.pins.detach_interface(&pinned)?;
+                self.dataplane.release_interface_slot(&pinned)?;
+            }
+        }
+        self.generation += 1;
+        info!(
+            "policy={} generation={} groups={} prefixes={} relays={} exemptions={} {report} applied_ms={}",
+            self.policy_path.display(),
+            self.generation,
+            policy.groups.len(),
+            policy.prefix_count(),
+            policy.relays.len(),
+            self.exemptions.len(),
+            started.elapsed().as_millis()
+        );
+        self.policy = policy;
+        self.policy_image = policy_image;
+        self.policy_sha256 = sha256;
+        self.policy_loaded_at = SystemTime::now();
+        Ok(())
+    }
+
+    /// Syncs the maps to `policy_image` plus the exemptions.
+    fn sync(&mut self, policy_image: &MapImage) -> Result<crate::dataplane::SyncReport> {
+        let mut want = policy_image.clone();
+        for skipped in exemptions::apply(&mut want, &self.exemptions) {
+            warn!(
+                "exemption {skipped} is now a prefix of the policy itself; the policy's entry applies"
+            );
+        }
+        let report = self.dataplane.sync_from(&self.applied, &want);
+        if report.is_err() {
+            // A failed sync may have applied part of the plan: learn what the maps hold.
+            self.applied = self.dataplane.read_image()?;
+        } else {
+            self.applied = want;
+        }
+        report
+    }
+
+    pub fn reload(&mut self, why: &str) {
+        info!("reload requested ({why})");
+        let started = Instant::now();
+        let result =
+            load_policy(&self.policy_path).and_then(|(policy, sha256)| self.apply(policy, sha256));
+        self.last_reload = match result {
+            Ok(()) => {
+                info!(
+                    "reload done in {} ms (parse, validate, sync)",
+                    started.elapsed().as_millis()
+                );
+                ReloadResult {
+                    ok: true,
+                    at: SystemTime::now(),
+                    message: format!("generation {} in force", self.generation),
+                }
+            }
+            Err(err) => {
+                for line in format!("{err:#}").lines() {
+                    error!("reload refused: {line}");
+                }
+                error!("reload refused: the running policy stays in force unchanged");
+                ReloadResult {
+                    ok: false,
+                    at: SystemTime::now(),
+                    message: super::one_line(&format!("{err:#}")),
+                }
+            }
+        };
+    }
+
+    /// Grants an exemption: checked, persisted, then applied.
+    pub fn add_exemption(&mut self, exemption: Exemption) -> Result<()> {
+        exemptions::check_against_policy(&self.policy_image, exemption.prefix)?;
+        self.exemptions.insert(exemption.clone())?;
+        if let Err(err) = self.exemptions.save() {
+            self.exemptions.remove(exemption.prefix)?;
+            return Err(err.context("persisting the exemption; nothing changed"));
+        }
+        let policy_image = self.policy_image.clone();
+        if let Err(err) = self.sync(&policy_image) {
+            // Keep the state file and the kernel in agreement.
+            self.exemptions.remove(exemption.prefix)?;
+            self.exemptions.save()?;
+            return Err(err.context("applying the exemption; it was not granted"));
+        }
+        info!(
+            "exemption added prefix={} by={} reason={:?} expires={}",
+            exemption.prefix,
+            exemption.added_by,
+            exemption.reason,
+            exemption
+                .expires_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_else(|| "never".into())
+        );
+        Ok(())
+    }
+
+    /// Revokes a CLI exemption: persisted, then applied.
+    pub fn remove_exemption(&mut self, prefix: IpNet, by: &str) -> Result<Exemption> {
+        let removed = match self.exemptions.remove(prefix) {
+            Ok(removed) => removed,
+            Err(err) => {
+                if let Some(rule) = self.policy_image.source(prefix) {
+                    let group = self
+                        .policy_image
+                        .group(rule.group)
+                        .map(|g| g.name.as_str())
+                        .unwrap_or("?");
+                    bail!(
+                        "{prefix} is not a CLI exemption: it is a prefix of the policy's group {group}; change the policy to remove it"
+                    );
+                }
+                return Err(err.into());
+            }
+        };
+        self.exemptions.save()?;
+        let policy_image = self.policy_image.clone();
+        self.sync(&policy_image)?;
+        info!("exemption removed prefix={prefix} by={by}");
+        Ok(removed)
+    }
+
+    /// Removes the exemptions whose time is up.
+    pub fn expire_exemptions(&mut self) {
+        let expired = self.exemptions.take_expired(SystemTime::now());
+        if expired.is_empty() {
+            return;
+        }
+        let result = self.exemptions.save().and_then(|()| {
+            let policy_image = self.policy_image.clone();
+            self.sync(&policy_image)
+        });
+        for exemption in &expired {
+            match &result {
+                Ok(_) => info!(
+                    "exemption expired prefix={} reason={:?} added_by={}",
+                    exemption.prefix, exemption.reason, exemption.added_by
+                ),
+                Err(err) => error!(
+                    "exemption {} expired but could not be removed: {err:#}",
+                    exemption.prefix
+                ),
+            }
+        }
+    }
+}

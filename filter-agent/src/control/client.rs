@@ -1,0 +1,173 @@
+//! The CLI's side: one blocking request, with advice when the agent cannot be reached.
+
+use std::{
+    io::{self, BufRead, Write},
+    os::unix::{fs::MetadataExt, net::UnixStream},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context, anyhow, bail};
+
+use super::{PROTOCOL_VERSION, Reply, Request, encode_request, sys};
+
+/// Long enough for a large policy's map writes, short enough that a stuck agent is noticed.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the agent at `path`, sends `request` and returns its reply (an error reply
+/// is still `Ok`: look at `ok`).
+pub fn request(path: &Path, request: &Request) -> anyhow::Result<Reply> {
+    let mut stream = UnixStream::connect(path).map_err(|e| connect_error(path, e))?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    let sent = stream.write_all(&encode_request(request));
+    // An agent that refuses a request may hang up before reading all of it; its reply,
+    // if any, says more than our write error.
+    let reply = match (read_reply(&mut stream, path), sent) {
+        (Ok(reply), _) => reply,
+        (Err(_), Err(e)) => {
+            return Err(e).with_context(|| {
+                format!("cannot send the request to the agent at {}", path.display())
+            });
+        }
+        (Err(e), Ok(())) => return Err(e),
+    };
+    if reply.version != PROTOCOL_VERSION {
+        bail!(
+            "the agent at {} speaks protocol version {} and this filter-agent speaks {}; \
+             run the same version of both{}",
+            path.display(),
+            reply.version,
+            PROTOCOL_VERSION,
+            reply
+                .error
+                .map(|e| format!(" (the agent said: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(reply)
+}
+
+fn read_reply(stream: &mut UnixStream, path: &Path) -> anyhow::Result<Reply> {
+    let mut bytes = Vec::new();
+    // Up to the newline, not the end of the stream: an agent that hung up on a request it
+    // did not read in full leaves us a reply followed by ECONNRESET.
+    if let Err(e) = io::BufReader::new(stream).read_until(b'\n', &mut bytes) {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            bail!(
+                "the agent at {} did not reply within {}",
+                path.display(),
+                humantime::format_duration(REPLY_TIMEOUT)
+            );
+        }
+        return Err(e)
+            .with_context(|| format!("cannot read the reply of the agent at {}", path.display()));
+    }
+    if bytes.is_empty() {
+        bail!(
+            "the agent at {} closed the connection without replying",
+            path.display()
+        );
+    }
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("malformed reply from the agent at {}", path.display()))
+}
+
+/// Says why the agent cannot be reached and what to do about it.
+fn connect_error(path: &Path, error: io::Error) -> anyhow::Error {
+    let shown = path.display();
+    match error.raw_os_error() {
+        Some(libc::ENOENT) => {
+            anyhow!("no agent is running (no control socket at {shown}); start `filter-agent run`")
+        }
+        // The socket file of an agent that stopped.
+        Some(libc::ECONNREFUSED) => {
+            anyhow!("no agent is running (nothing answers on {shown}); start `filter-agent run`")
+        }
+        Some(libc::EACCES) => {
+            let advice = "run as root or as a member of the socket's group";
+            match std::fs::metadata(path) {
+                Ok(metadata) => anyhow!(
+                    "permission denied: {shown} is mode {:04o} {}:{}; {advice}",
+                    metadata.mode() & 0o7777,
+                    sys::user_name(metadata.uid()).unwrap_or_else(|| metadata.uid().to_string()),
+                    sys::group_name(metadata.gid()).unwrap_or_else(|| metadata.gid().to_string()),
+                ),
+                Err(e) => anyhow!("permission denied: cannot reach {shown} ({e}); {advice}"),
+            }
+        }
+        _ => anyhow!(error).context(format!("cannot connect to the agent at {shown}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::TempDir;
+    use std::{io::Read, os::unix::net::UnixListener, thread};
+
+    fn error_of(path: &Path) -> String {
+        request(path, &Request::Status).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_agent_is_explained() {
+        let dir = TempDir::new();
+        let path = dir.0.join("control.sock");
+        assert_eq!(
+            error_of(&path),
+            format!(
+                "no agent is running (no control socket at {}); start `filter-agent run`",
+                path.display()
+            )
+        );
+        drop(UnixListener::bind(&path).unwrap());
+        assert_eq!(
+            error_of(&path),
+            format!(
+                "no agent is running (nothing answers on {}); start `filter-agent run`",
+                path.display()
+            )
+        );
+    }
+
+    /// Serves one connection with `reply` (raw bytes) after reading the request line.
+    fn fake_agent(reply: &'static [u8]) -> (TempDir, std::path::PathBuf, thread::JoinHandle<()>) {
+        let dir = TempDir::new();
+        let path = dir.0.join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let agent = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut byte = [0];
+            while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {}
+            stream.write_all(reply).unwrap();
+        });
+        (dir, path, agent)
+    }
+
+    #[test]
+    fn bad_replies_are_explained() {
+        let cases: [(&[u8], &str); 3] = [
+            (b"", "closed the connection without replying"),
+            (b"<html>", "malformed reply from the agent at"),
+            (
+                b"{\"version\":2,\"ok\":false,\"error\":\"unsupported protocol version 1\"}\n",
+                "speaks protocol version 2 and this filter-agent speaks 1; run the same \
+                 version of both (the agent said: unsupported protocol version 1)",
+            ),
+        ];
+        for (reply, expected) in cases {
+            let (_dir, path, agent) = fake_agent(reply);
+            let error = error_of(&path);
+            assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+            agent.join().unwrap();
+        }
+        let (_dir, path, agent) = fake_agent(b"{\"version\":1,\"ok\":true,\"result\":[1]}\n");
+        let reply = request(&path, &Request::ExemptionsList).unwrap();
+        assert_eq!(reply.result, Some(serde_json::json!([1])));
+        agent.join().unwrap();
+    }
+}

@@ -1,0 +1,797 @@
+//! Prometheus metrics: the exposition of one [`Snapshot`] and a small HTTP server for it.
+//!
+//! The text is OpenMetrics 1.0 as prometheus-client writes it (`_total` samples, `# EOF`)
+//! and is served with the OpenMetrics content type, which Prometheus parses as such.
+//! Values are gathered by the agent per scrape, so nothing here holds state between
+//! scrapes: a [`Collector`] writes the snapshot straight into the encoder.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Result;
+use filter_common::Counter;
+use log::{debug, error, warn};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// Everything a scrape reports, gathered by the agent at scrape time.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// (interface, family name "ipv4"/"ipv6"/"other", reason name, counter)
+    pub interfaces: Vec<(String, &'static str, &'static str, Counter)>,
+    /// (group name, reason name, counter)
+    pub groups: Vec<(String, &'static str, Counter)>,
+    /// (map name, entries, capacity)
+    pub maps: Vec<(String, u64, u64)>,
+    pub exemptions: u64,
+    pub policy_generation: u64,
+    pub last_reload_success: bool,
+    pub last_reload_time: SystemTime,
+    /// (interface, XDP mode, program id)
+    pub attached_interfaces: Vec<(String, String, u32)>,
+}
+
+// `SystemTime` has no `Default`; the epoch renders as timestamp 0, "never".
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            interfaces: Vec::new(),
+            groups: Vec::new(),
+            maps: Vec::new(),
+            exemptions: 0,
+            policy_generation: 0,
+            last_reload_success: false,
+            last_reload_time: SystemTime::UNIX_EPOCH,
+            attached_interfaces: Vec::new(),
+        }
+    }
+}
+
+const PREFIX: &str = "filter_agent";
+
+/// Renders the snapshot as OpenMetrics text, ending with `# EOF`.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
+    let mut text = String::new();
+    // Writing into a String cannot fail, and every value here encodes.
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("encoding metrics into a String");
+    text
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+
+        let interfaces = summed(s.interfaces.iter().map(|(interface, family, reason, c)| {
+            (
+                [
+                    ("interface", interface.as_str()),
+                    ("family", family),
+                    ("reason", reason),
+                ],
+                *c,
+            )
+        }));
+        counters(
+            &mut encoder,
+            "packets",
+            None,
+            "Frames seen by the XDP filter, by interface, address family and verdict reason.",
+            interfaces
+                .iter()
+                .map(|(labels, c)| (&labels[..], c.packets)),
+        )?;
+        counters(
+            &mut encoder,
+            "bytes",
+            Some(Unit::Bytes),
+            "Bytes of the frames seen by the XDP filter, by interface, address family and verdict reason.",
+            interfaces.iter().map(|(labels, c)| (&labels[..], c.bytes)),
+        )?;
+
+        let groups = summed(
+            s.groups
+                .iter()
+                .map(|(group, reason, c)| ([("group", group.as_str()), ("reason", reason)], *c)),
+        );
+        counters(
+            &mut encoder,
+            "group_packets",
+            None,
+            "Frames from the source prefixes of a policy group, by verdict reason.",
+            groups.iter().map(|(labels, c)| (&labels[..], c.packets)),
+        )?;
+        counters(
+            &mut encoder,
+            "group_bytes",
+            Some(Unit::Bytes),
+            "Bytes of the frames from the source prefixes of a policy group, by verdict reason.",
+            groups.iter().map(|(labels, c)| (&labels[..], c.bytes)),
+        )?;
+
+        gauges(
+            &mut encoder,
+            "map_entries",
+            None,
+            "Entries in a BPF map.",
+            s.maps
+                .iter()
+                .map(|(map, entries, _)| ([("map", map.as_str())], *entries)),
+        )?;
+        gauges(
+            &mut encoder,
+            "map_capacity",
+            None,
+            "Maximum entries of a BPF map.",
+            s.maps
+                .iter()
+                .map(|(map, _, capacity)| ([("map", map.as_str())], *capacity)),
+        )?;
+        gauges(
+            &mut encoder,
+            "exemptions",
+            None,
+            "Exemptions granted from the command line (filter-agent exemptions add).",
+            [([] as [(&str, &str); 0], s.exemptions)],
+        )?;
+        gauges(
+            &mut encoder,
+            "policy_generation",
+            None,
+            "Number of the policy in force; goes up with every applied reload.",
+            [([] as [(&str, &str); 0], s.policy_generation)],
+        )?;
+        gauges(
+            &mut encoder,
+            "last_reload_success",
+            None,
+            "1 if the last policy reload was applied, 0 if it was refused (the previous policy stays in force).",
+            [([] as [(&str, &str); 0], u64::from(s.last_reload_success))],
+        )?;
+        let reload_time = s
+            .last_reload_time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        gauges(
+            &mut encoder,
+            "last_reload_timestamp_seconds",
+            Some(Unit::Seconds),
+            "Unix time of the last policy reload attempt, applied or refused.",
+            [([] as [(&str, &str); 0], reload_time)],
+        )?;
+
+        gauges(
+            &mut encoder,
+            "attached",
+            None,
+            "1 for each interface the filter is attached to, with its XDP mode and program id.",
+            s.attached_interfaces.iter().map(|(interface, mode, id)| {
+                (
+                    [
+                        ("interface", interface.clone()),
+                        ("mode", mode.clone()),
+                        ("program_id", id.to_string()),
+                    ],
+                    1u64,
+                )
+            }),
+        )
+    }
+}
+
+/// Sums counters under the same labels: a repeated label set would make Prometheus
+/// refuse the whole scrape. Sorting by labels also keeps the output stable.
+fn summed<L: Ord>(rows: impl Iterator<Item = (L, Counter)>) -> BTreeMap<L, Counter> {
+    let mut sums = BTreeMap::<L, Counter>::new();
+    for (labels, c) in rows {
+        let sum = sums.entry(labels).or_default();
+        sum.packets += c.packets;
+        sum.bytes += c.bytes;
+    }
+    sums
+}
+
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    unit: Option<Unit>,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    family(
+        encoder,
+        name,
+        unit,
+        help,
+        samples,
+        ConstCounter::new,
+        MetricType::Counter,
+    )
+}
+
+fn gauges<L: EncodeLabelSet, N>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    unit: Option<Unit>,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, N)>,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    family(
+        encoder,
+        name,
+        unit,
+        help,
+        samples,
+        ConstGauge::new,
+        MetricType::Gauge,
+    )
+}
+
+/// One metric family: its `# HELP`, `# TYPE` (and `# UNIT`) lines, then one sample per
+/// label set. `name` is the name without prefix, ending in the unit if there is one.
+fn family<L: EncodeLabelSet, N, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    unit: Option<Unit>,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, N)>,
+    metric: impl Fn(N) -> M,
+    metric_type: MetricType,
+) -> Result<(), std::fmt::Error> {
+    let full_name = format!("{PREFIX}_{name}");
+    // The crate appends the unit itself.
+    let base = match &unit {
+        Some(unit) => full_name
+            .strip_suffix(&format!("_{}", unit.as_str()))
+            .expect("a metric name ends in its unit"),
+        None => &full_name,
+    };
+    let mut family = encoder.encode_descriptor(base, help, unit.as_ref(), metric_type)?;
+    for (labels, value) in samples {
+        metric(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// OpenMetrics, since that is what [`render`] writes.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Largest request head accepted: a scrape request is a few hundred bytes.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Time a client gets to send its request, and to take the response.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Gathers a [`Snapshot`]; called once per scrape.
+pub type SnapshotFn = dyn Fn() -> Result<Snapshot> + Send + Sync;
+
+/// Minimal HTTP/1.1 server: `GET /metrics` is the exposition, `GET /` a pointer to it,
+/// anything else 404 (405 for methods other than GET and HEAD). One request per
+/// connection. Runs until the task is dropped; a failing connection or scrape is logged
+/// and never stops the server.
+pub async fn serve(listener: TcpListener, snapshot: Arc<SnapshotFn>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let snapshot = snapshot.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, snapshot).await {
+                        debug!("metrics: connection from {peer}: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: retrying at once would spin.
+                warn!("metrics: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(status: &'static str, body: &str) -> Self {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n"),
+        }
+    }
+}
+
+async fn connection(mut stream: TcpStream, snapshot: Arc<SnapshotFn>) -> Result<()> {
+    let (response, head_only) = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await
+    {
+        Err(_) => (
+            Response::text("408 Request Timeout", "request timeout"),
+            false,
+        ),
+        Ok(Err(e)) => return Err(e.into()),
+        // The client closed before a complete request: nobody to answer.
+        Ok(Ok(Head::Closed)) => return Ok(()),
+        Ok(Ok(Head::TooLarge)) => (
+            Response::text("431 Request Header Fields Too Large", "request too large"),
+            false,
+        ),
+        Ok(Ok(Head::Complete(head))) => match parse_request_line(&head) {
+            None => (Response::text("400 Bad Request", "bad request"), false),
+            Some((method, path)) => {
+                let head_only = method == "HEAD";
+                (route(method, path, snapshot).await, head_only)
+            }
+        },
+    };
+    let mut out = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
+    );
+    if !head_only {
+        out.push_str(&response.body);
+    }
+    tokio::time::timeout(IO_TIMEOUT, async {
+        stream.write_all(out.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await??;
+    Ok(())
+}
+
+enum Head {
+    Complete(Vec<u8>),
+    TooLarge,
+    Closed,
+}
+
+/// Reads up to the blank line that ends the request head; a body, if any, is ignored.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+        // Only the new bytes and the three before them can complete the terminator.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            head.truncate(from + end);
+            return Ok(if head.len() > MAX_REQUEST {
+                Head::TooLarge
+            } else {
+                Head::Complete(head)
+            });
+        }
+        if head.len() > MAX_REQUEST {
+            return Ok(Head::TooLarge);
+        }
+    }
+}
+
+/// The method and path (without query) of `METHOD SP TARGET SP HTTP/1.x`.
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let head = std::str::from_utf8(head).ok()?;
+    let line = head.split("\r\n").next()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let valid = parts.next().is_none()
+        && !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_uppercase())
+        && target.starts_with('/')
+        && version.starts_with("HTTP/1.");
+    let path = target.split('?').next()?;
+    valid.then_some((method, path))
+}
+
+async fn route(method: &str, path: &str, snapshot: Arc<SnapshotFn>) -> Response {
+    if path != "/" && path != "/metrics" {
+        return Response::text("404 Not Found", "not found; metrics are at /metrics");
+    }
+    if method != "GET" && method != "HEAD" {
+        return Response::text("405 Method Not Allowed", "only GET and HEAD");
+    }
+    if path == "/" {
+        return Response {
+            status: "200 OK",
+            content_type: "text/html; charset=utf-8",
+            body: "<html><head><title>filter-agent</title></head><body>\
+                   <h1>filter-agent</h1><p><a href=\"/metrics\">Metrics</a></p>\
+                   </body></html>\n"
+                .to_string(),
+        };
+    }
+    // Gathering reads every counter map with syscalls: keep it off the agent's
+    // single-threaded runtime, which also handles reloads and signals.
+    match tokio::task::spawn_blocking(move || snapshot().map(|s| render(&s))).await {
+        Ok(Ok(body)) => Response {
+            status: "200 OK",
+            content_type: CONTENT_TYPE,
+            body,
+        },
+        Ok(Err(e)) => {
+            error!("metrics: gathering the snapshot: {e:#}");
+            Response::text("500 Internal Server Error", "gathering metrics failed")
+        }
+        Err(e) => {
+            error!("metrics: gathering the snapshot: {e}");
+            Response::text("500 Internal Server Error", "gathering metrics failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        io::{Read, Write},
+        net::SocketAddr,
+        time::Instant,
+    };
+
+    use super::*;
+
+    fn counter(packets: u64, bytes: u64) -> Counter {
+        Counter { packets, bytes }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            interfaces: vec![
+                ("eth1".into(), "ipv4", "blocked", counter(3, 180)),
+                ("eth1".into(), "ipv6", "relay", counter(2, 150)),
+                ("eth1".into(), "ipv4", "port", counter(10, 6400)),
+            ],
+            groups: vec![
+                ("residential".into(), "blocked", counter(3, 180)),
+                // Names come from the policy file; quotes and backslashes must be escaped.
+                ("odd \"name\" \\".into(), "exempt", counter(1, 60)),
+            ],
+            maps: vec![("SOURCES_V4".into(), 12, 1024)],
+            exemptions: 2,
+            policy_generation: 7,
+            last_reload_success: true,
+            last_reload_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
+            attached_interfaces: vec![("eth1".into(), "native".into(), 42)],
+        }
+    }
+
+    /// One sample line: `name{key="value",...} value`.
+    #[derive(Debug, PartialEq)]
+    struct Sample {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    }
+
+    fn parse_sample(line: &str) -> Sample {
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value in {line:?}"));
+        let Some((name, rest)) = series.split_once('{') else {
+            return Sample {
+                name: series.to_string(),
+                labels: Vec::new(),
+                value,
+            };
+        };
+        let mut labels = Vec::new();
+        let mut rest = rest.strip_suffix('}').expect("closing brace");
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once("=\"").expect("key=\"");
+            let mut chars = after.char_indices();
+            let mut label = String::new();
+            let end = loop {
+                match chars.next().expect("closing quote") {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().expect("escaped char").1 {
+                        'n' => label.push('\n'),
+                        c => label.push(c),
+                    },
+                    (_, c) => label.push(c),
+                }
+            };
+            labels.push((key.to_string(), label));
+            rest = after[end + 1..]
+                .strip_prefix(',')
+                .unwrap_or(&after[end + 1..]);
+        }
+        Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        }
+    }
+
+    /// Checks the exposition's structure and returns its samples.
+    fn parse(text: &str) -> Vec<Sample> {
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        let mut types = HashMap::new();
+        let mut helped = Vec::new();
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| *l != "# EOF") {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let (name, text) = help.split_once(' ').unwrap();
+                assert!(!text.is_empty(), "{line}");
+                helped.push(name.to_string());
+            } else if let Some(ty) = line.strip_prefix("# TYPE ") {
+                let (name, ty) = ty.split_once(' ').unwrap();
+                assert_eq!(
+                    helped.last().map(String::as_str),
+                    Some(name),
+                    "HELP before TYPE"
+                );
+                types.insert(name.to_string(), ty.to_string());
+            } else if line.starts_with("# UNIT ") {
+            } else {
+                let sample = parse_sample(line);
+                let family = match sample.name.strip_suffix("_total") {
+                    Some(family) if types.get(family).is_some_and(|t| t == "counter") => family,
+                    _ => &sample.name,
+                };
+                assert!(types.contains_key(family), "no TYPE for {line}");
+                assert!(sample.name.starts_with("filter_agent_"), "{line}");
+                samples.push(sample);
+            }
+        }
+        samples
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_every_metric() {
+        let text = render(&snapshot());
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "# HELP filter_agent_packets Frames seen by the XDP filter, by interface, address family and verdict reason.",
+            "# TYPE filter_agent_packets counter",
+            r#"filter_agent_packets_total{interface="eth1",family="ipv4",reason="blocked"} 3"#,
+            "# TYPE filter_agent_bytes counter",
+            "# UNIT filter_agent_bytes bytes",
+            r#"filter_agent_bytes_total{interface="eth1",family="ipv4",reason="port"} 6400"#,
+            r#"filter_agent_group_packets_total{group="residential",reason="blocked"} 3"#,
+            r#"filter_agent_group_bytes_total{group="odd \"name\" \\",reason="exempt"} 60"#,
+            "# TYPE filter_agent_map_entries gauge",
+            r#"filter_agent_map_entries{map="SOURCES_V4"} 12"#,
+            r#"filter_agent_map_capacity{map="SOURCES_V4"} 1024"#,
+            "filter_agent_exemptions 2",
+            "# TYPE filter_agent_policy_generation gauge",
+            "filter_agent_policy_generation 7",
+            "filter_agent_last_reload_success 1",
+            "# UNIT filter_agent_last_reload_timestamp_seconds seconds",
+            "filter_agent_last_reload_timestamp_seconds 1700000000.5",
+            "# HELP filter_agent_attached 1 for each interface the filter is attached to, with its XDP mode and program id.",
+            r#"filter_agent_attached{interface="eth1",mode="native",program_id="42"} 1"#,
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+        }
+
+        let samples = parse(&text);
+        assert_eq!(samples.len(), 3 * 2 + 2 * 2 + 2 + 4 + 1, "{text}");
+        let group = samples
+            .iter()
+            .find(|s| s.name == "filter_agent_group_bytes_total" && s.value == 60.0)
+            .unwrap();
+        assert_eq!(
+            group.labels,
+            labels(&[("group", "odd \"name\" \\"), ("reason", "exempt")])
+        );
+    }
+
+    #[test]
+    fn repeated_labels_are_summed_and_output_is_sorted() {
+        let mut s = snapshot();
+        s.interfaces
+            .push(("eth1".into(), "ipv4", "blocked", counter(1, 60)));
+        let samples = parse(&render(&s));
+        let packets: Vec<_> = samples
+            .iter()
+            .filter(|s| s.name == "filter_agent_packets_total")
+            .collect();
+        assert_eq!(packets.len(), 3);
+        assert_eq!(
+            packets[0].labels,
+            labels(&[
+                ("interface", "eth1"),
+                ("family", "ipv4"),
+                ("reason", "blocked")
+            ])
+        );
+        assert_eq!(packets[0].value, 4.0);
+        assert_eq!(packets[1].labels[2].1, "port");
+        assert_eq!(packets[2].labels[1].1, "ipv6");
+    }
+
+    #[test]
+    fn empty_snapshot_still_describes_every_family() {
+        let text = render(&Snapshot::default());
+        let samples = parse(&text);
+        assert_eq!(text.matches("# TYPE ").count(), 11, "{text}");
+        let names: Vec<_> = samples.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "filter_agent_exemptions",
+                "filter_agent_policy_generation",
+                "filter_agent_last_reload_success",
+                "filter_agent_last_reload_timestamp_seconds",
+            ]
+        );
+        assert!(samples.iter().all(|s| s.value == 0.0));
+    }
+
+    /// Serves `snapshot` from a runtime of its own, as the agent will, so the blocking
+    /// std clients below play the scraper.
+    fn start(snapshot: Arc<SnapshotFn>) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { serve(TcpListener::from_std(listener).unwrap(), snapshot).await })
+        });
+        addr
+    }
+
+    fn fixed() -> Arc<SnapshotFn> {
+        Arc::new(|| Ok(snapshot()))
+    }
+
+    /// Sends raw bytes; returns the status line, the headers and the body.
+    fn exchange(addr: SocketAddr, request: &[u8]) -> (String, String, String) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        let length = format!("Content-Length: {}", body.len());
+        if !request.starts_with(b"HEAD ") {
+            assert!(headers.contains(&length), "{headers}");
+        }
+        (status.to_string(), headers.to_string(), body.to_string())
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
+        exchange(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").as_bytes(),
+        )
+    }
+
+    #[test]
+    fn serves_metrics_and_survives_bad_requests() {
+        let addr = start(fixed());
+
+        let (status, headers, body) = get(addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            headers.contains(
+                "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            )
+        );
+        assert_eq!(body, render(&snapshot()));
+        assert!(
+            parse(&body)
+                .iter()
+                .any(|s| s.name == "filter_agent_exemptions" && s.value == 2.0)
+        );
+
+        let (status, _, body) = get(addr, "/metrics?debug=1");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.ends_with("# EOF\n"));
+
+        let (status, headers, body) = get(addr, "/");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("text/html"));
+        assert!(body.contains("href=\"/metrics\""));
+
+        assert_eq!(get(addr, "/nope").0, "HTTP/1.1 404 Not Found");
+        assert_eq!(
+            exchange(addr, b"garbage\r\n\r\n").0,
+            "HTTP/1.1 400 Bad Request"
+        );
+        assert_eq!(
+            exchange(addr, b"GET metrics HTTP/1.1\r\n\r\n").0,
+            "HTTP/1.1 400 Bad Request"
+        );
+        assert_eq!(
+            exchange(addr, b"\xff\xfe\r\n\r\n").0,
+            "HTTP/1.1 400 Bad Request"
+        );
+        assert_eq!(
+            exchange(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0,
+            "HTTP/1.1 405 Method Not Allowed"
+        );
+        let (status, headers, body) = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("openmetrics-text"));
+        assert_eq!(body, "");
+
+        let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+        huge.resize(MAX_REQUEST + 100, b'a');
+        huge.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            exchange(addr, &huge).0,
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
+
+        // A client that hangs up early is nobody's problem.
+        drop(std::net::TcpStream::connect(addr).unwrap());
+
+        assert_eq!(get(addr, "/metrics").0, "HTTP/1.1 200 OK");
+    }
+
+    #[test]
+    fn a_failing_snapshot_is_a_500_and_the_next_scrape_works() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let addr = start(Arc::new(move || {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                anyhow::bail!("map gone")
+            }
+            Ok(snapshot())
+        }));
+        assert_eq!(
+            get(addr, "/metrics").0,
+            "HTTP/1.1 500 Internal Server Error"
+        );
+        assert_eq!(get(addr, "/metrics").0, "HTTP/1.1 200 OK");
+    }
+
+    #[test]
+    fn a_silent_client_times_out_without_holding_up_others() {
+        let addr = start(fixed());
+        let started = Instant::now();
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        silent.write_all(b"GET /metrics HT").unwrap();
+
+        assert_eq!(get(addr, "/metrics").0, "HTTP/1.1 200 OK");
+        assert!(started.elapsed() < IO_TIMEOUT);
+
+        silent.set_read_timeout(Some(IO_TIMEOUT * 3)).unwrap();
+        let mut response = String::new();
+        silent.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{response}"
+        );
+        assert!(started.elapsed() >= IO_TIMEOUT);
+    }
+}
