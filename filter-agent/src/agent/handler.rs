@@ -67,9 +67,8 @@ impl Handler for AgentHandler {
                 Ok(json!({ "added": exemption_json(&exemption) }))
             }
             Request::ExemptionsRemove { prefix } => {
-                let prefix = prefix.parse().map_err(|e| {
-                    ControlError::BadRequest(format!("{prefix:?} is not a prefix: {e}"))
-                })?;
+                let prefix = exemptions::parse_prefix(&prefix)
+                    .map_err(|e| ControlError::BadRequest(e.to_string()))?;
                 let removed = agent.remove_exemption(prefix, &peer.user).map_err(failed)?;
                 Ok(json!({ "removed": exemption_json(&removed) }))
             }

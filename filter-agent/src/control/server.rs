@@ -713,10 +713,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_of_the_writers_group_may_change_things() {
-        if our_uid() != 0 {
-            eprintln!("skipped: needs root to connect as another user");
-            return;
-        }
+        assert_eq!(
+            our_uid(),
+            0,
+            "this test needs root (it connects as another user); run the tests as root"
+        );
         let server = start_with(
             Permissions {
                 writers_gid: Some(4242),
