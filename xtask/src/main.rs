@@ -35,6 +35,9 @@ enum Task {
         #[arg(long)]
         json: bool,
     },
+    /// Write shell completions and man pages, generated from the CLI definitions, into
+    /// target/docs.
+    Docs,
     /// Set up, then measure the agent at 100,000 prefixes: time to first enforcement,
     /// resident memory, a one-prefix change.
     BenchAgent {
@@ -73,6 +76,18 @@ fn main() -> Result<()> {
                 "demo",
             ]))?;
             run(Command::new("target/release/examples/demo").arg("target/release/filter-agent"))
+        }
+        Task::Docs => {
+            setup()?;
+            run(Command::new("cargo").args([
+                "run",
+                "--quiet",
+                "-p",
+                "filter-agent",
+                "--",
+                "docs",
+                "target/docs",
+            ]))
         }
         Task::Bench { json } => bench("xdp", json),
         Task::BenchAgent { json } => bench("agent", json),
