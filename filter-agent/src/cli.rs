@@ -92,10 +92,16 @@ Logging: RUST_LOG=debug for more detail; one event per line.")]
         pin_path: PathBuf,
     },
     /// Validate a policy file and print its warnings; no root needed.
-    #[command(after_help = "Example:\n  filter-agent check --policy policies/example.yaml")]
+    #[command(
+        after_help = "Examples:\n  filter-agent check --policy policies/example.yaml\n  filter-agent check --policy new.yaml --json"
+    )]
     Check {
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
+        /// Print {"ok", "errors", "warnings"} with each diagnostic's file, line, column,
+        /// message and hint.
+        #[arg(long)]
+        json: bool,
     },
     /// Run captured frames through the real XDP program (not attached) and print the
     /// kernel's verdict for each. Needs root.

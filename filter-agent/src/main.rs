@@ -103,7 +103,28 @@ fn run(command: Command) -> Result<ExitCode> {
             agent::detach(&pin_path)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { policy } => {
+        Command::Check { policy, json: true } => {
+            let (ok, diagnostics) = match policy::load(&policy) {
+                Ok(loaded) => (true, loaded.warnings),
+                Err(errors) => (false, errors.0),
+            };
+            let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics
+                .into_iter()
+                .partition(|d| d.severity == policy::Severity::Error);
+            println!(
+                "{}",
+                serde_json::json!({ "ok": ok, "errors": errors, "warnings": warnings })
+            );
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Check {
+            policy,
+            json: false,
+        } => {
             let loaded = load_policy(&policy)?;
             println!(
                 "{}: ok ({} groups, {} prefixes, {} relays)",
