@@ -257,13 +257,38 @@ const SYS_FS_BPF: &str = "/sys/fs/bpf";
 fn ensure_bpffs(root: &Path) -> Result<()> {
     let sys_fs_bpf = Path::new(SYS_FS_BPF);
     if root.starts_with(sys_fs_bpf) && fs_type(sys_fs_bpf)? != BPF_FS_MAGIC {
-        mount_bpffs(sys_fs_bpf)?;
+        // Agents starting together must not stack mounts (pins under a covered mount
+        // would vanish from view): check again under a lock.
+        let _lock = mount_lock()?;
+        if fs_type(sys_fs_bpf)? != BPF_FS_MAGIC {
+            mount_bpffs(sys_fs_bpf)?;
+        }
     }
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     if fs_type(root)? != BPF_FS_MAGIC {
-        mount_bpffs(root)?;
+        let _lock = mount_lock()?;
+        if fs_type(root)? != BPF_FS_MAGIC {
+            mount_bpffs(root)?;
+        }
     }
     Ok(())
+}
+
+/// An exclusive flock held while mounting bpffs.
+fn mount_lock() -> Result<File> {
+    let path = Path::new("/run/filter-agent-bpffs.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own; blocks until the other mounter is done.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(file)
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
