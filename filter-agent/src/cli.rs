@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,28 +27,7 @@ pub enum Command {
   kill -HUP $(pidof filter-agent)     # reload now
 
 Logging: RUST_LOG=debug for more detail; one event per line.")]
-    Run {
-        #[arg(long, value_name = "FILE")]
-        policy: PathBuf,
-        /// Where maps and links are pinned (bpffs is mounted there if needed).
-        #[arg(long, value_name = "DIR", default_value = crate::agent::DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
-        /// The control socket the CLI talks to (mode 0660, owner root).
-        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Group of the control socket: its members may read status, stats and exemptions.
-        #[arg(long, value_name = "GROUP")]
-        socket_group: Option<String>,
-        /// Members of this group may also add and remove exemptions (root always may).
-        #[arg(long, value_name = "GROUP")]
-        writers_group: Option<String>,
-        /// Where exemptions granted from the CLI are kept across restarts.
-        #[arg(long, value_name = "FILE", default_value = crate::exemptions::DEFAULT_STATE_FILE)]
-        state_file: PathBuf,
-        /// Serve Prometheus/OpenMetrics metrics on ADDR:PORT (path /metrics).
-        #[arg(long, value_name = "ADDR:PORT")]
-        metrics: Option<std::net::SocketAddr>,
-    },
+    Run(RunArgs),
     /// What the running agent is doing: interfaces, program, policy, maps, counters.
     #[command(
         after_help = "Examples:\n  filter-agent status\n  filter-agent status --json | jq .policy"
@@ -146,6 +125,32 @@ exits with status 1.")]
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `filter-agent run`'s options.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The policy file; watched, and re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Where maps and links are pinned (bpffs is mounted there if needed).
+    #[arg(long, value_name = "DIR", default_value = crate::agent::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// The control socket the CLI talks to (mode 0660, owner root).
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Group of the control socket: its members may read status, stats and exemptions.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Members of this group may also add and remove exemptions (root always may).
+    #[arg(long, value_name = "GROUP")]
+    pub writers_group: Option<String>,
+    /// Where exemptions granted from the CLI are kept across restarts.
+    #[arg(long, value_name = "FILE", default_value = crate::exemptions::DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+    /// Serve Prometheus/OpenMetrics metrics on ADDR:PORT (path /metrics).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]

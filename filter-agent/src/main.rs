@@ -37,25 +37,9 @@ fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Run {
-            policy,
-            pin_path,
-            socket,
-            socket_group,
-            writers_group,
-            state_file,
-            metrics,
-        } => {
+        Command::Run(options) => {
             agent::init_logging();
-            agent::run(agent::RunOptions {
-                policy,
-                pin_path,
-                socket,
-                socket_group,
-                writers_group,
-                state_file,
-                metrics,
-            })?;
+            agent::run(options)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, socket } => {

@@ -8,8 +8,7 @@ pub mod rfc3339;
 mod state;
 
 use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -23,6 +22,7 @@ use tokio::{
 };
 
 use crate::{
+    cli::RunArgs,
     control,
     dataplane::{Capacity, Dataplane, PinDir},
     exemptions::ExemptionStore,
@@ -36,19 +36,7 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/filter-agent";
 /// Debounce for file events: editors write, rename and chmod in a burst.
 const SETTLE: Duration = Duration::from_millis(300);
 
-pub struct RunOptions {
-    pub policy: PathBuf,
-    pub pin_path: PathBuf,
-    pub socket: PathBuf,
-    /// Group that may connect to the control socket (read-only requests).
-    pub socket_group: Option<String>,
-    /// Group whose members may also add and remove exemptions (root always may).
-    pub writers_group: Option<String>,
-    pub state_file: PathBuf,
-    pub metrics: Option<SocketAddr>,
-}
-
-pub fn run(options: RunOptions) -> Result<()> {
+pub fn run(options: RunArgs) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -101,7 +89,7 @@ fn check_interfaces(policy: &Policy) -> Result<()> {
     Ok(())
 }
 
-async fn run_async(options: RunOptions) -> Result<()> {
+async fn run_async(options: RunArgs) -> Result<()> {
     let started = Instant::now();
     let (policy, sha256) = load_policy(&options.policy).with_context(|| {
         format!(
