@@ -432,10 +432,19 @@ fn reload_outcome(line: &str) -> Option<bool> {
 impl Agent {
     fn start(lab: &Lab, binary: &Path, policy_file: &Path) -> Result<Agent> {
         let mut cmd = lab.command_in(Ns::Router, binary);
+        // Its own socket and state file beside the policy: the demo must not touch a
+        // real agent's on the same machine.
+        let dir = policy_file
+            .parent()
+            .expect("the policy lies in the demo's directory");
         cmd.arg("run")
             .arg("--policy")
             .arg(policy_file)
             .args(["--pin-path", PIN_PATH])
+            .arg("--socket")
+            .arg(dir.join("control.sock"))
+            .arg("--state-file")
+            .arg(dir.join("exemptions.yaml"))
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())

@@ -380,4 +380,27 @@ fn metrics_parse_and_their_counters_move_with_traffic() {
         table.contains("INTERFACE") && table.contains("blocked"),
         "{table}"
     );
+
+    // --watch refreshes and, from its second round on, shows rates.
+    let mut watch = Command::new(BINARY)
+        .args(["stats", "--watch", "1", "--socket"])
+        .arg(scratch.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().unwrap();
+    let mut watched = String::new();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut watched)
+        .unwrap();
+    watch.wait().unwrap();
+    assert!(watched.matches("REASON").count() >= 2, "{watched}");
+    assert!(
+        watched.contains("PKT/S") && watched.contains("BIT/S"),
+        "{watched}"
+    );
 }
