@@ -216,10 +216,12 @@ impl ExemptionStore {
     }
 
     /// When the next exemption expires, for the agent to wake up then.
+    #[cfg(test)]
     pub fn next_expiry(&self) -> Option<SystemTime> {
         self.items.values().filter_map(|e| e.expires_at).min()
     }
 
+    #[cfg(test)]
     pub fn get(&self, prefix: IpNet) -> Option<&Exemption> {
         self.items.get(&prefix)
     }
@@ -237,6 +239,7 @@ impl ExemptionStore {
         self.items.is_empty()
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

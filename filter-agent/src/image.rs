@@ -145,9 +145,6 @@ impl MapImage {
         self.sources_v4.len() + self.sources_v6.len()
     }
 
-    pub fn relay_count(&self) -> usize {
-        (self.config.relays_v4_len + self.config.relays_v6_len) as usize
-    }
 }
 
 /// More relay prefixes in one family than the config holds.

@@ -9,7 +9,7 @@ mod expect;
 mod pcap;
 
 pub use expect::{Expected, parse_expect};
-pub use pcap::{read_frames, write_pcap, write_pcap_to};
+pub use pcap::{read_frames, write_pcap_to};
 
 /// A short human description: encapsulation, then addresses and port when readable.
 pub fn summarize(frame: &[u8]) -> String {

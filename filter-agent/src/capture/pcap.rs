@@ -1,7 +1,7 @@
 //! Reading and writing captures of Ethernet frames.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,12 +15,6 @@ use pcap_file::{DataLink, Endianness, TsResolution};
 const EPOCH: Duration = Duration::from_secs(1_704_067_200);
 
 /// Writes a classic little-endian pcap (LINKTYPE_ETHERNET, microseconds).
-pub fn write_pcap(path: impl AsRef<Path>, frames: &[Vec<u8>]) -> io::Result<()> {
-    let mut out = BufWriter::new(File::create(path)?);
-    write_pcap_to(&mut out, frames)?;
-    out.flush()
-}
-
 pub fn write_pcap_to<W: Write>(out: W, frames: &[Vec<u8>]) -> io::Result<()> {
     let header = PcapHeader {
         version_major: 2,
@@ -129,7 +123,9 @@ mod tests {
     #[test]
     fn pcap_round_trip() {
         let path = temp_path("round-trip.pcap");
-        write_pcap(&path, &sample_frames()).unwrap();
+        let mut bytes = Vec::new();
+        write_pcap_to(&mut bytes, &sample_frames()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
         assert_eq!(read_frames(&path).unwrap(), sample_frames());
         std::fs::remove_file(path).unwrap();
     }

@@ -32,12 +32,6 @@ pub struct SyncReport {
     pub groups_removed: Vec<String>,
 }
 
-impl SyncReport {
-    pub fn is_empty(&self) -> bool {
-        *self == SyncReport::default()
-    }
-}
-
 impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
