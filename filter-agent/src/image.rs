@@ -144,7 +144,6 @@ impl MapImage {
     pub fn source_count(&self) -> usize {
         self.sources_v4.len() + self.sources_v6.len()
     }
-
 }
 
 /// More relay prefixes in one family than the config holds.

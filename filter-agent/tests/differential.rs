@@ -59,10 +59,8 @@ fn compare(image: &MapImage, frames: &[Vec<u8>]) -> Vec<String> {
             expected_groups[(model.group * REASON_COUNT + model.reason as u32) as usize] += 1;
         }
     }
-    let kernel_groups: Vec<u64> = dataplane
-        .group_counters(image.max_group_id())
-        .unwrap()
-        .iter()
+    let kernel_groups: Vec<u64> = (0..=image.max_group_id())
+        .flat_map(|group| dataplane.group_counters(group).unwrap())
         .map(|c| c.packets)
         .collect();
     if kernel_groups != expected_groups {

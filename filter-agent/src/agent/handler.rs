@@ -230,12 +230,12 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
             }
         }
     }
-    let group_counters = agent.dataplane.group_counters(MAX_GROUPS)?;
     let mut by_group = Vec::new();
     let mut groups = Vec::new();
     for (&id, group) in &agent.applied.groups {
+        let counters = agent.dataplane.group_counters(id)?;
         for reason in Reason::ALL {
-            let c = group_counters[(id * REASON_COUNT + reason as u32) as usize];
+            let c = counters[reason as usize];
             if c.packets == 0 {
                 continue;
             }

@@ -286,10 +286,12 @@ impl Dataplane {
         self.summed_counters(MAP_REASON_STATS, slot * per_slot..(slot + 1) * per_slot)
     }
 
-    /// Per-group counters summed over CPUs for groups 0..=max_group, indexed by
-    /// `group_counter_index`.
-    pub fn group_counters(&self, max_group: u32) -> Result<Vec<Counter>> {
-        self.summed_counters(MAP_GROUP_STATS, 0..(max_group + 1) * REASON_COUNT)
+    /// One group's counters summed over CPUs, indexed by reason.
+    pub fn group_counters(&self, group: u32) -> Result<Vec<Counter>> {
+        self.summed_counters(
+            MAP_GROUP_STATS,
+            group * REASON_COUNT..(group + 1) * REASON_COUNT,
+        )
     }
 
     fn summed_counters(&self, name: &str, range: std::ops::Range<u32>) -> Result<Vec<Counter>> {
