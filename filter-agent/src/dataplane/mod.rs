@@ -324,6 +324,22 @@ impl Dataplane {
     }
 }
 
+/// A name as the fixed, NUL-padded byte array the bookkeeping maps store.
+fn fixed_name<const N: usize>(kind: &str, name: &str) -> Result<[u8; N]> {
+    if name.len() > N {
+        bail!("{kind} name {name:?} is longer than {N} bytes");
+    }
+    let mut bytes = [0u8; N];
+    bytes[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(bytes)
+}
+
+/// The name stored by `fixed_name`.
+fn read_fixed_name(bytes: &[u8]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
+}
+
 /// A pinned map adopted by a new agent must have the layout this build expects; one
 /// left by another version is refused rather than misread.
 fn check_pinned_map(name: &str, path: &Path) -> Result<()> {

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use filter_common::{IFINDEX_SLOTS_ENTRIES, INTERFACE_NAME_MAX, InterfaceSlot, MAX_INTERFACES};
 
-use super::Dataplane;
+use super::{Dataplane, fixed_name, read_fixed_name};
 
 /// A slot's owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,12 +18,10 @@ pub struct SlotOwner {
 }
 
 fn encode(interface: &str, ifindex: u32) -> Result<InterfaceSlot> {
-    if interface.len() > INTERFACE_NAME_MAX {
-        bail!("interface name {interface:?} is longer than {INTERFACE_NAME_MAX} bytes");
-    }
-    let mut name = [0u8; INTERFACE_NAME_MAX];
-    name[..interface.len()].copy_from_slice(interface.as_bytes());
-    Ok(InterfaceSlot { ifindex, name })
+    Ok(InterfaceSlot {
+        ifindex,
+        name: fixed_name("interface", interface)?,
+    })
 }
 
 impl Dataplane {
@@ -34,12 +32,7 @@ impl Dataplane {
         for slot in 1..=MAX_INTERFACES {
             let entry = map.get(&slot, 0)?;
             if entry.ifindex != 0 {
-                let len = entry
-                    .name
-                    .iter()
-                    .position(|&b| b == 0)
-                    .unwrap_or(INTERFACE_NAME_MAX);
-                let interface = String::from_utf8_lossy(&entry.name[..len]).into_owned();
+                let interface = read_fixed_name(&entry.name);
                 slots.insert(
                     slot,
                     SlotOwner {

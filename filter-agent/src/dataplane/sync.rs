@@ -15,10 +15,10 @@ use aya::maps::{
     MapData,
     lpm_trie::{Key, LpmTrie},
 };
-use filter_common::{GROUP_NAME_MAX, GroupName, MAX_GROUPS, SourceRule};
+use filter_common::{GroupName, MAX_GROUPS, SourceRule};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::Dataplane;
+use super::{Dataplane, fixed_name, read_fixed_name};
 use crate::image::{GroupInfo, MapImage, Smtp};
 
 /// What a sync changed.
@@ -155,14 +155,9 @@ fn sync_trie<P: Prefix>(
 }
 
 fn encode_name(name: &str) -> Result<GroupName> {
-    if name.len() > GROUP_NAME_MAX {
-        bail!("group name {name:?} is longer than {GROUP_NAME_MAX} bytes");
-    }
-    let mut bytes = [0u8; GROUP_NAME_MAX];
-    bytes[..name.len()].copy_from_slice(name.as_bytes());
     Ok(GroupName {
         len: name.len() as u32,
-        bytes,
+        bytes: fixed_name("group", name)?,
     })
 }
 
@@ -174,11 +169,7 @@ impl Dataplane {
         for id in 1..=MAX_GROUPS {
             let entry = names.get(&id, 0)?;
             if entry.len > 0 {
-                let len = (entry.len as usize).min(GROUP_NAME_MAX);
-                ids.insert(
-                    String::from_utf8_lossy(&entry.bytes[..len]).into_owned(),
-                    id,
-                );
+                ids.insert(read_fixed_name(&entry.bytes), id);
             }
         }
         Ok(ids)
