@@ -16,6 +16,7 @@ use crate::{
     capture::{self, Expected},
     dataplane::{Dataplane, KernelVerdict, MIN_FRAME_LEN},
     image::MapImage,
+    model::Verdict,
 };
 
 /// The largest frame BPF_PROG_TEST_RUN accepts for a non-multi-buffer XDP program
@@ -53,7 +54,7 @@ pub fn replay(image: &MapImage, captures: &[PathBuf]) -> Result<Vec<FrameVerdict
                 capture: path.clone(),
                 index: i + 1,
                 len: frame.len(),
-                verdict: if kernel.drop { "drop" } else { "pass" },
+                verdict: kernel.verdict.name(),
                 reason: kernel.reason.name(),
                 family: kernel.family.name(),
                 summary: capture::summarize(frame),
@@ -68,9 +69,10 @@ fn judge(dataplane: &Dataplane, frame: &[u8]) -> Result<(KernelVerdict, Option<&
     if frame.len() < MIN_FRAME_LEN {
         // No driver hands XDP a runt; report it without pretending the kernel judged it.
         let runt = KernelVerdict {
-            drop: false,
+            verdict: Verdict::Pass,
             reason: Reason::Malformed,
             family: Family::Other,
+            reply: None,
         };
         return Ok((
             runt,

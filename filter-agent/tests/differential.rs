@@ -5,8 +5,7 @@ use filter_agent::{
     dataplane::Dataplane,
     fixtures::{all_truncations, corpus, corpus_dir, random_frame},
     image::MapImage,
-    model::{self, Verdict},
-    policy,
+    model, policy,
 };
 use filter_common::{FLAG_MONITOR, REASON_COUNT};
 
@@ -39,14 +38,14 @@ fn compare(image: &MapImage, frames: &[Vec<u8>]) -> Vec<String> {
     for (i, frame) in frames.iter().enumerate() {
         let kernel = dataplane.judge(frame).unwrap();
         let model = model::judge_frame(image, frame);
-        if kernel.drop != (model.verdict == Verdict::Drop)
+        if kernel.verdict != model.verdict
             || kernel.reason != model.reason
             || kernel.family != model.family
         {
             problems.push(format!(
                 "frame {i} ({} bytes): kernel {} {} {:?}, model {} {} {:?}\n  {}",
                 frame.len(),
-                if kernel.drop { "drop" } else { "pass" },
+                kernel.verdict.name(),
                 kernel.reason.name(),
                 kernel.family,
                 model.verdict.name(),

@@ -29,7 +29,7 @@ fn every_corpus_frame_gets_its_hand_judged_verdict_from_the_kernel() {
     let mut failures = Vec::new();
     for (frame, want) in frames.iter().zip(&expected) {
         let got = dataplane.judge(frame).unwrap();
-        let verdict = if got.drop { "drop" } else { "pass" };
+        let verdict = got.verdict.name();
         if verdict != want.verdict || got.reason.name() != want.reason {
             failures.push(format!(
                 "frame {} (expect line {}): want {} {}, kernel {} {}",

@@ -26,6 +26,12 @@ pub fn pass_baseline(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// The floor of any drop path: an XDP program that drops everything.
+#[xdp]
+pub fn drop_baseline(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
 // Only the BPF build needs it; a host `cargo clippy --workspace` links std's.
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -11,20 +11,22 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapInfo, PerCpuArray, PerCpuValues},
-    programs::{TestRun, TestRunOptions, Xdp},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
 };
 use filter_common::{
-    Config, Counter, FAMILY_COUNT, Family, GroupName, InterfaceSlot, MAP_CONFIG, MAP_CONFIG_SLOT,
-    MAP_GROUP_NAMES, MAP_GROUP_STATS, MAP_IFINDEX_SLOTS, MAP_INTERFACE_SLOTS, MAP_REASON_STATS,
-    MAP_SOURCES_V4, MAP_SOURCES_V6, PROGRAM_FILTER, PROGRAM_PASS_BASELINE, REASON_COUNT, Reason,
+    ACTION_STATS_ENTRIES, ActionStat, Config, Counter, FAMILY_COUNT, Family, GroupName,
+    InterfaceSlot, MAP_ACTION_STATS, MAP_CONFIG, MAP_CONFIG_SLOT, MAP_EVENT_LIMIT, MAP_EVENTS,
+    MAP_GROUP_NAMES, MAP_GROUP_STATS, MAP_IFINDEX_SLOTS, MAP_INTERFACE_SLOTS, MAP_OFFENDERS,
+    MAP_REASON_STATS, MAP_RELAY_BUCKETS, MAP_SOURCES_V4, MAP_SOURCES_V6, Offender,
+    PROGRAM_DROP_BASELINE, PROGRAM_FILTER, PROGRAM_PASS_BASELINE, REASON_COUNT, Reason, SourceKey,
     SourceRule, reason_counter_index,
 };
 
 pub use pins::{AttachedInterface, PinDir};
 pub use sync::SyncReport;
 
-use crate::image::MapImage;
+use crate::{image::MapImage, model::Verdict};
 
 /// The XDP object built by build.rs from the filter-ebpf crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/filter-ebpf"));
@@ -37,7 +39,7 @@ const MIN_PREFIX_CAPACITY: u32 = 65_536;
 pub const MIN_FRAME_LEN: usize = 14;
 
 /// Every map of the object, in the order they are pinned and checked.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 14] = [
     MAP_CONFIG,
     MAP_CONFIG_SLOT,
     MAP_SOURCES_V4,
@@ -47,6 +49,11 @@ pub const MAP_NAMES: [&str; 9] = [
     MAP_INTERFACE_SLOTS,
     MAP_REASON_STATS,
     MAP_GROUP_STATS,
+    MAP_RELAY_BUCKETS,
+    MAP_OFFENDERS,
+    MAP_EVENTS,
+    MAP_EVENT_LIMIT,
+    MAP_ACTION_STATS,
 ];
 
 /// Capacity of each prefix trie.
@@ -70,11 +77,13 @@ impl Capacity {
 }
 
 /// The verdict the kernel program gave one frame, read from its return code and counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelVerdict {
-    pub drop: bool,
+    pub verdict: Verdict,
     pub reason: Reason,
     pub family: Family,
+    /// The frame the program sent back out (XDP_TX), for `Verdict::Reject`.
+    pub reply: Option<Vec<u8>>,
 }
 
 pub struct Dataplane {
@@ -110,7 +119,7 @@ impl Dataplane {
             .load(OBJECT)
             .context("loading the XDP object into the kernel")
             .map_err(explain_permission)?;
-        for name in [PROGRAM_FILTER, PROGRAM_PASS_BASELINE] {
+        for name in [PROGRAM_FILTER, PROGRAM_PASS_BASELINE, PROGRAM_DROP_BASELINE] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -147,7 +156,9 @@ impl Dataplane {
         {
             aya::maps::Map::Array(data)
             | aya::maps::Map::PerCpuArray(data)
-            | aya::maps::Map::LpmTrie(data) => Ok(data),
+            | aya::maps::Map::LpmTrie(data)
+            | aya::maps::Map::LruHashMap(data)
+            | aya::maps::Map::RingBuf(data) => Ok(data),
             _ => bail!("map {name} has an unexpected type"),
         }
     }
@@ -240,12 +251,34 @@ impl Dataplane {
     /// Runs `frame` through the filter `repeat` times; returns the XDP action and the
     /// kernel-measured mean duration of one run.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        run(self.program(PROGRAM_FILTER)?, frame, repeat)
+        let (action, duration, _) = run(self.program(PROGRAM_FILTER)?, frame, repeat)?;
+        Ok((action, duration))
     }
 
     /// The same for the pass-only baseline program.
     pub fn test_run_baseline(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        run(self.program(PROGRAM_PASS_BASELINE)?, frame, repeat)
+        let (action, duration, _) = run(self.program(PROGRAM_PASS_BASELINE)?, frame, repeat)?;
+        Ok((action, duration))
+    }
+
+    /// The same for the drop-only baseline program.
+    pub fn test_run_drop_baseline(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let (action, duration, _) = run(self.program(PROGRAM_DROP_BASELINE)?, frame, repeat)?;
+        Ok((action, duration))
+    }
+
+    /// Attaches one of the object's programs (the filter or a baseline) to `interface`
+    /// without pinning: the link lives as long as this `Dataplane`. For benchmarks.
+    pub fn attach_unpinned(
+        &mut self,
+        program: &str,
+        interface: &str,
+        mode: AyaXdpMode,
+    ) -> Result<()> {
+        self.program_mut(program)?
+            .attach(interface, mode)
+            .with_context(|| format!("attaching {program} to {interface}"))?;
+        Ok(())
     }
 
     /// Judges one frame in the kernel: the verdict from the program's return code, the
@@ -253,7 +286,7 @@ impl Dataplane {
     /// under interface slot 0.
     pub fn judge(&self, frame: &[u8]) -> Result<KernelVerdict> {
         let before = self.reason_counters(0)?;
-        let (action, _) = self.test_run(frame, 1)?;
+        let (action, _, output) = run(self.program(PROGRAM_FILTER)?, frame, 1)?;
         let after = self.reason_counters(0)?;
         let moved: Vec<usize> = (0..before.len())
             .filter(|&i| after[i].packets != before[i].packets)
@@ -267,16 +300,47 @@ impl Dataplane {
         let family = Family::ALL[index / REASON_COUNT as usize];
         let reason = Reason::ALL[index % REASON_COUNT as usize];
         debug_assert_eq!(reason_counter_index(0, family, reason) as usize, index);
-        let drop = match action {
-            XDP_DROP => true,
-            XDP_PASS => false,
+        let (verdict, reply) = match action {
+            XDP_DROP => (Verdict::Drop, None),
+            XDP_PASS => (Verdict::Pass, None),
+            XDP_TX => (Verdict::Reject, Some(output)),
             other => bail!("the filter returned unexpected XDP action {other}"),
         };
         Ok(KernelVerdict {
-            drop,
+            verdict,
             reason,
             family,
+            reply,
         })
+    }
+
+    /// What the program did besides passing and dropping, summed over CPUs, indexed by
+    /// `ActionStat as usize`.
+    pub fn action_stats(&self) -> Result<[u64; ActionStat::ALL.len()]> {
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_ACTION_STATS).context("ACTION_STATS")?)?;
+        let mut totals = [0u64; ActionStat::ALL.len()];
+        for stat in ActionStat::ALL {
+            debug_assert!((stat as u32) < ACTION_STATS_ENTRIES);
+            totals[stat as usize] = array.get(&(stat as u32), 0)?.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Every offender record the kernel holds (an LRU map: the least recently seen
+    /// sources make room for new ones).
+    pub fn offenders(&self) -> Result<Vec<(SourceKey, Offender)>> {
+        let map: HashMap<&MapData, SourceKey, Offender> =
+            HashMap::try_from(self.ebpf.map(MAP_OFFENDERS).context("OFFENDERS")?)?;
+        // An entry evicted between listing its key and reading it is skipped.
+        Ok(map.iter().filter_map(|entry| entry.ok()).collect())
+    }
+
+    /// Takes the events ring buffer for reading (sampled drops, offender alerts); `None`
+    /// once taken.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(MAP_EVENTS)?;
+        RingBuf::try_from(map).ok()
     }
 
     /// One interface slot's (family, reason) counters summed over CPUs, indexed by
@@ -353,6 +417,11 @@ fn check_pinned_map(name: &str, path: &Path) -> Result<()> {
         MAP_GROUP_NAMES => (4, size_of::<GroupName>()),
         MAP_IFINDEX_SLOTS => (4, 4),
         MAP_INTERFACE_SLOTS => (4, size_of::<InterfaceSlot>()),
+        MAP_RELAY_BUCKETS => (size_of::<SourceKey>(), 8),
+        MAP_OFFENDERS => (size_of::<SourceKey>(), size_of::<Offender>()),
+        MAP_EVENTS => (0, 0),
+        MAP_EVENT_LIMIT => (4, 8),
+        MAP_ACTION_STATS => (4, 8),
         _ => (4, size_of::<Counter>()),
     };
     if info.key_size() as usize != key || info.value_size() as usize != value {
@@ -369,22 +438,31 @@ fn check_pinned_map(name: &str, path: &Path) -> Result<()> {
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
-fn run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+/// Room for what the program writes back: at most the frame itself (replies only shrink).
+const MAX_OUTPUT: usize = 4096;
+
+/// Runs `frame` through `program`; returns the action, the mean duration of one run and
+/// the frame as the program left it.
+fn run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u8>)> {
     if frame.len() < MIN_FRAME_LEN {
         bail!(
             "a {}-byte frame is shorter than an Ethernet header; XDP never sees it",
             frame.len()
         );
     }
+    let mut output = vec![0u8; MAX_OUTPUT.max(frame.len())];
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
+            data_out: Some(&mut output),
             repeat,
             ..TestRunOptions::new()
         })
         .context("BPF_PROG_TEST_RUN failed")?;
-    Ok((result.return_value, result.duration))
+    output.truncate(result.data_size_out as usize);
+    Ok((result.return_value, result.duration, output))
 }
 
 /// Turns the kernel's EPERM (and the verifier's EACCES without CAP_PERFMON) into advice:

@@ -25,6 +25,8 @@ pub use lpm::{lookup_relay, lookup_source};
 pub enum Verdict {
     Pass,
     Drop,
+    /// Dropped, and answered with a TCP RST+ACK sent back out of the interface (XDP_TX).
+    Reject,
 }
 
 impl Verdict {
@@ -32,6 +34,7 @@ impl Verdict {
         match self {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
+            Verdict::Reject => "reject",
         }
     }
 }
