@@ -1,30 +1,55 @@
-//! From parsed headers to a verdict: port check, source longest-prefix match, relay check.
+//! From parsed headers to a verdict: port check, source longest-prefix match, relay check
+//! (with the relay rate limit), and the block action (drop or reject).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
-use filter_common::{Config, Family, Reason, SMTP_ALLOW, SourceRule};
+use filter_common::{
+    Config, Family, Reason, SMTP_ALLOW, SourceKey, SourceRule, VERDICT_DROP, VERDICT_PASS,
+    VERDICT_REJECT,
+};
 
 use crate::{
     maps::{self, SOURCES_V4, SOURCES_V6},
-    parse::{Cursor, IPPROTO_TCP, Ipv4Header, Ipv6Header, Stop, parse},
+    parse::{
+        Cursor, IPPROTO_TCP, Ipv4Header, Ipv6Header, Stop, TCP_ACK, TCP_RST, TCP_SYN, TcpHeader,
+        parse,
+    },
 };
 
 pub struct Decision {
-    pub drop: bool,
+    /// One of the `VERDICT_*` constants.
+    pub verdict: u32,
     pub reason: Reason,
     pub family: Family,
     /// Group whose prefix matched the source; 0 when none was looked up or matched.
     pub group: u32,
+    /// A blocked attempt (or, in monitor mode, one that would have been): the source's
+    /// offender record counts it.
+    pub blocked_attempt: bool,
+    /// Offsets of the PPPoE header, the IP header and the TCP segment; 0 when unknown.
+    pub pppoe: usize,
+    pub l3: usize,
+    pub l4: usize,
 }
 
 impl Decision {
     #[inline(always)]
     fn pass(family: Family, reason: Reason) -> Self {
         Decision {
-            drop: false,
+            verdict: VERDICT_PASS,
             reason,
             family,
             group: 0,
+            blocked_attempt: false,
+            pppoe: 0,
+            l3: 0,
+            l4: 0,
         }
+    }
+
+    /// Worth an offender record and a drop event: dropped, rejected or monitored.
+    #[inline(always)]
+    pub fn noteworthy(&self) -> bool {
+        self.verdict != VERDICT_PASS || matches!(self.reason, Reason::Monitored)
     }
 }
 
@@ -55,55 +80,89 @@ pub fn judge(ctx: &XdpContext) -> Decision {
     let Some(rule) = source_rule(&cur, family, packet.l3) else {
         return Decision::pass(family, Reason::Unmanaged);
     };
-    // Anything not explicitly `allow` is treated as `block`: fail closed.
-    let reason = if rule.smtp == SMTP_ALLOW {
-        Reason::Exempt
-    } else if is_relay(config, &cur, family, packet.l3) {
-        Reason::Relay
-    } else {
-        return enforce(config, family, rule.group, Reason::Blocked);
-    };
-    Decision {
-        drop: false,
-        reason,
-        family,
+    let mut decision = Decision {
         group: rule.group,
+        pppoe: packet.pppoe,
+        l3: packet.l3,
+        l4: packet.l4,
+        ..Decision::pass(family, Reason::Exempt)
+    };
+    // Anything not explicitly `allow` is treated as `block`: fail closed.
+    if rule.smtp == SMTP_ALLOW {
+        return decision;
+    }
+    if is_relay(config, &cur, family, packet.l3) {
+        if config.relay_interval_ns != 0
+            && is_connection_request(cur.tcp_flags(packet.l4))
+            && !relay_conforms(config, &cur, family, packet.l3)
+        {
+            enforce(config, &mut decision, Reason::RateLimited);
+        } else {
+            decision.reason = Reason::Relay;
+        }
+        return decision;
+    }
+    enforce(config, &mut decision, Reason::Blocked);
+    decision.blocked_attempt = true;
+    if decision.verdict == VERDICT_DROP && config.reject() && can_reject(&cur, packet.l4) {
+        decision.verdict = VERDICT_REJECT;
+    }
+    decision
+}
+
+/// Drop for `reason`, or in monitor mode only count it as monitored.
+#[inline(always)]
+fn enforce(config: &Config, decision: &mut Decision, reason: Reason) {
+    if config.monitor() {
+        decision.reason = Reason::Monitored;
+    } else {
+        decision.verdict = VERDICT_DROP;
+        decision.reason = reason;
     }
 }
 
-/// Drop from a `block` group, or only count it in monitor mode.
+/// A SYN opening a connection: SYN set, ACK and RST clear. A missing flags byte is not one.
 #[inline(always)]
-fn enforce(config: &Config, family: Family, group: u32, reason: Reason) -> Decision {
-    let monitor = config.monitor();
-    Decision {
-        drop: !monitor,
-        reason: if monitor { Reason::Monitored } else { reason },
-        family,
-        group,
-    }
+fn is_connection_request(flags: Option<u8>) -> bool {
+    flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN)
+}
+
+/// A reset needs the whole fixed TCP header (sequence number, data offset) in the frame.
+#[inline(always)]
+fn can_reject(cur: &Cursor, l4: usize) -> bool {
+    cur.header::<TcpHeader>(l4).is_some_and(|tcp| {
+        tcp.offset_flags[0] >> 4 >= 5
+            && tcp.offset_flags[1] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+    })
+}
+
+/// Takes a token from the source's relay bucket; false when it has none left.
+#[inline(always)]
+fn relay_conforms(config: &Config, cur: &Cursor, family: Family, l3: usize) -> bool {
+    let Some(key) = source_key(cur, family, l3) else {
+        return true;
+    };
+    maps::relay_bucket_take(&key, config.relay_interval_ns, config.relay_tolerance_ns)
 }
 
 /// A malformed frame is dropped only when its source is readable and blocked.
 #[inline(always)]
 fn malformed(cur: &Cursor, family: Family, l3: Option<usize>) -> Decision {
-    let rule = match l3 {
-        Some(l3) => source_rule(cur, family, l3),
-        None => None,
+    let mut decision = Decision::pass(family, Reason::Malformed);
+    let Some(l3) = l3 else {
+        return decision;
     };
-    let Some(rule) = rule else {
-        return Decision::pass(family, Reason::Malformed);
+    let Some(rule) = source_rule(cur, family, l3) else {
+        return decision;
     };
+    decision.group = rule.group;
+    decision.l3 = l3;
     if rule.smtp != SMTP_ALLOW
         && let Some(config) = maps::config()
     {
-        return enforce(config, family, rule.group, Reason::Malformed);
+        enforce(config, &mut decision, Reason::Malformed);
     }
-    Decision {
-        drop: false,
-        reason: Reason::Malformed,
-        family,
-        group: rule.group,
-    }
+    decision
 }
 
 #[inline(always)]
@@ -120,6 +179,24 @@ fn source_rule(cur: &Cursor, family: Family, l3: usize) -> Option<SourceRule> {
         }
         Family::Other => None,
     }
+}
+
+/// The rate-limit and offender key of the source: its IPv4 address, or its IPv6 /64.
+#[inline(always)]
+pub fn source_key(cur: &Cursor, family: Family, l3: usize) -> Option<SourceKey> {
+    let mut key = SourceKey {
+        family: family as u32,
+        address: [0; 8],
+    };
+    match family {
+        Family::Ipv4 => {
+            let source = cur.header::<[u8; 4]>(l3 + 12)?;
+            key.address[..4].copy_from_slice(source);
+        }
+        Family::Ipv6 => key.address = *cur.header::<[u8; 8]>(l3 + 8)?,
+        Family::Other => return None,
+    }
+    Some(key)
 }
 
 #[inline(always)]
@@ -139,13 +216,13 @@ fn is_relay(config: &Config, cur: &Cursor, family: Family, l3: usize) -> bool {
 
 /// Addresses are read as 16-bit words; the tries are keyed by the same bytes.
 #[inline(always)]
-fn v4_bytes(words: [u16; 2]) -> [u8; 4] {
+pub fn v4_bytes(words: [u16; 2]) -> [u8; 4] {
     // SAFETY: same size, both plain integers; the byte order is kept as read.
     unsafe { core::mem::transmute(words) }
 }
 
 #[inline(always)]
-fn v6_bytes(words: [u16; 8]) -> [u8; 16] {
+pub fn v6_bytes(words: [u16; 8]) -> [u8; 16] {
     // SAFETY: as above.
     unsafe { core::mem::transmute(words) }
 }

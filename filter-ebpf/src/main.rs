@@ -4,20 +4,48 @@
 
 mod decide;
 mod maps;
+mod observe;
 mod parse;
+mod reply;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
     programs::XdpContext,
 };
+use filter_common::{ActionStat, VERDICT_PASS, VERDICT_REJECT};
 
 #[xdp]
 pub fn smtp_filter(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let decision = decide::judge(&ctx);
     let slot = maps::interface_slot(ctx.ingress_ifindex() as u32);
-    maps::count(&decision, slot, (ctx.data_end() - ctx.data()) as u64);
-    if decision.drop { XDP_DROP } else { XDP_PASS }
+    maps::count(&decision, slot, frame_len);
+    if !decision.noteworthy() {
+        return XDP_PASS;
+    }
+    // The verifier would walk the code below once for every parse path that reaches it
+    // (each VLAN/PPPoE/extension-header combination has its own offsets). Passing the
+    // decision through a map makes those paths one state.
+    let Some(stored) = maps::stash(decision) else {
+        return XDP_DROP;
+    };
+    act(&ctx, stored)
+}
+
+/// Records a frame that is not simply passed and carries out its verdict.
+#[inline(never)]
+fn act(ctx: &XdpContext, decision: &mut decide::Decision) -> u32 {
+    // Before a reply overwrites the frame: records read the original headers.
+    observe::observe(ctx, decision);
+    match decision.verdict {
+        VERDICT_PASS => XDP_PASS,
+        VERDICT_REJECT if reply::rewrite(ctx, decision) => {
+            maps::count_action(ActionStat::ResetsSent);
+            XDP_TX
+        }
+        _ => XDP_DROP,
+    }
 }
 
 /// The benchmark baseline: the cost of running any XDP program at all.

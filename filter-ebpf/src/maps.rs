@@ -1,13 +1,15 @@
 //! Every map the program uses, declared in one place; names come from filter-common.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use filter_common::{
-    Config, Counter, DEFAULT_PREFIX_CAPACITY, GROUP_STATS_ENTRIES, GroupName,
-    IFINDEX_SLOTS_ENTRIES, InterfaceSlot, MAX_GROUPS, MAX_INTERFACES, REASON_STATS_ENTRIES,
-    SourceRule, group_counter_index, reason_counter_index,
+    ACTION_STATS_ENTRIES, ActionStat, Config, Counter, DEFAULT_PREFIX_CAPACITY, EVENTS_RING_BYTES,
+    GROUP_STATS_ENTRIES, GroupName, IFINDEX_SLOTS_ENTRIES, InterfaceSlot, MAX_GROUPS,
+    MAX_INTERFACES, OFFENDERS_ENTRIES, Offender, REASON_STATS_ENTRIES, RELAY_BUCKETS_ENTRIES,
+    SourceKey, SourceRule, gcra, group_counter_index, reason_counter_index,
 };
 
 use crate::decide::Decision;
@@ -87,5 +89,104 @@ fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
         }
+    }
+}
+
+#[map(name = "ACTION_STATS")]
+static ACTION_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ACTION_STATS_ENTRIES, 0);
+
+#[inline(always)]
+pub fn count_action(stat: ActionStat) {
+    if let Some(value) = ACTION_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, as in `bump`.
+        unsafe { *value += 1 };
+    }
+}
+
+/// The kernel's monotonic clock, the one every stored timestamp uses.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[map(name = "RELAY_BUCKETS")]
+static RELAY_BUCKETS: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(RELAY_BUCKETS_ENTRIES, 0);
+
+/// Takes a token from the source's relay bucket (see `filter_common::gcra`); false when
+/// it is empty. Two CPUs updating one bucket at once may both pass: the limit is a
+/// guard against floods, not an exact quota.
+#[inline(always)]
+pub fn relay_bucket_take(key: &SourceKey, interval: u64, tolerance: u64) -> bool {
+    let now = now_ns();
+    match RELAY_BUCKETS.get_ptr_mut(key) {
+        Some(tat) => match gcra(Some(unsafe { *tat }), now, interval, tolerance) {
+            Some(next) => {
+                // SAFETY: a value of the map, valid while the program runs.
+                unsafe { *tat = next };
+                true
+            }
+            None => false,
+        },
+        None => {
+            // A new source starts with a full bucket; if the insert fails (it cannot for
+            // an LRU map short of memory), the SYN still passes: fail open on the relay.
+            let next = gcra(None, now, interval, tolerance).unwrap_or(now);
+            let _ = RELAY_BUCKETS.insert(key, &next, 0);
+            true
+        }
+    }
+}
+
+#[map(name = "OFFENDERS")]
+pub static OFFENDERS: LruHashMap<SourceKey, Offender> =
+    LruHashMap::with_max_entries(OFFENDERS_ENTRIES, 0);
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// The drop-event sampler's bucket (GCRA timestamp), shared by all CPUs.
+#[map(name = "EVENT_LIMIT")]
+static EVENT_LIMIT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// True when the sampler lets one more drop event out now.
+#[inline(always)]
+pub fn event_token(config: &Config, now: u64) -> bool {
+    if config.event_interval_ns == 0 {
+        return false;
+    }
+    let Some(tat) = EVENT_LIMIT.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the array's only value; a race between CPUs lets an extra event through.
+    let current = unsafe { *tat };
+    let stored = if current == 0 { None } else { Some(current) };
+    match gcra(
+        stored,
+        now,
+        config.event_interval_ns,
+        config.event_tolerance_ns,
+    ) {
+        Some(next) => {
+            unsafe { *tat = next };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Per-CPU scratch room for the decision of the frame being handled (see `act`).
+#[map(name = "DECISION_SCRATCH")]
+static DECISION_SCRATCH: PerCpuArray<Decision> = PerCpuArray::with_max_entries(1, 0);
+
+/// Stores `decision` in the scratch slot; its fields read back as unknown values.
+#[inline(always)]
+pub fn stash(decision: Decision) -> Option<&'static mut Decision> {
+    let slot = DECISION_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, used only while this program runs on this CPU.
+    unsafe {
+        slot.write(decision);
+        Some(&mut *slot)
     }
 }

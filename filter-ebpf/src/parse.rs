@@ -21,6 +21,8 @@ pub const IPPROTO_TCP: u8 = 6;
 /// A frame whose headers could be read up to the TCP ports.
 pub struct Packet {
     pub family: Family,
+    /// Offset of the PPPoE session header, 0 when there is none.
+    pub pppoe: usize,
     pub l3: usize,
     pub protocol: u8,
     pub non_first_fragment: bool,
@@ -48,9 +50,9 @@ pub struct Cursor<'a> {
 // packet is (XDP data starts aligned, and every header length is even), so a field read is
 // one load, not a byte-by-byte copy.
 #[repr(C)]
-struct EthernetHeader {
-    destination: [u8; 6],
-    source: [u8; 6],
+pub struct EthernetHeader {
+    pub destination: [u16; 3],
+    pub source: [u16; 3],
     ethertype: u16,
 }
 
@@ -61,36 +63,56 @@ struct VlanTag {
 }
 
 #[repr(C)]
-struct PppoeSession {
+pub struct PppoeSession {
     version_type: u8,
     code: u8,
     session: u16,
-    length: u16,
+    pub length: u16,
     protocol: u16,
 }
 
 #[repr(C)]
 pub struct Ipv4Header {
-    version_ihl: u8,
-    tos: u8,
-    total_length: u16,
-    id: u16,
-    fragment: u16,
-    ttl: u8,
-    protocol: u8,
-    checksum: u16,
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub total_length: u16,
+    pub id: u16,
+    pub fragment: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub checksum: u16,
     pub source: [u16; 2],
     pub destination: [u16; 2],
 }
 
 #[repr(C)]
 pub struct Ipv6Header {
-    version_class_flow: [u16; 2],
-    payload_length: u16,
-    next_header: u8,
-    hop_limit: u8,
+    pub version_class_flow: [u16; 2],
+    pub payload_length: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
     pub source: [u16; 8],
     pub destination: [u16; 8],
+}
+
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The fixed 20-byte TCP header; 32-bit fields as two words to keep 2-byte alignment.
+#[repr(C)]
+pub struct TcpHeader {
+    pub source: u16,
+    pub destination: u16,
+    pub sequence: [u16; 2],
+    pub acknowledgment: [u16; 2],
+    /// Data offset (high nibble of byte 0) and flags (byte 1).
+    pub offset_flags: [u8; 2],
+    pub window: u16,
+    pub checksum: u16,
+    pub urgent: u16,
 }
 
 #[repr(C)]
@@ -130,6 +152,21 @@ impl<'a> Cursor<'a> {
         Some(unsafe { &*((self.ctx.data() + offset) as *const T) })
     }
 
+    /// The header of type `T` at `offset` for writing, if all of it is inside the frame.
+    #[inline(always)]
+    pub fn header_mut<T>(&self, offset: usize) -> Option<*mut T> {
+        if !self.has(offset, core::mem::size_of::<T>()) {
+            return None;
+        }
+        Some((self.ctx.data() + offset) as *mut T)
+    }
+
+    /// The TCP flags byte of a segment starting at `l4`, if it is inside the frame.
+    #[inline(always)]
+    pub fn tcp_flags(&self, l4: usize) -> Option<u8> {
+        self.header::<[u8; 2]>(l4 + 12).map(|bytes| bytes[1])
+    }
+
     /// The TCP destination port of a segment starting at `l4`.
     #[inline(always)]
     pub fn tcp_destination_port(&self, l4: usize) -> Option<u16> {
@@ -161,13 +198,13 @@ pub fn parse(cur: &Cursor) -> Result<Packet, Stop> {
         offset += 4;
     }
     match ethertype {
-        ETH_P_IPV4 => ipv4(cur, offset),
-        ETH_P_IPV6 => ipv6(cur, offset),
+        ETH_P_IPV4 => ipv4(cur, 0, offset),
+        ETH_P_IPV6 => ipv6(cur, 0, offset),
         ETH_P_PPPOE_SESSION => {
             let pppoe = cur.header::<PppoeSession>(offset).ok_or(LINK_MALFORMED)?;
             match u16::from_be(pppoe.protocol) {
-                PPP_IPV4 => ipv4(cur, offset + 8),
-                PPP_IPV6 => ipv6(cur, offset + 8),
+                PPP_IPV4 => ipv4(cur, offset, offset + 8),
+                PPP_IPV6 => ipv6(cur, offset, offset + 8),
                 _ => Err(Stop::NotIp),
             }
         }
@@ -176,7 +213,7 @@ pub fn parse(cur: &Cursor) -> Result<Packet, Stop> {
 }
 
 #[inline(always)]
-fn ipv4(cur: &Cursor, l3: usize) -> Result<Packet, Stop> {
+fn ipv4(cur: &Cursor, pppoe: usize, l3: usize) -> Result<Packet, Stop> {
     let malformed = Stop::Malformed {
         family: Family::Ipv4,
         l3: Some(l3),
@@ -188,6 +225,7 @@ fn ipv4(cur: &Cursor, l3: usize) -> Result<Packet, Stop> {
     }
     Ok(Packet {
         family: Family::Ipv4,
+        pppoe,
         l3,
         protocol: ip.protocol,
         non_first_fragment: u16::from_be(ip.fragment) & 0x1fff != 0,
@@ -201,7 +239,7 @@ fn is_ipv6_extension(next_header: u8) -> bool {
 }
 
 #[inline(always)]
-fn ipv6(cur: &Cursor, l3: usize) -> Result<Packet, Stop> {
+fn ipv6(cur: &Cursor, pppoe: usize, l3: usize) -> Result<Packet, Stop> {
     let malformed = Stop::Malformed {
         family: Family::Ipv6,
         l3: Some(l3),
@@ -226,6 +264,7 @@ fn ipv6(cur: &Cursor, l3: usize) -> Result<Packet, Stop> {
             if u16::from_be(fragment.fragment) >> 3 != 0 {
                 return Ok(Packet {
                     family: Family::Ipv6,
+                    pppoe,
                     l3,
                     protocol: fragment.next_header,
                     non_first_fragment: true,
@@ -255,6 +294,7 @@ fn ipv6(cur: &Cursor, l3: usize) -> Result<Packet, Stop> {
     }
     Ok(Packet {
         family: Family::Ipv6,
+        pppoe,
         l3,
         protocol: next_header,
         non_first_fragment: false,
