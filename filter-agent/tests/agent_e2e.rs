@@ -10,7 +10,12 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
+};
+
+use filter_agent::{
+    dataplane::{Capacity, Dataplane},
+    image::MapImage,
 };
 
 use agent_process::{AgentProcess, BINARY, Scratch, attached_program};
@@ -341,4 +346,58 @@ fn a_second_agent_on_the_same_pins_is_refused_and_detach_removes_the_filter() {
     assert_eq!(attached_program(&lab, lab.router_customer_if()), None);
     assert!(!scratch.pin_path.exists());
     expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::Connected);
+}
+
+#[test]
+fn reject_refuses_blocked_connections_at_once_where_drop_lets_them_time_out() {
+    let lab = Lab::create().unwrap();
+    let _listeners = listeners(&lab);
+    // veth hands an XDP_TX'd frame only to a peer that runs XDP itself (its NAPI ring);
+    // a real NIC needs nothing of the kind.
+    let _customer_xdp = lab
+        .in_netns(Ns::Customers, || {
+            let mut dataplane = Dataplane::load(Capacity::for_image(&MapImage::new(
+                filter_common::Config::empty(),
+            )))?;
+            dataplane.attach_unpinned(
+                filter_common::PROGRAM_PASS_BASELINE,
+                lab.customer_if(),
+                aya::programs::XdpMode::Driver,
+            )?;
+            anyhow::Ok(dataplane)
+        })
+        .unwrap()
+        .expect("a pass-only XDP program on the customer veth");
+    let scratch = Scratch::new(&lab);
+    scratch.write_policy(&lab.policy_yaml().replace("action: drop", "action: reject"));
+    let agent = AgentProcess::start(&lab, &scratch, &[]);
+    let patience = Duration::from_secs(3);
+    for (src, remote, relay) in [
+        (RESIDENTIAL.v4, REMOTE_V4, RELAY_V4),
+        (RESIDENTIAL.v6, REMOTE_V6, RELAY_V6),
+    ] {
+        let started = Instant::now();
+        let got = lab.connect(src, at(remote, 25), patience);
+        assert_eq!(got, Outcome::Refused);
+        let waited = started.elapsed();
+        eprintln!("{src} -> {remote}:25 refused after {waited:?}");
+        assert!(
+            waited < Duration::from_millis(500),
+            "{src}: refused only after {waited:?}"
+        );
+        expect(&lab, src, at(relay, 25), Outcome::Connected);
+        expect(&lab, src, at(remote, 587), Outcome::Connected);
+    }
+    assert_eq!(agent.stop(), Some(0));
+
+    // The same attempt under `action: drop` gets no answer at all.
+    scratch.write_policy(&lab.policy_yaml());
+    let _agent = AgentProcess::start(&lab, &scratch, &[]);
+    let started = Instant::now();
+    let timeout = Duration::from_secs(2);
+    assert_eq!(
+        lab.connect(RESIDENTIAL.v4, at(REMOTE_V4, 25), timeout),
+        Outcome::TimedOut
+    );
+    assert!(started.elapsed() >= timeout);
 }
