@@ -184,19 +184,20 @@ fn source_rule(cur: &Cursor, family: Family, l3: usize) -> Option<SourceRule> {
 /// The rate-limit and offender key of the source: its IPv4 address, or its IPv6 /64.
 #[inline(always)]
 pub fn source_key(cur: &Cursor, family: Family, l3: usize) -> Option<SourceKey> {
-    let mut key = SourceKey {
-        family: family as u32,
-        address: [0; 8],
-    };
-    match family {
+    // Built from 16-bit words as read: byte arrays would be copied a byte at a time.
+    let words: [u16; 4] = match family {
         Family::Ipv4 => {
-            let source = cur.header::<[u8; 4]>(l3 + 12)?;
-            key.address[..4].copy_from_slice(source);
+            let source = cur.header::<[u16; 2]>(l3 + 12)?;
+            [source[0], source[1], 0, 0]
         }
-        Family::Ipv6 => key.address = *cur.header::<[u8; 8]>(l3 + 8)?,
+        Family::Ipv6 => *cur.header::<[u16; 4]>(l3 + 8)?,
         Family::Other => return None,
-    }
-    Some(key)
+    };
+    Some(SourceKey {
+        family: family as u32,
+        // SAFETY: same size, plain integers; byte order kept as read.
+        address: unsafe { core::mem::transmute::<[u16; 4], [u8; 8]>(words) },
+    })
 }
 
 #[inline(always)]

@@ -33,9 +33,16 @@ pub fn smtp_filter(ctx: XdpContext) -> u32 {
     act(&ctx, stored)
 }
 
+const OFFSET_MASK: usize = 0xfff;
+
 /// Records a frame that is not simply passed and carries out its verdict.
 #[inline(never)]
 fn act(ctx: &XdpContext, decision: &mut decide::Decision) -> u32 {
+    // Read back from the map, the offsets are unknown to the verifier: masking bounds
+    // them (they are below a page anyway) so offset arithmetic stays provably in range.
+    decision.pppoe &= OFFSET_MASK;
+    decision.l3 &= OFFSET_MASK;
+    decision.l4 &= OFFSET_MASK;
     // Before a reply overwrites the frame: records read the original headers.
     observe::observe(ctx, decision);
     match decision.verdict {

@@ -20,30 +20,25 @@ pub fn observe(ctx: &XdpContext, decision: &Decision) {
     };
     let cur = Cursor::new(ctx);
     let now = maps::now_ns();
-    let (source, destination) = addresses(&cur, decision.family, decision.l3);
-    let (sport, dport, flags) = tcp_fields(&cur, decision.l4);
+    let ports = tcp_ports(&cur, decision.l4);
     if decision.blocked_attempt
         && let Some(key) = source_key(&cur, decision.family, decision.l3)
-        && let Some(attempts) = offender(config, &key, decision, destination, dport, now)
     {
-        let mut key_address = [0u8; 16];
-        key_address[..8].copy_from_slice(&key.address);
-        send(Event {
-            time_ns: now,
-            kind: EVENT_OFFENDER,
-            ifindex: ctx.ingress_ifindex() as u32,
-            family: decision.family as u32,
-            verdict: decision.verdict,
-            reason: decision.reason as u32,
-            group: decision.group,
-            source: key_address,
-            destination,
-            sport,
-            dport,
-            tcp_flags: flags as u32,
-            attempts,
-        });
-        maps::count_action(ActionStat::OffenderAlerts);
+        let destination = address(&cur, decision.family, decision.l3, Side::Destination);
+        if let Some(attempts) = offender(config, &key, decision, destination, ports[1], now) {
+            let [a, b] = key_words(&key);
+            send(
+                ctx,
+                &cur,
+                decision,
+                EVENT_OFFENDER,
+                [a, b, 0, 0],
+                destination,
+                now,
+                attempts,
+            );
+            maps::count_action(ActionStat::OffenderAlerts);
+        }
     }
     if config.event_interval_ns == 0 {
         return;
@@ -52,33 +47,60 @@ pub fn observe(ctx: &XdpContext, decision: &Decision) {
         maps::count_action(ActionStat::EventsSuppressed);
         return;
     }
-    send(Event {
+    let source = address(&cur, decision.family, decision.l3, Side::Source);
+    let destination = address(&cur, decision.family, decision.l3, Side::Destination);
+    send(
+        ctx,
+        &cur,
+        decision,
+        EVENT_SAMPLE,
+        source,
+        destination,
+        now,
+        0,
+    );
+}
+
+/// Writes one event straight into the ring buffer.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    cur: &Cursor,
+    decision: &Decision,
+    kind: u32,
+    source: [u32; 4],
+    destination: [u32; 4],
+    now: u64,
+    attempts: u64,
+) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        maps::count_action(ActionStat::EventsLost);
+        return;
+    };
+    let [sport, dport] = tcp_ports(cur, decision.l4);
+    let flags = if decision.l4 == 0 {
+        0
+    } else {
+        cur.tcp_flags(decision.l4).unwrap_or(0)
+    };
+    entry.write(Event {
         time_ns: now,
-        kind: EVENT_SAMPLE,
+        kind,
         ifindex: ctx.ingress_ifindex() as u32,
         family: decision.family as u32,
         verdict: decision.verdict,
         reason: decision.reason as u32,
         group: decision.group,
-        source,
-        destination,
+        source: as_bytes(source),
+        destination: as_bytes(destination),
         sport,
         dport,
         tcp_flags: flags as u32,
-        attempts: 0,
+        attempts,
     });
-}
-
-#[inline(always)]
-fn send(event: Event) {
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-            maps::count_action(ActionStat::EventsSent);
-        }
-        None => maps::count_action(ActionStat::EventsLost),
-    }
+    entry.submit(0);
+    maps::count_action(ActionStat::EventsSent);
 }
 
 /// Counts a blocked attempt in the source's record. Returns the attempts in the current
@@ -89,11 +111,12 @@ fn offender(
     config: &Config,
     key: &SourceKey,
     decision: &Decision,
-    destination: [u8; 16],
+    destination: [u32; 4],
     dport: u16,
     now: u64,
 ) -> Option<u64> {
-    let sketch_bit = 1u64 << (destination_hash(&destination) & 63);
+    let sketch_bit = 1u64 << (destination_hash(destination) & 63);
+    let destination = as_bytes(destination);
     let in_window = match OFFENDERS.get_ptr_mut(key) {
         Some(record) => {
             // SAFETY: a value of the map, valid while the program runs.
@@ -135,53 +158,75 @@ fn offender(
 
 /// Spreads destinations over the 64 bits of the sketch (multiplicative hashing).
 #[inline(always)]
-fn destination_hash(destination: &[u8; 16]) -> u32 {
-    let mut folded = 0u32;
-    for chunk in destination.chunks_exact(4) {
-        folded ^= u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-    }
+fn destination_hash(destination: [u32; 4]) -> u32 {
+    let folded = destination[0] ^ destination[1] ^ destination[2] ^ destination[3];
     folded.wrapping_mul(0x9e37_79b1) >> 26
 }
 
-/// Source and destination address, IPv4 in the first 4 bytes; zero where not in the frame.
+enum Side {
+    Source,
+    Destination,
+}
+
+/// An address as four native words of its network-order bytes (IPv4 in the first);
+/// zero when not in the frame. Words, not bytes, so no byte-wise zeroing loop is emitted.
 #[inline(always)]
-fn addresses(cur: &Cursor, family: Family, l3: usize) -> ([u8; 16], [u8; 16]) {
-    let mut source = [0u8; 16];
-    let mut destination = [0u8; 16];
+fn address(cur: &Cursor, family: Family, l3: usize, side: Side) -> [u32; 4] {
     if l3 == 0 {
-        return (source, destination);
+        return [0; 4];
     }
     match family {
         Family::Ipv4 => {
-            if let Some(a) = cur.header::<[u8; 4]>(l3 + 12) {
-                source[..4].copy_from_slice(a);
-            }
-            if let Some(a) = cur.header::<[u8; 4]>(l3 + 16) {
-                destination[..4].copy_from_slice(a);
+            let offset = match side {
+                Side::Source => l3 + 12,
+                Side::Destination => l3 + 16,
+            };
+            match cur.header::<[u16; 2]>(offset) {
+                Some(words) => [join(*words), 0, 0, 0],
+                None => [0; 4],
             }
         }
         Family::Ipv6 => {
-            if let Some(a) = cur.header::<[u8; 16]>(l3 + 8) {
-                source = *a;
-            }
-            if let Some(a) = cur.header::<[u8; 16]>(l3 + 24) {
-                destination = *a;
+            let offset = match side {
+                Side::Source => l3 + 8,
+                Side::Destination => l3 + 24,
+            };
+            match cur.header::<[u16; 8]>(offset) {
+                // SAFETY: same size, plain integers; byte order kept as read.
+                Some(words) => unsafe { core::mem::transmute::<[u16; 8], [u32; 4]>(*words) },
+                None => [0; 4],
             }
         }
-        Family::Other => {}
+        Family::Other => [0; 4],
     }
-    (source, destination)
 }
 
-/// Source port, destination port and flags, zero where not in the frame.
 #[inline(always)]
-fn tcp_fields(cur: &Cursor, l4: usize) -> (u16, u16, u8) {
+fn join(words: [u16; 2]) -> u32 {
+    // SAFETY: same size, plain integers; byte order kept as read.
+    unsafe { core::mem::transmute(words) }
+}
+
+#[inline(always)]
+fn as_bytes(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, plain integers.
+    unsafe { core::mem::transmute(words) }
+}
+
+#[inline(always)]
+fn key_words(key: &SourceKey) -> [u32; 2] {
+    // SAFETY: same size, plain integers.
+    unsafe { core::mem::transmute(key.address) }
+}
+
+/// Source and destination port, zero where not in the frame.
+#[inline(always)]
+fn tcp_ports(cur: &Cursor, l4: usize) -> [u16; 2] {
     if l4 == 0 {
-        return (0, 0, 0);
+        return [0, 0];
     }
-    let (sport, dport) = match cur.header::<[u16; 2]>(l4) {
-        Some(ports) => (u16::from_be(ports[0]), u16::from_be(ports[1])),
-        None => (0, 0),
-    };
-    (sport, dport, cur.tcp_flags(l4).unwrap_or(0))
+    match cur.header::<[u16; 2]>(l4) {
+        Some(ports) => [u16::from_be(ports[0]), u16::from_be(ports[1])],
+        None => [0, 0],
+    }
 }
