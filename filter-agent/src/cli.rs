@@ -51,6 +51,27 @@ Logging: RUST_LOG=debug for more detail; one event per line.")]
         #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// The sources with the most blocked attempts, most likely infected first: the abuse
+    /// desk's daily view. IPv6 sources are counted per /64.
+    #[command(after_help = "Examples:
+  filter-agent offenders
+  filter-agent offenders --top 100
+  filter-agent offenders --json | jq '.offenders[] | select(.over_threshold)'
+
+Sorted by attempts in the current alert window (offenders.window in the policy), then by
+attempts overall. OVER THRESHOLD is yes while a source has made at least
+offenders.alert_after attempts in a window that has not ended. DESTINATIONS is an
+estimate of the distinct destinations tried (linear counting over a 64-bit sketch):
+close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
+    Offenders {
+        /// List this many sources.
+        #[arg(long, value_name = "N", default_value_t = crate::control::DEFAULT_TOP_OFFENDERS, value_parser = parse_top)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Per-customer permission to send on port 25 (the abuse desk's tool).
     Exemptions {
         #[command(subcommand)]
@@ -139,7 +160,8 @@ pub struct RunArgs {
     /// The control socket the CLI talks to (mode 0660, owner root).
     #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Group of the control socket: its members may read status, stats and exemptions.
+    /// Group of the control socket: its members may read status, stats, exemptions and
+    /// offenders.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
     /// Members of this group may also add and remove exemptions (root always may).
@@ -187,6 +209,14 @@ pub enum ExemptionsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -54,6 +54,10 @@ fn run(command: Command) -> Result<ExitCode> {
             client::stats(&socket, json, watch)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Offenders { top, json, socket } => {
+            client::offenders(&socket, top, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exemptions { command, socket } => {
             match command {
                 ExemptionsCommand::List { json } => client::exemptions_list(&socket, json)?,

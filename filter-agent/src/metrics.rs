@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
-use filter_common::Counter;
+use filter_common::{ActionStat, Counter};
 use log::{debug, error, warn};
 use prometheus_client::{
     collector::Collector,
@@ -40,6 +40,32 @@ pub struct Snapshot {
     pub last_reload_time: SystemTime,
     /// (interface, XDP mode, program id)
     pub attached_interfaces: Vec<(String, String, u32)>,
+    pub actions: Actions,
+    /// Sources whose offender alert window is running.
+    pub offenders_over_threshold: u64,
+}
+
+/// What the program did besides passing and dropping, from ACTION_STATS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Actions {
+    pub resets_sent: u64,
+    pub events_sent: u64,
+    pub events_suppressed: u64,
+    pub events_lost: u64,
+    pub offender_alerts: u64,
+}
+
+impl Actions {
+    /// From the totals `Dataplane::action_stats` returns.
+    pub fn from_stats(stats: &[u64; ActionStat::ALL.len()]) -> Actions {
+        Actions {
+            resets_sent: stats[ActionStat::ResetsSent as usize],
+            events_sent: stats[ActionStat::EventsSent as usize],
+            events_suppressed: stats[ActionStat::EventsSuppressed as usize],
+            events_lost: stats[ActionStat::EventsLost as usize],
+            offender_alerts: stats[ActionStat::OffenderAlerts as usize],
+        }
+    }
 }
 
 // `SystemTime` has no `Default`; the epoch renders as timestamp 0, "never".
@@ -54,6 +80,8 @@ impl Default for Snapshot {
             last_reload_success: false,
             last_reload_time: SystemTime::UNIX_EPOCH,
             attached_interfaces: Vec::new(),
+            actions: Actions::default(),
+            offenders_over_threshold: 0,
         }
     }
 }
@@ -174,6 +202,40 @@ impl Collector for SnapshotCollector {
             Some(Unit::Seconds),
             "Unix time of the last policy reload attempt, applied or refused.",
             [([] as [(&str, &str); 0], reload_time)],
+        )?;
+
+        let none = || [] as [(&str, &str); 0];
+        counters(
+            &mut encoder,
+            "resets_sent",
+            None,
+            "TCP RST+ACK replies sent to blocked connection attempts (action: reject).",
+            [(none(), s.actions.resets_sent)],
+        )?;
+        counters(
+            &mut encoder,
+            "events",
+            None,
+            "Drop and offender events: sent to the agent, suppressed by the events.per_second limit, or lost because the ring buffer was full.",
+            [
+                ([("outcome", "sent")], s.actions.events_sent),
+                ([("outcome", "suppressed")], s.actions.events_suppressed),
+                ([("outcome", "lost")], s.actions.events_lost),
+            ],
+        )?;
+        counters(
+            &mut encoder,
+            "offender_alerts",
+            None,
+            "Offender alerts raised: a source reached offenders.alert_after blocked attempts in one window.",
+            [(none(), s.actions.offender_alerts)],
+        )?;
+        gauges(
+            &mut encoder,
+            "offenders_over_threshold",
+            None,
+            "Sources that raised an offender alert and whose alert window has not ended.",
+            [(none(), s.offenders_over_threshold)],
         )?;
 
         gauges(
@@ -465,6 +527,7 @@ mod tests {
                 ("eth1".into(), "ipv4", "blocked", counter(3, 180)),
                 ("eth1".into(), "ipv6", "relay", counter(2, 150)),
                 ("eth1".into(), "ipv4", "port", counter(10, 6400)),
+                ("eth1".into(), "ipv4", "rate-limited", counter(5, 300)),
             ],
             groups: vec![
                 ("residential".into(), "blocked", counter(3, 180)),
@@ -477,6 +540,14 @@ mod tests {
             last_reload_success: true,
             last_reload_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
             attached_interfaces: vec![("eth1".into(), "native".into(), 42)],
+            actions: Actions {
+                resets_sent: 4,
+                events_sent: 9,
+                events_suppressed: 41,
+                events_lost: 1,
+                offender_alerts: 2,
+            },
+            offenders_over_threshold: 1,
         }
     }
 
@@ -593,12 +664,22 @@ mod tests {
             "filter_agent_last_reload_timestamp_seconds 1700000000.5",
             "# HELP filter_agent_attached 1 for each interface the filter is attached to, with its XDP mode and program id.",
             r#"filter_agent_attached{interface="eth1",mode="native",program_id="42"} 1"#,
+            "# TYPE filter_agent_resets_sent counter",
+            "filter_agent_resets_sent_total 4",
+            "# TYPE filter_agent_events counter",
+            r#"filter_agent_events_total{outcome="sent"} 9"#,
+            r#"filter_agent_events_total{outcome="suppressed"} 41"#,
+            r#"filter_agent_events_total{outcome="lost"} 1"#,
+            "filter_agent_offender_alerts_total 2",
+            "# TYPE filter_agent_offenders_over_threshold gauge",
+            "filter_agent_offenders_over_threshold 1",
+            r#"filter_agent_packets_total{interface="eth1",family="ipv4",reason="rate-limited"} 5"#,
         ] {
             assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
         }
 
         let samples = parse(&text);
-        assert_eq!(samples.len(), 3 * 2 + 2 * 2 + 2 + 4 + 1, "{text}");
+        assert_eq!(samples.len(), 4 * 2 + 2 * 2 + 2 + 4 + 6 + 1, "{text}");
         let group = samples
             .iter()
             .find(|s| s.name == "filter_agent_group_bytes_total" && s.value == 60.0)
@@ -619,7 +700,7 @@ mod tests {
             .iter()
             .filter(|s| s.name == "filter_agent_packets_total")
             .collect();
-        assert_eq!(packets.len(), 3);
+        assert_eq!(packets.len(), 4);
         assert_eq!(
             packets[0].labels,
             labels(&[
@@ -630,14 +711,15 @@ mod tests {
         );
         assert_eq!(packets[0].value, 4.0);
         assert_eq!(packets[1].labels[2].1, "port");
-        assert_eq!(packets[2].labels[1].1, "ipv6");
+        assert_eq!(packets[2].labels[2].1, "rate-limited");
+        assert_eq!(packets[3].labels[1].1, "ipv6");
     }
 
     #[test]
     fn empty_snapshot_still_describes_every_family() {
         let text = render(&Snapshot::default());
         let samples = parse(&text);
-        assert_eq!(text.matches("# TYPE ").count(), 11, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 15, "{text}");
         let names: Vec<_> = samples.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -646,6 +728,12 @@ mod tests {
                 "filter_agent_policy_generation",
                 "filter_agent_last_reload_success",
                 "filter_agent_last_reload_timestamp_seconds",
+                "filter_agent_resets_sent_total",
+                "filter_agent_events_total",
+                "filter_agent_events_total",
+                "filter_agent_events_total",
+                "filter_agent_offender_alerts_total",
+                "filter_agent_offenders_over_threshold",
             ]
         );
         assert!(samples.iter().all(|s| s.value == 0.0));

@@ -9,17 +9,22 @@ use std::{
 
 use anyhow::Result;
 use filter_common::{
-    Counter, EXEMPTION_GROUP, Family, MAP_GROUP_NAMES, MAP_INTERFACE_SLOTS, MAP_SOURCES_V4,
-    MAP_SOURCES_V6, MAX_GROUPS, MAX_INTERFACES, REASON_COUNT, Reason,
+    Config, Counter, EXEMPTION_GROUP, Family, MAP_GROUP_NAMES, MAP_INTERFACE_SLOTS, MAP_OFFENDERS,
+    MAP_SOURCES_V4, MAP_SOURCES_V6, MAX_GROUPS, MAX_INTERFACES, OFFENDERS_ENTRIES, REASON_COUNT,
+    Reason,
 };
 use serde_json::{Value, json};
 
-use super::state::Agent;
+use super::{
+    events::{self, AlertSettings, Clock, OffenderRow},
+    state::{Agent, group_label},
+};
 use crate::{
-    control::{ControlError, Handler, Peer, Request},
+    control::{ControlError, DEFAULT_TOP_OFFENDERS, Handler, Peer, Request},
+    dataplane::Dataplane,
     exemptions, explain,
     image::Smtp,
-    metrics::Snapshot,
+    metrics::{Actions, Snapshot},
     policy::Mode,
 };
 
@@ -37,12 +42,43 @@ fn time(t: SystemTime) -> String {
 
 impl Handler for AgentHandler {
     fn handle(&self, peer: &Peer, request: Request) -> Result<Value, ControlError> {
-        let mut agent = self
-            .agent
-            .lock()
-            .map_err(|_| ControlError::Failed("the agent's state is poisoned".into()))?;
+        let lock = || {
+            self.agent
+                .lock()
+                .map_err(|_| ControlError::Failed("the agent's state is poisoned".into()))
+        };
+        // The offender records (up to 65,536) are read without holding the agent, which
+        // meanwhile logs events and answers other requests.
         match request {
-            Request::Status => status(&mut agent).map_err(failed),
+            Request::Status => {
+                let (mut status, path) = {
+                    let mut agent = lock()?;
+                    let path = agent.pins.map_path(MAP_OFFENDERS);
+                    (status(&mut agent).map_err(failed)?, path)
+                };
+                let records = Dataplane::count_pinned_offenders(&path).map_err(failed)?;
+                if let Some(maps) = status["maps"].as_array_mut() {
+                    maps.push(json!({
+                        "name": MAP_OFFENDERS, "entries": records, "capacity": OFFENDERS_ENTRIES,
+                    }));
+                }
+                return Ok(status);
+            }
+            Request::Offenders { top } => {
+                let top = top.unwrap_or(DEFAULT_TOP_OFFENDERS);
+                if top == 0 {
+                    return Err(ControlError::BadRequest(
+                        "top must be at least 1".to_string(),
+                    ));
+                }
+                let view = OffenderView::of(&*lock()?);
+                return offenders(view, top).map_err(failed);
+            }
+            _ => {}
+        }
+        let mut agent = lock()?;
+        match request {
+            Request::Status | Request::Offenders { .. } => unreachable!("answered above"),
             Request::Stats => Ok(serde_json::to_value(counters(&mut agent).map_err(failed)?)
                 .map_err(|e| ControlError::Failed(e.to_string()))?),
             Request::ExemptionsList => Ok(exemption_list(&agent)),
@@ -164,6 +200,10 @@ fn status(agent: &mut Agent) -> Result<Value> {
             "prefixes": agent.policy.prefix_count(),
             "relays": agent.policy.relays.len(),
             "ports": agent.policy.ports,
+            "action": action_name(&agent.applied.config),
+            "relay_limit": relay_limit(&agent.applied.config),
+            "offenders": offender_alerts(&agent.applied.config),
+            "events": event_rate(&agent.applied.config),
         },
         "last_reload": agent.last_reload,
         "maps": [
@@ -178,7 +218,117 @@ fn status(agent: &mut Agent) -> Result<Value> {
             "blocked": count(Reason::Blocked),
             "monitored": count(Reason::Monitored),
             "malformed": count(Reason::Malformed),
+            "rate_limited": count(Reason::RateLimited),
+            "resets_sent": counters.actions.resets_sent,
+            "events_sent": counters.actions.events_sent,
+            "events_suppressed": counters.actions.events_suppressed,
+            "events_lost": counters.actions.events_lost,
+            "offender_alerts": counters.actions.offender_alerts,
+            "offenders_over_threshold": counters.offenders_over_threshold,
         },
+    }))
+}
+
+fn action_name(config: &Config) -> &'static str {
+    if config.reject() { "reject" } else { "drop" }
+}
+
+/// `interval` nanoseconds per token with `tolerance` of burst: the tokens per `period`
+/// and the burst, as the policy wrote them.
+fn rate(interval: u64, tolerance: u64, period_ns: u64) -> (u64, u64) {
+    let per_period = (period_ns as f64 / interval as f64).round() as u64;
+    let burst = (tolerance as f64 / interval as f64).round() as u64 + 1;
+    (per_period, burst)
+}
+
+/// The relay limit in force, or null.
+fn relay_limit(config: &Config) -> Value {
+    if config.relay_interval_ns == 0 {
+        return Value::Null;
+    }
+    let (per_minute, burst) = rate(
+        config.relay_interval_ns,
+        config.relay_tolerance_ns,
+        60_000_000_000,
+    );
+    json!({ "syn_per_minute": per_minute, "burst": burst })
+}
+
+/// The offender alert threshold and window in force, or null.
+fn offender_alerts(config: &Config) -> Value {
+    if config.offender_alert_after == 0 {
+        return Value::Null;
+    }
+    json!({
+        "alert_after": config.offender_alert_after,
+        "window": events::duration_text(config.offender_window_ns),
+    })
+}
+
+/// The drop-event rate in force, or null.
+fn event_rate(config: &Config) -> Value {
+    if config.event_interval_ns == 0 {
+        return Value::Null;
+    }
+    let (per_second, burst) = rate(
+        config.event_interval_ns,
+        config.event_tolerance_ns,
+        1_000_000_000,
+    );
+    json!({ "per_second": per_second, "burst": burst })
+}
+
+/// What listing the offenders needs from the agent: taken under its lock, used without.
+struct OffenderView {
+    settings: AlertSettings,
+    groups: BTreeMap<u32, String>,
+    path: std::path::PathBuf,
+}
+
+impl OffenderView {
+    fn of(agent: &Agent) -> OffenderView {
+        OffenderView {
+            settings: agent.alert_settings(),
+            groups: agent
+                .applied
+                .groups
+                .iter()
+                .map(|(&id, group)| (id, group.name.clone()))
+                .collect(),
+            path: agent.pins.map_path(MAP_OFFENDERS),
+        }
+    }
+}
+
+/// The `top` sources most likely infected, and how many the kernel tracks.
+fn offenders(view: OffenderView, top: usize) -> Result<Value> {
+    let settings = view.settings;
+    let mut records = Dataplane::read_pinned_offenders(&view.path)?;
+    let clock = Clock::now();
+    events::rank(&mut records, settings, clock.monotonic_ns);
+    let over = records
+        .iter()
+        .filter(|(_, record)| settings.over_threshold(record, clock.monotonic_ns))
+        .count();
+    let rows: Vec<OffenderRow> = records
+        .iter()
+        .take(top)
+        .map(|(key, record)| {
+            let group = group_label(
+                view.groups.get(&record.group).map(String::as_str),
+                record.group,
+            );
+            OffenderRow::new(key, record, group, settings, &clock)
+        })
+        .collect();
+    Ok(json!({
+        "at": time(clock.wall),
+        "sources": records.len(),
+        "over_threshold": over,
+        "alert_after": settings.threshold,
+        "window": events::duration_text(settings.window_ns),
+        "destinations_note": "destinations is an estimate (linear counting over a 64-bit sketch): close for a handful, saturated above about 266",
+        "offenders": rows,
     }))
 }
 
@@ -196,6 +346,9 @@ pub struct Counters {
     pub by_family: Vec<Value>,
     pub by_group: Vec<Value>,
     pub by_interface: Vec<Value>,
+    pub actions: Actions,
+    /// Sources whose offender alert window is running.
+    pub offenders_over_threshold: usize,
     #[serde(skip)]
     pub snapshot: Snapshot,
 }
@@ -246,9 +399,13 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
             groups.push((group.name.clone(), reason.name(), c));
         }
     }
+    let actions = Actions::from_stats(&agent.dataplane.action_stats()?);
+    let over_threshold = agent.offenders_over_threshold();
     let snapshot = Snapshot {
         interfaces,
         groups,
+        actions,
+        offenders_over_threshold: over_threshold as u64,
         maps: Vec::new(),
         exemptions: agent.exemptions.len() as u64,
         policy_generation: agent.generation,
@@ -272,6 +429,8 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
             .collect(),
         by_group,
         by_interface,
+        actions,
+        offenders_over_threshold: over_threshold,
         snapshot,
     })
 }

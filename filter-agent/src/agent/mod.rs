@@ -3,6 +3,7 @@
 //! filter attached and enforcing: the kernel holds all state (pinned maps and links), so a
 //! restarted agent picks up where this one left off.
 
+pub mod events;
 mod handler;
 pub mod rfc3339;
 mod state;
@@ -14,9 +15,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use log::{info, warn};
+use aya::maps::{MapData, RingBuf};
+use filter_common::Event;
+use log::{error, info, warn};
 use notify::Watcher;
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
@@ -35,6 +39,9 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/filter-agent";
 
 /// Debounce for file events: editors write, rename and chmod in a burst.
 const SETTLE: Duration = Duration::from_millis(300);
+/// Events taken from the ring buffer in one go, so a flood cannot starve reloads and
+/// signals (the ring holds about 3,000).
+const EVENT_BATCH: usize = 512;
 
 pub fn run(options: RunArgs) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -134,6 +141,7 @@ async fn run_async(options: RunArgs) -> Result<()> {
             message: "started".into(),
         },
         started_at: now,
+        over_threshold: Default::default(),
     };
     agent.apply(policy, sha256)?;
     agent.last_reload.message = format!("generation {} in force", agent.generation);
@@ -151,6 +159,25 @@ async fn run_async(options: RunArgs) -> Result<()> {
         agent.exemptions.len(),
         options.socket.display()
     );
+    if let Err(err) = agent.seed_over_threshold() {
+        warn!("cannot read the offender records: {err:#}");
+    }
+    let mut events = match agent.dataplane.take_events().map(|ring| {
+        // SAFETY: the ring buffer owns its map's fd: it stays open, and is the one
+        // `as_raw_fd` returns, for as long as the AsyncFd holds the ring.
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+    }) {
+        Some(Ok(ring)) => Some(ring),
+        Some(Err(err)) => {
+            error!("cannot watch the events ring buffer; no drop events will be logged: {err}");
+            None
+        }
+        None => {
+            error!("the events ring buffer is missing; no drop events will be logged");
+            None
+        }
+    };
 
     let agent = Arc::new(Mutex::new(agent));
     tokio::spawn(control::serve(
@@ -177,7 +204,8 @@ async fn run_async(options: RunArgs) -> Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    // Exemptions expire on time: checked every second.
+    // Exemptions expire on time: checked every second (and any events a missed wakeup
+    // left in the ring buffer are taken then).
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
     let lock = || agent.lock().expect("agent state poisoned");
     loop {
@@ -189,7 +217,15 @@ async fn run_async(options: RunArgs) -> Result<()> {
                 while file_rx.try_recv().is_ok() {}
                 lock().reload("policy file changed");
             }
-            _ = expiry.tick() => lock().expire_exemptions(),
+            batch = next_events(&mut events) => lock().handle_events(&batch),
+            _ = expiry.tick() => {
+                let mut agent = lock();
+                agent.expire_exemptions();
+                if let Some(ring) = events.as_mut() {
+                    agent.handle_events(&drain(ring.get_mut()));
+                }
+                agent.offenders_over_threshold();
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -197,6 +233,42 @@ async fn run_async(options: RunArgs) -> Result<()> {
     let _ = std::fs::remove_file(&options.socket);
     info!("stopping; the filter stays attached and enforcing (`filter-agent detach` removes it)");
     Ok(())
+}
+
+/// Waits until the ring buffer has events and takes up to [`EVENT_BATCH`] of them; never
+/// returns when there is no ring buffer.
+async fn next_events(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> Vec<Event> {
+    let Some(fd) = ring.as_mut() else {
+        return std::future::pending().await;
+    };
+    match fd.readable_mut().await {
+        Ok(mut guard) => {
+            let batch = drain(guard.get_inner_mut());
+            // A full batch may have left more behind: stay ready so the loop comes back.
+            if batch.len() < EVENT_BATCH {
+                guard.clear_ready();
+            }
+            batch
+        }
+        Err(err) => {
+            error!("the events ring buffer failed; no more drop events will be logged: {err}");
+            *ring = None;
+            Vec::new()
+        }
+    }
+}
+
+/// Takes up to [`EVENT_BATCH`] events from the ring buffer without waiting.
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut batch = Vec::new();
+    while batch.len() < EVENT_BATCH {
+        let Some(item) = ring.next() else { break };
+        match events::parse(&item) {
+            Some(event) => batch.push(event),
+            None => warn!("a {}-byte event is too short; ignored", item.len()),
+        }
+    }
+    batch
 }
 
 /// Watches the policy's directory, so a file replaced by rename (as editors and config

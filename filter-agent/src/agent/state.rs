@@ -7,10 +7,15 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use filter_common::{EVENT_OFFENDER, Event};
 use ipnet::IpNet;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
-use super::{check_interfaces, ifindex, load_policy};
+use super::{
+    check_interfaces,
+    events::{self, AlertSettings, Clock, Names, OverThreshold},
+    ifindex, load_policy,
+};
 use crate::{
     dataplane::{Dataplane, PinDir},
     exemptions::{self, Exemption, ExemptionStore},
@@ -44,6 +49,8 @@ pub struct Agent {
     pub generation: u64,
     pub last_reload: ReloadResult,
     pub started_at: SystemTime,
+    /// Sources that raised an offender alert whose window has not ended.
+    pub over_threshold: OverThreshold,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -223,4 +230,109 @@ impl Agent {
             }
         }
     }
+
+    /// The offender alert settings in force.
+    pub fn alert_settings(&self) -> AlertSettings {
+        AlertSettings::of(&self.applied.config)
+    }
+
+    /// Logs each event as one line and notes offender alerts.
+    pub fn handle_events(&mut self, batch: &[Event]) {
+        if batch.is_empty() {
+            return;
+        }
+        let clock = Clock::now();
+        let settings = self.alert_settings();
+        for event in batch {
+            let Some(line) = events::log_line(event, &clock, self, settings) else {
+                debug!("event of unknown kind {} ignored", event.kind);
+                continue;
+            };
+            if event.kind == EVENT_OFFENDER {
+                warn!("{line}");
+                let key = events::alert_key(event);
+                let record = self.dataplane.offender(&key).ok().flatten();
+                self.over_threshold.alert(
+                    key,
+                    OverThreshold::window_end(record.as_ref(), event.time_ns, settings),
+                );
+            } else {
+                info!("{line}");
+            }
+        }
+    }
+
+    /// Sources over the offender threshold now (forgetting those whose window ended).
+    pub fn offenders_over_threshold(&mut self) -> usize {
+        if self.alert_settings().threshold == 0 {
+            // Alerts were turned off by a reload: nobody is over a threshold.
+            self.over_threshold = OverThreshold::default();
+            return 0;
+        }
+        let now = events::monotonic_ns();
+        self.over_threshold.expire(now);
+        self.over_threshold.count(now)
+    }
+
+    /// Learns the sources over the threshold from the kernel's records, so a restarted
+    /// agent reports the same as the one before it.
+    pub fn seed_over_threshold(&mut self) -> Result<()> {
+        let settings = self.alert_settings();
+        if settings.threshold == 0 {
+            return Ok(());
+        }
+        let now = events::monotonic_ns();
+        for (key, record) in self.dataplane.offenders()? {
+            if settings.over_threshold(&record, now) {
+                self.over_threshold.alert(
+                    key,
+                    record.window_start_ns.saturating_add(settings.window_ns),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A group's name by id, as logs and listings show it.
+    pub fn group_name(&self, id: u32) -> String {
+        group_label(self.applied.group(id).map(|g| g.name.as_str()), id)
+    }
+}
+
+impl Names for Agent {
+    fn group(&self, id: u32) -> String {
+        self.group_name(id)
+    }
+
+    fn interface(&self, ifindex: u32) -> String {
+        interface_name(ifindex)
+    }
+}
+
+/// A group's name as logs and listings show it: `-` for none (id 0), `group-N` for an id
+/// no longer in use.
+pub fn group_label(name: Option<&str>, id: u32) -> String {
+    match name {
+        Some(name) => name.to_string(),
+        None if id == 0 => "-".into(),
+        None => format!("group-{id}"),
+    }
+}
+
+/// The name of an interface of this network namespace; `-` for 0 (a test run), the
+/// number if it is gone.
+pub fn interface_name(ifindex: u32) -> String {
+    if ifindex == 0 {
+        return "-".into();
+    }
+    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr()) };
+    if name.is_null() {
+        return format!("ifindex-{ifindex}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }

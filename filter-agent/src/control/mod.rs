@@ -48,17 +48,27 @@ pub enum Request {
         dst: IpAddr,
         dport: u16,
     },
+    /// The sources with the most blocked attempts; `top` of them (default
+    /// [`DEFAULT_TOP_OFFENDERS`]).
+    Offenders {
+        #[serde(default)]
+        top: Option<usize>,
+    },
 }
+
+/// How many offenders `filter-agent offenders` lists unless told otherwise.
+pub const DEFAULT_TOP_OFFENDERS: usize = 20;
 
 /// The wire names of the commands, to tell an unknown command from a bad known one.
 /// A test holds it to the enum.
-const COMMANDS: [&str; 6] = [
+const COMMANDS: [&str; 7] = [
     "status",
     "stats",
     "exemptions-list",
     "exemptions-add",
     "exemptions-remove",
     "explain",
+    "offenders",
 ];
 
 impl Request {
@@ -264,6 +274,8 @@ mod tests {
                 dst: "2001:db8::25".parse().unwrap(),
                 dport: 25,
             },
+            Request::Offenders { top: Some(5) },
+            Request::Offenders { top: None },
         ];
         for request in &all {
             match request {
@@ -272,7 +284,8 @@ mod tests {
                 | Request::ExemptionsList
                 | Request::ExemptionsAdd { .. }
                 | Request::ExemptionsRemove { .. }
-                | Request::Explain { .. } => {}
+                | Request::Explain { .. }
+                | Request::Offenders { .. } => {}
             }
         }
         all
@@ -327,11 +340,31 @@ mod tests {
     }
 
     #[test]
+    fn offenders_top_may_be_left_out() {
+        assert_eq!(
+            parse_request(br#"{"version":1,"command":"offenders"}"#),
+            Ok(Request::Offenders { top: None })
+        );
+        assert_eq!(
+            parse_request(br#"{"version":1,"command":"offenders","top":3}"#),
+            Ok(Request::Offenders { top: Some(3) })
+        );
+        assert!(
+            parse_error(r#"{"version":1,"command":"offenders","top":-1}"#)
+                .starts_with("invalid offenders request: invalid value: integer `-1`")
+        );
+        assert!(
+            parse_error(r#"{"version":1,"command":"offenders","limit":3}"#)
+                .starts_with("invalid offenders request: unknown field `limit`")
+        );
+    }
+
+    #[test]
     fn only_add_and_remove_are_mutations() {
         let mutations: Vec<bool> = every_request().iter().map(Request::is_mutation).collect();
         assert_eq!(
             mutations,
-            [false, false, false, true, true, true, false],
+            [false, false, false, true, true, true, false, false, false],
             "{:?}",
             every_request()
         );

@@ -769,7 +769,12 @@ mod tests {
         let primary = peer(1001, 4242, &[]);
         let supplementary = peer(1002, 1002, &[4242]);
         for permissions in [&open, &writers] {
-            for request in [Request::Status, Request::Stats, Request::ExemptionsList] {
+            for request in [
+                Request::Status,
+                Request::Stats,
+                Request::ExemptionsList,
+                Request::Offenders { top: Some(5) },
+            ] {
                 assert_eq!(allowed(&alice, &request, permissions), Ok(()));
             }
             assert_eq!(allowed(&root, &add, permissions), Ok(()));

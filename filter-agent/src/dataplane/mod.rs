@@ -336,6 +336,38 @@ impl Dataplane {
         Ok(map.iter().filter_map(|entry| entry.ok()).collect())
     }
 
+    /// The pinned OFFENDERS map at `path` through a handle of its own, so a caller can read
+    /// its (up to 65,536) records without holding the `Dataplane`.
+    fn pinned_offenders(path: &Path) -> Result<HashMap<MapData, SourceKey, Offender>> {
+        let data =
+            MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(HashMap::try_from(aya::maps::Map::from_map_data(data)?)?)
+    }
+
+    /// Every record of the pinned OFFENDERS map at `path`, as [`Dataplane::offenders`].
+    pub fn read_pinned_offenders(path: &Path) -> Result<Vec<(SourceKey, Offender)>> {
+        let map = Self::pinned_offenders(path)?;
+        Ok(map.iter().filter_map(|entry| entry.ok()).collect())
+    }
+
+    /// How many records the pinned OFFENDERS map at `path` holds (keys only: cheaper than
+    /// reading them).
+    pub fn count_pinned_offenders(path: &Path) -> Result<usize> {
+        let map = Self::pinned_offenders(path)?;
+        Ok(map.keys().filter(|key| key.is_ok()).count())
+    }
+
+    /// One source's offender record, if the kernel holds one.
+    pub fn offender(&self, key: &SourceKey) -> Result<Option<Offender>> {
+        let map: HashMap<&MapData, SourceKey, Offender> =
+            HashMap::try_from(self.ebpf.map(MAP_OFFENDERS).context("OFFENDERS")?)?;
+        match map.get(key, 0) {
+            Ok(record) => Ok(Some(record)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Takes the events ring buffer for reading (sampled drops, offender alerts); `None`
     /// once taken.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
