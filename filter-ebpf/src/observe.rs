@@ -127,7 +127,10 @@ fn offender(
             record.last_destination = destination;
             record.last_dport = dport;
             record.group = decision.group;
-            if now.wrapping_sub(record.window_start_ns) >= config.offender_window_ns {
+            // Without an alert window configured, one window spans all time.
+            if config.offender_window_ns != 0
+                && now.wrapping_sub(record.window_start_ns) >= config.offender_window_ns
+            {
                 record.window_start_ns = now;
                 record.window_attempts = 1;
             } else {

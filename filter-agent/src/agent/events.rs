@@ -225,12 +225,12 @@ impl AlertSettings {
         duration_text(self.window_ns)
     }
 
-    /// Whether a record's window is still running at `now_ns`. Without alerts there is no
-    /// window (the kernel starts a new one on every attempt).
+    /// Whether a record's window is still running at `now_ns`.
     pub fn window_running(&self, record: &Offender, now_ns: u64) -> bool {
-        self.window_ns != 0
-            && record.window_attempts > 0
-            && now_ns < record.window_start_ns.saturating_add(self.window_ns)
+        // Without `offenders` in the policy the kernel keeps one window for all time.
+        record.window_attempts > 0
+            && (self.window_ns == 0
+                || now_ns < record.window_start_ns.saturating_add(self.window_ns))
     }
 
     /// Whether a record is over the threshold: alerts on, as many attempts as the threshold
@@ -745,13 +745,13 @@ mod tests {
         let row = OffenderRow::new(&key, &record, "r".into(), off, &c);
         assert!(!row.over_threshold);
         assert_eq!(row.in_window, 4);
-        // A policy without `offenders` has no window at all.
+        // A policy without `offenders`: the kernel's one window spans all time.
         let none = AlertSettings {
             threshold: 0,
             window_ns: 0,
         };
-        let row = OffenderRow::new(&key, &record, "r".into(), none, &c);
-        assert_eq!((row.in_window, row.over_threshold), (0, false));
+        let row = OffenderRow::new(&key, &record, "r".into(), none, &later);
+        assert_eq!((row.in_window, row.over_threshold), (4, false));
         assert_eq!(row.attempts, 7);
 
         let v6 = SourceKey {
