@@ -1,16 +1,22 @@
 //! `replay`: captures in -> BPF_PROG_TEST_RUN of the real program -> verdicts out.
-//! Verdict and reason come from the kernel (return code and counters), never the model.
+//! Verdict and reason come from the kernel (return code and counters), never the model;
+//! so does the reply frame of a `reject` (what the program left to XDP_TX).
+//!
+//! All captures are judged by one freshly loaded program, in order: the relay limit's
+//! buckets carry from frame to frame (and capture to capture) as they would on the wire,
+//! only much faster, so no bucket refills during a replay of a few seconds.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    io::{self, Write},
+    fs::File,
+    io::{self, BufWriter, Write},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
 use filter_common::{Family, Reason};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::{
     capture::{self, Expected},
@@ -38,6 +44,24 @@ pub struct FrameVerdict {
     pub summary: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<&'static str>,
+    /// The frame the program sent back (`reject`: a TCP RST+ACK); hex in JSON.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "hex_frame")]
+    pub reply: Option<Vec<u8>>,
+}
+
+fn hex_frame<S: Serializer>(frame: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+    match frame {
+        Some(bytes) => serializer.serialize_str(&hex(bytes)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Lower-case hex, two digits a byte, no separators.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut text, b| {
+        let _ = write!(text, "{b:02x}");
+        text
+    })
 }
 
 /// Judges every frame of every capture in the kernel, in capture order.
@@ -59,6 +83,7 @@ pub fn replay(image: &MapImage, captures: &[PathBuf]) -> Result<Vec<FrameVerdict
                 family: kernel.family.name(),
                 summary: capture::summarize(frame),
                 note,
+                reply: kernel.reply,
             });
         }
     }
@@ -95,14 +120,17 @@ pub fn print_table(out: &mut impl Write, verdicts: &[FrameVerdict]) -> io::Resul
         .max("CAPTURE".len());
     writeln!(
         out,
-        "{:>6}  {:<capture_width$}  {:<7}  {:<10}  {:<6}  SUMMARY",
+        "{:>6}  {:<capture_width$}  {:<7}  {:<12}  {:<6}  SUMMARY",
         "FRAME", "CAPTURE", "VERDICT", "REASON", "FAMILY"
     )?;
     for v in verdicts {
-        let note = v.note.map(|n| format!(" ({n})")).unwrap_or_default();
+        let mut note = v.note.map(|n| format!(" ({n})")).unwrap_or_default();
+        if let Some(reply) = &v.reply {
+            let _ = write!(note, " (answered: {})", describe_reply(reply));
+        }
         writeln!(
             out,
-            "{:>6}  {:<capture_width$}  {:<7}  {:<10}  {:<6}  {}{note}",
+            "{:>6}  {:<capture_width$}  {:<7}  {:<12}  {:<6}  {}{note}",
             v.frame,
             frame_label(v),
             v.verdict,
@@ -113,6 +141,54 @@ pub fn print_table(out: &mut impl Write, verdicts: &[FrameVerdict]) -> io::Resul
     }
     writeln!(out)?;
     out.write_all(summary(verdicts).as_bytes())
+}
+
+/// "tcp rst+ack 192.0.2.1 -> 100.64.0.1 port 49152, 54 bytes", as far as it parses.
+fn describe_reply(reply: &[u8]) -> String {
+    let summary = match etherparse::SlicedPacket::from_ethernet(reply) {
+        Ok(etherparse::SlicedPacket {
+            net: Some(net),
+            transport: Some(etherparse::TransportSlice::Tcp(tcp)),
+            ..
+        }) => {
+            let (source, destination): (std::net::IpAddr, std::net::IpAddr) = match net {
+                etherparse::NetSlice::Ipv4(ip) => (
+                    ip.header().source_addr().into(),
+                    ip.header().destination_addr().into(),
+                ),
+                etherparse::NetSlice::Ipv6(ip) => (
+                    ip.header().source_addr().into(),
+                    ip.header().destination_addr().into(),
+                ),
+                _ => return format!("{} bytes", reply.len()),
+            };
+            let flags = match (tcp.rst(), tcp.ack()) {
+                (true, true) => "rst+ack",
+                (true, false) => "rst",
+                _ => "segment",
+            };
+            format!(
+                "tcp {flags} {source} -> {destination} port {}, ",
+                tcp.destination_port()
+            )
+        }
+        // etherparse does not read PPPoE: the summary's link layers say what it is.
+        _ => format!("{}, ", capture::summarize(reply)),
+    };
+    format!("{summary}{} bytes", reply.len())
+}
+
+/// Writes the reply frames of `verdicts` (those the program sent back, in frame order) to
+/// a classic pcap at `path`; returns how many there were. Frame `i` of the file is
+/// stamped `i` ms after 2024-01-01, so equal replies make equal files.
+pub fn write_replies(path: &Path, verdicts: &[FrameVerdict]) -> Result<usize> {
+    let replies: Vec<Vec<u8>> = verdicts.iter().filter_map(|v| v.reply.clone()).collect();
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    capture::write_pcap_to(&mut out, &replies)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(replies.len())
 }
 
 fn frame_label(v: &FrameVerdict) -> String {

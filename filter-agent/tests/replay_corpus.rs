@@ -1,20 +1,37 @@
-//! The hand-judged corpus through the real XDP program (BPF_PROG_TEST_RUN, as root), and
-//! the `replay` command's JSON and `--expect` contract.
+//! The hand-judged corpora through the real XDP program (BPF_PROG_TEST_RUN, as root), and
+//! the `replay` command's JSON and `--expect` contract. The reject corpus also holds the
+//! kernel's reply frames to the ones built independently with etherparse.
 
 use std::process::Command;
 
 use filter_agent::{
     capture::{parse_expect, read_frames},
     dataplane::Dataplane,
-    fixtures::corpus_dir,
-    policy,
+    fixtures::{CorpusFiles, REJECT_CORPUS, corpus_dir, expected_replies, reject_corpus},
+    image::MapImage,
+    model::{self, Model, Verdict},
+    policy, replay,
 };
 
-fn corpus_image() -> filter_agent::image::MapImage {
-    policy::load(&corpus_dir().join("policy.yaml"))
+fn corpus_image() -> MapImage {
+    policy_image("policy.yaml")
+}
+
+fn policy_image(name: &str) -> MapImage {
+    policy::load(&corpus_dir().join(name))
         .expect("the corpus policy is valid")
         .policy
         .compile()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    replay::hex(bytes)
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("filter-agent-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[test]
@@ -30,7 +47,7 @@ fn every_corpus_frame_gets_its_hand_judged_verdict_from_the_kernel() {
     for (frame, want) in frames.iter().zip(&expected) {
         let got = dataplane.judge(frame).unwrap();
         let verdict = got.verdict.name();
-        if verdict != want.verdict || got.reason.name() != want.reason {
+        if verdict != want.verdict || got.reason.name() != want.reason || got.reply.is_some() {
             failures.push(format!(
                 "frame {} (expect line {}): want {} {}, kernel {} {}",
                 want.frame,
@@ -50,12 +67,147 @@ fn every_corpus_frame_gets_its_hand_judged_verdict_from_the_kernel() {
     );
 }
 
+/// The reject corpus, in order, through one freshly loaded program (its relay buckets
+/// carry from frame to frame): every verdict and reason as hand-judged, and every reply
+/// byte for byte the one etherparse builds; the model, fed the same frames, agrees too.
+#[test]
+fn every_reject_corpus_frame_gets_its_verdict_and_its_reply_from_the_kernel() {
+    let files = REJECT_CORPUS;
+    let frames = read_frames(corpus_dir().join(files.pcap)).unwrap();
+    let expected =
+        parse_expect(&std::fs::read_to_string(corpus_dir().join(files.expect)).unwrap()).unwrap();
+    let corpus = reject_corpus();
+    assert_eq!(frames.len(), expected.len());
+    assert_eq!(frames.len(), corpus.len(), "regenerate the stored corpus");
+    // The stored replies are the builder's (a lib test checks the file against it).
+    let stored_replies = read_frames(corpus_dir().join(files.replies.unwrap())).unwrap();
+    assert_eq!(stored_replies, expected_replies(&corpus));
+
+    let image = policy_image(files.policy);
+    let dataplane = Dataplane::load_with(&image).expect("load the XDP program (root?)");
+    let mut model = Model::new();
+    let mut failures = Vec::new();
+    let mut replies = stored_replies.iter();
+    let mut rejects = 0;
+    for (frame, want) in frames.iter().zip(&expected) {
+        let got = dataplane.judge(frame).unwrap();
+        let by_model = model.judge_frame(&image, frame, 0);
+        let verdict = got.verdict.name();
+        if verdict != want.verdict || got.reason.name() != want.reason {
+            failures.push(format!(
+                "frame {} (expect line {}): want {} {}, kernel {} {}",
+                want.frame,
+                want.line,
+                want.verdict,
+                want.reason,
+                verdict,
+                got.reason.name()
+            ));
+        }
+        if (by_model.verdict, by_model.reason) != (got.verdict, got.reason) {
+            failures.push(format!(
+                "frame {}: kernel {verdict} {}, model {} {}",
+                want.frame,
+                got.reason.name(),
+                by_model.verdict.name(),
+                by_model.reason.name()
+            ));
+        }
+        let want_reply = (want.verdict == "reject").then(|| replies.next().unwrap());
+        if got.reply.as_ref() != want_reply || by_model.reply.as_ref() != want_reply {
+            failures.push(format!(
+                "frame {}: reply differs\n  frame   {}\n  kernel  {}\n  builder {}\n  model   {}",
+                want.frame,
+                hex(frame),
+                got.reply.as_deref().map_or("none".into(), hex),
+                want_reply.map_or("none".into(), |r| hex(r)),
+                by_model.reply.as_deref().map_or("none".into(), hex),
+            ));
+        }
+        rejects += usize::from(got.verdict == Verdict::Reject);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(rejects, stored_replies.len());
+    assert!(rejects >= 25, "{rejects} rejects");
+}
+
+/// `replay` carries the kernel's replies: in JSON as hex, in the table as a note, and
+/// written to a pcap that is byte for byte the stored reject-replies.pcap.
+#[test]
+fn replay_reports_the_replies_and_writes_them_to_a_pcap() {
+    let files: CorpusFiles = REJECT_CORPUS;
+    let image = policy_image(files.policy);
+    let verdicts = replay::replay(&image, &[corpus_dir().join(files.pcap)]).unwrap();
+    let expected =
+        parse_expect(&std::fs::read_to_string(corpus_dir().join(files.expect)).unwrap()).unwrap();
+    assert!(replay::mismatches(&verdicts, &expected, &corpus_dir().join(files.expect)).is_empty());
+
+    let dir = temp_dir("replies");
+    let path = dir.join("replies.pcap");
+    let written = replay::write_replies(&path, &verdicts).unwrap();
+    let stored = std::fs::read(corpus_dir().join(files.replies.unwrap())).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), stored, "{}", path.display());
+    assert_eq!(written, read_frames(&path).unwrap().len());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let mut json = Vec::new();
+    replay::print_json(&mut json, &verdicts).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (line, v) in lines.iter().zip(&verdicts) {
+        match &v.reply {
+            Some(reply) => {
+                assert_eq!(line["verdict"], "reject");
+                assert_eq!(line["reply"], hex(reply));
+                let frame =
+                    read_frames(corpus_dir().join(files.pcap)).unwrap()[v.frame - 1].clone();
+                assert_eq!(Some(reply.clone()), model::reply_to(&frame));
+            }
+            None => assert!(line.get("reply").is_none(), "{line}"),
+        }
+    }
+    let mut table = Vec::new();
+    replay::print_table(&mut table, &verdicts).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(
+        table.contains("(answered: tcp rst+ack 203.0.113.9 -> 100.64.1.10 port 49152, 54 bytes)"),
+        "{table}"
+    );
+    assert!(table.contains("rate-limited"), "{table}");
+}
+
 fn replay_command() -> Command {
+    replay_command_for("policy.yaml")
+}
+
+fn replay_command_for(policy: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_filter-agent"));
     cmd.arg("replay")
         .arg("--policy")
-        .arg(corpus_dir().join("policy.yaml"));
+        .arg(corpus_dir().join(policy));
     cmd
+}
+
+#[test]
+fn replay_expect_passes_on_the_reject_corpus() {
+    let out = replay_command_for(REJECT_CORPUS.policy)
+        .arg("--expect")
+        .arg(corpus_dir().join(REJECT_CORPUS.expect))
+        .arg(corpus_dir().join(REJECT_CORPUS.pcap))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let all = format!("all {} frames match", reject_corpus().len());
+    assert!(stderr.contains(&all), "{stderr}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The expected-verdicts file read by `filter-agent replay --expect`.
 //!
 //! UTF-8 lines `N VERDICT REASON  # description`, N the 1-based frame number across all
-//! captures given; blank lines and `#` lines are ignored. JSON-lines objects
+//! captures given, VERDICT `pass`, `drop` or `reject`, REASON any reason name
+//! (`rate-limited` included); blank lines and `#` lines are ignored. JSON-lines objects
 //! `{"frame":N,"verdict":"...","reason":"..."}` are accepted too (other keys ignored).
 
 use std::collections::HashMap;
@@ -18,6 +19,9 @@ pub struct Expected {
     /// 1-based line of the expect file, for error messages.
     pub line: usize,
 }
+
+/// The verdicts the kernel gives (`Verdict::name`).
+const VERDICTS: [&str; 3] = ["pass", "drop", "reject"];
 
 pub fn parse_expect(text: &str) -> anyhow::Result<Vec<Expected>> {
     let mut expected = Vec::new();
@@ -83,8 +87,8 @@ fn checked(frame: usize, verdict: &str, reason: &str, line: usize) -> anyhow::Re
     if frame == 0 {
         bail!("frame numbers start at 1");
     }
-    if verdict != "pass" && verdict != "drop" {
-        bail!("verdict {verdict:?} is neither \"pass\" nor \"drop\"");
+    if !VERDICTS.contains(&verdict) {
+        bail!("verdict {verdict:?} is not one of pass, drop, reject");
     }
     if Reason::from_name(reason).is_none() {
         let names: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
@@ -118,6 +122,8 @@ mod tests {
                     1 drop blocked  # residential SYN to :25 # with a second hash\n\
                     2 pass not-ip\n\
                     \t3   pass   relay   \n\
+                    5 reject blocked\n\
+                    6 drop rate-limited  # over the relay limit\n\
                     {\"frame\":4,\"verdict\":\"pass\",\"reason\":\"malformed\",\"note\":\"x\"}\n\
                     {\"reason\":\"port\",\"verdict\":\"pass\",\"frame\":10}\n";
         assert_eq!(
@@ -126,8 +132,10 @@ mod tests {
                 expected(1, "drop", "blocked", 3),
                 expected(2, "pass", "not-ip", 4),
                 expected(3, "pass", "relay", 5),
-                expected(4, "pass", "malformed", 6),
-                expected(10, "pass", "port", 7),
+                expected(5, "reject", "blocked", 6),
+                expected(6, "drop", "rate-limited", 7),
+                expected(4, "pass", "malformed", 8),
+                expected(10, "pass", "port", 9),
             ]
         );
     }
@@ -138,7 +146,11 @@ mod tests {
             ("1 drop blocked\n\n2 pass\n", "line 3", "found 2 fields"),
             ("# x\nx drop blocked\n", "line 2", "not a positive integer"),
             ("0 drop blocked\n", "line 1", "start at 1"),
-            ("1 reject blocked\n", "line 1", "neither"),
+            (
+                "1 refuse blocked\n",
+                "line 1",
+                "not one of pass, drop, reject",
+            ),
             ("1 drop spam\n", "line 1", "unknown reason"),
             (
                 "1 drop blocked\n1 pass port\n",

@@ -1,11 +1,24 @@
-//! Steps 4.2, 5 and 6 of `docs/semantics.md`: port, source, relay, and the malformed verdict.
+//! Steps 4.2, 5 and 6 of `docs/semantics.md`: port, source, relay (and its limit), the
+//! reject action, and the malformed verdict.
 
 use std::net::IpAddr;
 
 use filter_common::{Family, Reason, SMTP_ALLOW, SourceRule};
 
-use super::{Decision, Verdict, lookup_relay, lookup_source};
+use super::{Decision, RelayLimiter, Verdict, limit::source_key, lookup_relay, lookup_source};
 use crate::image::MapImage;
+
+/// A well-formed TCP segment (or an abstract flow), as far as the decision reads it.
+pub(super) struct Flow {
+    pub family: Family,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub dport: u16,
+    /// SYN without ACK and RST: counted by the relay limit.
+    pub connection_request: bool,
+    /// A connection request whose whole TCP header is in the frame: `reject` answers it.
+    pub rejectable: bool,
+}
 
 /// Anything but an explicit `allow` blocks, so a corrupt rule can never let port 25 through.
 fn blocks(rule: SourceRule) -> bool {
@@ -21,18 +34,19 @@ fn enforce(image: &MapImage, reason: Reason) -> (Verdict, Reason) {
     }
 }
 
-/// A well-formed TCP frame (or an abstract flow) to `destination:dport`.
+/// A well-formed TCP frame (or an abstract flow) to `destination:dport`; a connection
+/// request to a relay is checked against (and counted in) `limiter` at `now_ns`.
 pub(super) fn decide(
     image: &MapImage,
-    family: Family,
-    source: IpAddr,
-    destination: IpAddr,
-    dport: u16,
+    limiter: &mut RelayLimiter,
+    now_ns: u64,
+    flow: &Flow,
 ) -> Decision {
-    if !image.config.port_filtered(dport) {
+    let family = flow.family;
+    if !image.config.port_filtered(flow.dport) {
         return Decision::pass(family, Reason::Port);
     }
-    let Some((prefix, rule)) = lookup_source(image, source) else {
+    let Some((prefix, rule)) = lookup_source(image, flow.source) else {
         return Decision::pass(family, Reason::Unmanaged);
     };
     let mut decision = Decision {
@@ -43,10 +57,18 @@ pub(super) fn decide(
     if !blocks(rule) {
         return decision;
     }
-    match lookup_relay(image, destination) {
+    let config = &image.config;
+    match lookup_relay(image, flow.destination) {
         Some(relay) => {
             decision.reason = Reason::Relay;
             decision.relay_prefix = Some(relay);
+            // Only new connections are limited; the limiter ignores them without a limit.
+            if flow.connection_request && !limiter.admit(config, source_key(flow.source), now_ns) {
+                (decision.verdict, decision.reason) = enforce(image, Reason::RateLimited);
+            }
+        }
+        None if config.reject() && !config.monitor() && flow.rejectable => {
+            (decision.verdict, decision.reason) = (Verdict::Reject, Reason::Blocked);
         }
         None => (decision.verdict, decision.reason) = enforce(image, Reason::Blocked),
     }

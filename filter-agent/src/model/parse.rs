@@ -46,7 +46,49 @@ pub enum Parsed {
         source: IpAddr,
         destination: IpAddr,
         dport: u16,
+        segment: Segment,
     },
+}
+
+/// Where a TCP segment's headers are, and what the relay limit and `reject` read from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the TCP header (after IPv4 options or IPv6 extension headers).
+    pub l4: usize,
+    /// Offset of the PPPoE session header, when the IP packet is carried in one.
+    pub pppoe: Option<usize>,
+    /// TCP header byte 13 (the flags), when it is inside the frame.
+    pub flags: Option<u8>,
+    /// The TCP data offset in 4-byte words (the high nibble of byte 12), when inside.
+    pub data_offset: Option<u8>,
+    /// The whole 20-byte TCP header is inside the frame.
+    pub full_header: bool,
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const TCP_MIN_LEN: usize = 20;
+
+impl Segment {
+    /// SYN set, ACK and RST clear: a new connection, what the relay limit counts and
+    /// `reject` answers. False when the flags are not inside the frame.
+    pub fn is_connection_request(&self) -> bool {
+        self.flags
+            .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN)
+    }
+
+    /// A connection request whose whole 20-byte header is inside the frame with a data
+    /// offset of at least 5: what `action: reject` answers with a reset.
+    pub fn can_be_rejected(&self) -> bool {
+        self.full_header
+            && self.is_connection_request()
+            && self
+                .data_offset
+                .is_some_and(|words| usize::from(words) * 4 >= TCP_MIN_LEN)
+    }
 }
 
 /// Bounds-checked big-endian reads at absolute frame offsets.
@@ -111,7 +153,7 @@ struct L4 {
 
 pub fn parse(frame: &[u8]) -> Parsed {
     let c = Cursor(frame);
-    let (ip, l3) = match link(&c) {
+    let (ip, l3, pppoe) = match link(&c) {
         Ok(found) => found,
         Err(parsed) => return parsed,
     };
@@ -151,11 +193,20 @@ pub fn parse(frame: &[u8]) -> Parsed {
         source,
         destination,
         dport: u16::from_be_bytes([dport_hi, dport_lo]),
+        segment: Segment {
+            l3,
+            l4: l4.offset,
+            pppoe,
+            flags: c.u8(l4.offset + 13),
+            data_offset: c.u8(l4.offset + 12).map(|byte| byte >> 4),
+            full_header: c.has(l4.offset, TCP_MIN_LEN),
+        },
     }
 }
 
-/// Step 1: find the IP header behind Ethernet, up to two VLAN tags and PPPoE.
-fn link(c: &Cursor) -> Result<(Ip, usize), Parsed> {
+/// Step 1: find the IP header behind Ethernet, up to two VLAN tags and PPPoE; returns the
+/// IP version, its offset and the offset of the PPPoE header if there is one.
+fn link(c: &Cursor) -> Result<(Ip, usize, Option<usize>), Parsed> {
     let malformed = Parsed::Malformed {
         family: Family::Other,
         source: None,
@@ -180,12 +231,12 @@ fn link(c: &Cursor) -> Result<(Ip, usize), Parsed> {
         tags += 1;
     }
     match ethertype {
-        ETHERTYPE_IPV4 => Ok((Ip::V4, offset)),
-        ETHERTYPE_IPV6 => Ok((Ip::V6, offset)),
+        ETHERTYPE_IPV4 => Ok((Ip::V4, offset, None)),
+        ETHERTYPE_IPV6 => Ok((Ip::V6, offset, None)),
         ETHERTYPE_PPPOE_SESSION => match c.u16(offset + PPPOE_LEN - 2) {
             None => Err(malformed),
-            Some(PPP_IPV4) => Ok((Ip::V4, offset + PPPOE_LEN)),
-            Some(PPP_IPV6) => Ok((Ip::V6, offset + PPPOE_LEN)),
+            Some(PPP_IPV4) => Ok((Ip::V4, offset + PPPOE_LEN, Some(offset))),
+            Some(PPP_IPV6) => Ok((Ip::V6, offset + PPPOE_LEN, Some(offset))),
             Some(_) => Err(not_ip),
         },
         _ => Err(not_ip),

@@ -1,11 +1,18 @@
 //! One test per row of `docs/semantics.md`, on hand-built frames so every byte is explicit.
 
+use std::borrow::Borrow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use filter_common::{Config, FLAG_MONITOR, Family, Reason, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use filter_common::{
+    ACTION_REJECT, Config, FLAG_MONITOR, Family, Reason, SMTP_ALLOW, SMTP_BLOCK, SourceKey,
+    SourceRule,
+};
 use ipnet::IpNet;
 
-use super::{Decision, Verdict, judge_flow, judge_frame, lookup_relay, lookup_source};
+use super::{
+    Decision, Model, RelayLimiter, Verdict, judge_flow, judge_frame, lookup_relay, lookup_source,
+    reply_to, source_key,
+};
 use crate::image::MapImage;
 
 // ---- policy -------------------------------------------------------------------------
@@ -212,7 +219,8 @@ fn ipv6_chain(src: Ipv6Addr, dst: Ipv6Addr, kinds: &[u8], protocol: u8, payload:
 // ---- assertions ---------------------------------------------------------------------
 
 #[track_caller]
-fn check(d: Decision, verdict: Verdict, reason: Reason, family: Family, group: u32) {
+fn check(d: impl Borrow<Decision>, verdict: Verdict, reason: Reason, family: Family, group: u32) {
+    let d = d.borrow();
     assert_eq!(
         (d.verdict, d.reason, d.family, d.group),
         (verdict, reason, family, group),
@@ -693,7 +701,13 @@ fn unmanaged_source() {
 #[test]
 fn exempt_source() {
     let d = judge(&eth(&[IPV4], &tcp4(exempt4(), dst4(), 25)));
-    check(d, Verdict::Pass, Reason::Exempt, Family::Ipv4, EXEMPT_GROUP);
+    check(
+        &d,
+        Verdict::Pass,
+        Reason::Exempt,
+        Family::Ipv4,
+        EXEMPT_GROUP,
+    );
     assert_eq!(d.source_prefix, Some(net("10.1.0.0/16")));
     // Exemption wins before the relay lookup.
     let d = judge(&eth(&[IPV6], &tcp6(exempt6(), relay6(), 25)));
@@ -703,7 +717,13 @@ fn exempt_source() {
 #[test]
 fn blocked_source() {
     let d = judge(&eth(&[IPV4], &tcp4(blocked4(), dst4(), 25)));
-    check(d, Verdict::Drop, Reason::Blocked, Family::Ipv4, BLOCK_GROUP);
+    check(
+        &d,
+        Verdict::Drop,
+        Reason::Blocked,
+        Family::Ipv4,
+        BLOCK_GROUP,
+    );
     assert_eq!(d.source_prefix, Some(net("10.0.0.0/8")));
     let d = judge(&eth(&[IPV6], &tcp6(blocked6(), dst6(), 25)));
     assert_eq!(d.source_prefix, Some(net("2001:db8::/32")));
@@ -713,10 +733,10 @@ fn blocked_source() {
 fn relay_destination() {
     for image in [image(), monitor_image()] {
         let d = judge_frame(&image, &eth(&[IPV4], &tcp4(blocked4(), relay4(), 25)));
-        check(d, Verdict::Pass, Reason::Relay, Family::Ipv4, BLOCK_GROUP);
+        check(&d, Verdict::Pass, Reason::Relay, Family::Ipv4, BLOCK_GROUP);
         assert_eq!(d.relay_prefix, Some(net("203.0.113.0/24")));
         let d = judge_frame(&image, &eth(&[IPV6], &tcp6(blocked6(), relay6(), 25)));
-        check(d, Verdict::Pass, Reason::Relay, Family::Ipv6, BLOCK_GROUP);
+        check(&d, Verdict::Pass, Reason::Relay, Family::Ipv6, BLOCK_GROUP);
         assert_eq!(d.relay_prefix, Some(net("2001:db8:face::/48")));
     }
 }
@@ -892,6 +912,518 @@ fn lpm_agrees_with_a_linear_scan() {
 fn verdict_names_and_serialization() {
     assert_eq!(Verdict::Pass.name(), "pass");
     assert_eq!(Verdict::Drop.name(), "drop");
+    assert_eq!(Verdict::Reject.name(), "reject");
     assert_eq!(serde_json::to_string(&Verdict::Pass).unwrap(), "\"pass\"");
     assert_eq!(serde_json::to_string(&Verdict::Drop).unwrap(), "\"drop\"");
+    assert_eq!(
+        serde_json::to_string(&Verdict::Reject).unwrap(),
+        "\"reject\""
+    );
+}
+
+// ---- relay limit --------------------------------------------------------------------
+
+const SECOND: u64 = 1_000_000_000;
+
+/// `image()` with relays limited to `per_minute` SYNs per source, bursts of `burst`.
+fn limited_image(per_minute: u64, burst: u64) -> MapImage {
+    let mut image = image();
+    image.config.relay_interval_ns = 60 * SECOND / per_minute;
+    image.config.relay_tolerance_ns = (burst - 1) * image.config.relay_interval_ns;
+    image
+}
+
+/// TCP with the given flags byte from `src` to `dst:25`.
+fn segment4(src: Ipv4Addr, dst: Ipv4Addr, flags: u8) -> Vec<u8> {
+    let mut t = tcp(25);
+    t[13] = flags;
+    eth(&[IPV4], &ipv4_packet(src, dst, TCP, 0, 0, &t))
+}
+
+fn segment6(src: Ipv6Addr, dst: Ipv6Addr, flags: u8) -> Vec<u8> {
+    let mut t = tcp(25);
+    t[13] = flags;
+    eth(&[IPV6], &ipv6_packet(src, dst, TCP, &t))
+}
+
+#[track_caller]
+fn verdicts(
+    model: &mut Model,
+    image: &MapImage,
+    frames: &[(&[u8], u64)],
+) -> Vec<(Verdict, Reason)> {
+    frames
+        .iter()
+        .map(|(frame, now)| {
+            let d = model.judge_frame(image, frame, *now);
+            (d.verdict, d.reason)
+        })
+        .collect()
+}
+
+const PASS_RELAY: (Verdict, Reason) = (Verdict::Pass, Reason::Relay);
+const LIMITED: (Verdict, Reason) = (Verdict::Drop, Reason::RateLimited);
+
+#[test]
+fn source_keys_are_the_ipv4_address_and_the_ipv6_64() {
+    assert_eq!(
+        source_key(v4("100.64.1.2").into()),
+        SourceKey {
+            family: Family::Ipv4 as u32,
+            address: [100, 64, 1, 2, 0, 0, 0, 0]
+        }
+    );
+    assert_eq!(
+        source_key(v6("2001:db8:1:2:aaaa:bbbb:cccc:dddd").into()),
+        SourceKey {
+            family: Family::Ipv6 as u32,
+            address: [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2]
+        }
+    );
+    // An IPv4 address and the IPv6 /64 with the same first bytes are different sources.
+    assert_ne!(
+        source_key(v4("32.1.13.184").into()),
+        source_key(v6("2001:db8::1").into())
+    );
+}
+
+#[test]
+fn limiter_passes_the_burst_then_one_per_interval() {
+    // 6 a minute: one every 10 s; bursts of 3.
+    let image = limited_image(6, 3);
+    let syn = segment4(blocked4(), relay4(), 0x02);
+    let mut model = Model::new();
+    let t0 = 1_000 * SECOND;
+    let got = verdicts(
+        &mut model,
+        &image,
+        &[
+            (&syn, t0),
+            (&syn, t0),
+            (&syn, t0 + 1),
+            // The burst is spent: the fourth waits for a token.
+            (&syn, t0 + 2),
+            (&syn, t0 + 9 * SECOND),
+            // One token back 10 s after the first SYN, and only one.
+            (&syn, t0 + 10 * SECOND),
+            (&syn, t0 + 10 * SECOND + 1),
+            // 30 s idle later the bucket is full again: 3 back to back.
+            (&syn, t0 + 50 * SECOND),
+            (&syn, t0 + 50 * SECOND),
+            (&syn, t0 + 50 * SECOND),
+            (&syn, t0 + 50 * SECOND),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            PASS_RELAY, PASS_RELAY, PASS_RELAY, LIMITED, LIMITED, PASS_RELAY, LIMITED, PASS_RELAY,
+            PASS_RELAY, PASS_RELAY, LIMITED
+        ]
+    );
+    // The rejected SYNs moved nothing: the bucket is 3 intervals ahead of the last pass.
+    assert_eq!(
+        model.limiter.tat(&source_key(blocked4().into())),
+        Some(t0 + 80 * SECOND)
+    );
+}
+
+#[test]
+fn limiter_keeps_other_sources_apart() {
+    let image = limited_image(1, 1);
+    let mut model = Model::new();
+    let a = segment4(v4("10.9.0.1"), relay4(), 0x02);
+    let b = segment4(v4("10.9.0.2"), relay4(), 0x02);
+    let got = verdicts(
+        &mut model,
+        &image,
+        &[(&a, 0), (&a, 1), (&b, 2), (&b, 3), (&a, 4)],
+    );
+    assert_eq!(got, [PASS_RELAY, LIMITED, PASS_RELAY, LIMITED, LIMITED]);
+    assert_eq!(model.limiter.len(), 2);
+}
+
+#[test]
+fn ipv6_sources_share_a_bucket_per_64() {
+    let image = limited_image(1, 2);
+    let mut model = Model::new();
+    let host_a = segment6(v6("2001:db8:9:1::1"), relay6(), 0x02);
+    let host_b = segment6(v6("2001:db8:9:1:ffff:ffff:ffff:ffff"), relay6(), 0x02);
+    let host_c = segment6(v6("2001:db8:9:1:1234::"), relay6(), 0x02);
+    let next_64 = segment6(v6("2001:db8:9:2::1"), relay6(), 0x02);
+    let got = verdicts(
+        &mut model,
+        &image,
+        &[
+            (&host_a, 0),
+            (&host_b, 0),
+            (&host_c, 0),
+            (&next_64, 0),
+            (&next_64, 0),
+            (&next_64, 0),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            PASS_RELAY, PASS_RELAY, LIMITED, PASS_RELAY, PASS_RELAY, LIMITED
+        ]
+    );
+}
+
+#[test]
+fn only_connection_requests_to_relays_from_block_groups_are_limited() {
+    let image = limited_image(1, 1);
+    let mut model = Model::new();
+    let syn = segment4(blocked4(), relay4(), 0x02);
+    // Every flag mix with SYN but without ACK and RST is a connection request.
+    for flags in [0x02, 0x03, 0x0a, 0x22, 0x42, 0x82, 0xc2] {
+        let mut fresh = Model::new();
+        let frame = segment4(blocked4(), relay4(), flags);
+        let got = verdicts(&mut fresh, &image, &[(&frame, 0), (&frame, 0)]);
+        assert_eq!(got, [PASS_RELAY, LIMITED], "flags {flags:#04x}");
+    }
+    assert_eq!(
+        verdicts(&mut model, &image, &[(&syn, 0), (&syn, 0)]),
+        [PASS_RELAY, LIMITED]
+    );
+    // The bucket is empty, but these are never counted nor limited.
+    for flags in [0x00, 0x10, 0x12, 0x04, 0x06, 0x14, 0x16, 0x01, 0x11, 0x18] {
+        let frame = segment4(blocked4(), relay4(), flags);
+        let d = model.judge_frame(&image, &frame, 0);
+        assert_eq!((d.verdict, d.reason), PASS_RELAY, "flags {flags:#04x}");
+    }
+    // Flags not in the frame: not a connection request.
+    let cut = &syn[..14 + 20 + 13];
+    let d = model.judge_frame(&image, cut, 0);
+    assert_eq!((d.verdict, d.reason), PASS_RELAY);
+    // Exempt and unmanaged sources, and other ports, never reach the limit.
+    for src in [exempt4(), unmanaged4()] {
+        let frame = segment4(src, relay4(), 0x02);
+        for _ in 0..3 {
+            assert_ne!(
+                model.judge_frame(&image, &frame, 0).reason,
+                Reason::RateLimited
+            );
+        }
+    }
+    let port = eth(&[IPV4], &tcp4(blocked4(), relay4(), 80));
+    assert_eq!(model.judge_frame(&image, &port, 0).reason, Reason::Port);
+    // Non-relay destinations are blocked as always, limit or not.
+    let blocked = segment4(blocked4(), dst4(), 0x02);
+    let d = model.judge_frame(&image, &blocked, 0);
+    assert_eq!((d.verdict, d.reason), (Verdict::Drop, Reason::Blocked));
+}
+
+#[test]
+fn rate_limited_is_monitored_in_monitor_mode_and_never_rejected() {
+    let mut image = limited_image(1, 1);
+    image.config.action = ACTION_REJECT;
+    let syn = segment6(blocked6(), relay6(), 0x02);
+    let mut model = Model::new();
+    let limited = [
+        model.judge_frame(&image, &syn, 0),
+        model.judge_frame(&image, &syn, 0),
+    ];
+    assert_eq!((limited[1].verdict, limited[1].reason), LIMITED);
+    assert_eq!(limited[1].reply, None);
+    assert_eq!(limited[1].group, BLOCK_GROUP);
+    assert_eq!(limited[1].relay_prefix, Some(net("2001:db8:face::/48")));
+    image.config.flags |= FLAG_MONITOR;
+    let mut model = Model::new();
+    let got = verdicts(&mut model, &image, &[(&syn, 0), (&syn, 0)]);
+    assert_eq!(got, [PASS_RELAY, (Verdict::Pass, Reason::Monitored)]);
+}
+
+#[test]
+fn no_limit_means_no_buckets() {
+    let image = image();
+    let mut model = Model::new();
+    let syn = segment4(blocked4(), relay4(), 0x02);
+    for now in 0..100 {
+        assert_eq!(verdicts(&mut model, &image, &[(&syn, now)]), [PASS_RELAY]);
+    }
+    assert!(model.limiter.is_empty());
+    let mut limiter = RelayLimiter::new();
+    assert!(limiter.admit(&image.config, source_key(blocked4().into()), 0));
+    assert!(limiter.is_empty());
+}
+
+// ---- reject -------------------------------------------------------------------------
+
+fn reject_image() -> MapImage {
+    let mut image = image();
+    image.config.action = ACTION_REJECT;
+    image
+}
+
+/// `eth()`'s MACs: destination 02:00:00:00:00:01, source 02:00:00:00:00:02.
+const FRAME_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const FRAME_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+/// A reply read back field by field with etherparse, from its IP header at `l3`.
+#[track_caller]
+fn check_reply4(reply: &[u8], l3: usize, src: Ipv4Addr, dst: Ipv4Addr, ack: u32) {
+    use etherparse::{Ipv4HeaderSlice, TcpHeaderSlice};
+    assert_eq!(reply.len(), l3 + 40);
+    assert_eq!(&reply[0..6], &FRAME_SRC_MAC);
+    assert_eq!(&reply[6..12], &FRAME_DST_MAC);
+    let ip = Ipv4HeaderSlice::from_slice(&reply[l3..]).unwrap();
+    assert_eq!((ip.ihl(), ip.total_len(), ip.identification()), (5, 40, 0));
+    assert!(ip.dont_fragment() && !ip.more_fragments());
+    assert_eq!((ip.ttl(), ip.protocol().0, ip.dcp().value()), (64, 6, 0));
+    assert_eq!((ip.source_addr(), ip.destination_addr()), (dst, src));
+    let header = ip.to_header();
+    assert_eq!(header.header_checksum, header.calc_header_checksum());
+    let tcp = TcpHeaderSlice::from_slice(&reply[l3 + 20..]).unwrap();
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (25, 40000));
+    assert_eq!(
+        (tcp.sequence_number(), tcp.acknowledgment_number()),
+        (0, ack)
+    );
+    assert_eq!(tcp.data_offset(), 5);
+    assert_eq!(reply[l3 + 20 + 13], 0x14, "RST|ACK only");
+    assert_eq!((tcp.window_size(), tcp.urgent_pointer()), (0, 0));
+    let checksum = tcp
+        .to_header()
+        .calc_checksum_ipv4_raw(dst.octets(), src.octets(), &[])
+        .unwrap();
+    assert_eq!(tcp.checksum(), checksum);
+}
+
+#[track_caller]
+fn check_reply6(reply: &[u8], l3: usize, src: Ipv6Addr, dst: Ipv6Addr, ack: u32) {
+    use etherparse::{Ipv6HeaderSlice, TcpHeaderSlice};
+    assert_eq!(reply.len(), l3 + 60);
+    assert_eq!(&reply[0..6], &FRAME_SRC_MAC);
+    assert_eq!(&reply[6..12], &FRAME_DST_MAC);
+    let ip = Ipv6HeaderSlice::from_slice(&reply[l3..]).unwrap();
+    assert_eq!((ip.traffic_class(), ip.flow_label().value()), (0, 0));
+    assert_eq!(
+        (ip.payload_length(), ip.next_header().0, ip.hop_limit()),
+        (20, 6, 64)
+    );
+    assert_eq!((ip.source_addr(), ip.destination_addr()), (dst, src));
+    let tcp = TcpHeaderSlice::from_slice(&reply[l3 + 40..]).unwrap();
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (25, 40000));
+    assert_eq!(
+        (tcp.sequence_number(), tcp.acknowledgment_number()),
+        (0, ack)
+    );
+    assert_eq!(reply[l3 + 40 + 12..l3 + 40 + 14], [0x50, 0x14]);
+    let checksum = tcp
+        .to_header()
+        .calc_checksum_ipv6_raw(dst.octets(), src.octets(), &[])
+        .unwrap();
+    assert_eq!(tcp.checksum(), checksum);
+}
+
+/// A TCP header with sequence number `seq`, `flags`, data offset `words` and `payload`.
+fn tcp_with(seq: u32, flags: u8, words: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = tcp(25);
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = words << 4;
+    t[13] = flags;
+    t.extend(vec![1; usize::from(words.max(5) - 5) * 4]);
+    t.extend(payload);
+    t
+}
+
+#[test]
+fn reject_answers_a_blocked_syn_with_rst_ack() {
+    let image = reject_image();
+    let frame = eth(
+        &[IPV4],
+        &ipv4_packet(blocked4(), dst4(), TCP, 0, 0, &tcp_with(1000, 0x02, 5, &[])),
+    );
+    let d = judge_frame(&image, &frame);
+    assert_eq!(
+        (d.verdict, d.reason, d.group),
+        (Verdict::Reject, Reason::Blocked, BLOCK_GROUP)
+    );
+    check_reply4(d.reply.as_ref().unwrap(), 14, blocked4(), dst4(), 1001);
+    assert_eq!(reply_to(&frame), d.reply);
+
+    let frame = eth(
+        &[IPV6],
+        &ipv6_packet(blocked6(), dst6(), TCP, &tcp_with(7, 0x02, 5, &[])),
+    );
+    let d = judge_frame(&image, &frame);
+    assert_eq!((d.verdict, d.reason), (Verdict::Reject, Reason::Blocked));
+    check_reply6(d.reply.as_ref().unwrap(), 14, blocked6(), dst6(), 8);
+}
+
+#[test]
+fn reject_acknowledges_syn_fin_and_payload_with_wrapping() {
+    let image = reject_image();
+    // (sequence, flags, data offset, payload, expected ack)
+    let cases: [(u32, u8, u8, &[u8], u32); 6] = [
+        (100, 0x02, 5, b"", 101),
+        (100, 0x03, 5, b"", 102),
+        (100, 0x02, 8, b"hello", 106),
+        (100, 0x0b, 6, b"abc", 105),
+        (u32::MAX, 0x02, 5, b"", 0),
+        (u32::MAX - 2, 0x03, 5, b"xyz", 2),
+    ];
+    for (seq, flags, words, payload, ack) in cases {
+        let t = tcp_with(seq, flags, words, payload);
+        let frame = eth(&[IPV4], &ipv4_packet(blocked4(), dst4(), TCP, 2, 0, &t));
+        let d = judge_frame(&image, &frame);
+        assert_eq!(d.verdict, Verdict::Reject, "{seq} {flags:#x}");
+        check_reply4(d.reply.as_ref().unwrap(), 14, blocked4(), dst4(), ack);
+        // IPv6 with 28 bytes of extension headers (a 16-byte options header, a 12-byte AH).
+        let frame = eth(&[IPV6], &ipv6_chain(blocked6(), dst6(), &[60, 51], TCP, &t));
+        let d = judge_frame(&image, &frame);
+        assert_eq!(d.verdict, Verdict::Reject, "{seq} {flags:#x}");
+        check_reply6(d.reply.as_ref().unwrap(), 14, blocked6(), dst6(), ack);
+    }
+}
+
+#[test]
+fn reject_reads_the_payload_length_from_the_ip_header_saturating() {
+    let image = reject_image();
+    let t = tcp_with(50, 0x02, 5, b"");
+    let mut packet = ipv4_packet(blocked4(), dst4(), TCP, 1, 0, &t);
+    // Total length 1000: 1000 - 24 - 20 bytes of "payload", as the header claims.
+    packet[2..4].copy_from_slice(&1000u16.to_be_bytes());
+    let d = judge_frame(&image, &eth(&[IPV4], &packet));
+    check_reply4(
+        d.reply.as_ref().unwrap(),
+        14,
+        blocked4(),
+        dst4(),
+        50 + 1 + 956,
+    );
+    // Total length 3: less than the headers, so no payload.
+    packet[2..4].copy_from_slice(&3u16.to_be_bytes());
+    let d = judge_frame(&image, &eth(&[IPV4], &packet));
+    check_reply4(d.reply.as_ref().unwrap(), 14, blocked4(), dst4(), 51);
+    // IPv6 payload length 10 with 16 bytes of extension headers: none either.
+    let mut packet = ipv6_chain(blocked6(), dst6(), &[0], TCP, &t);
+    packet[4..6].copy_from_slice(&10u16.to_be_bytes());
+    let d = judge_frame(&image, &eth(&[IPV6], &packet));
+    check_reply6(d.reply.as_ref().unwrap(), 14, blocked6(), dst6(), 51);
+    // IPv6 payload length 65535 after the 16 bytes: 65535 - 16 - 20.
+    packet[4..6].copy_from_slice(&u16::MAX.to_be_bytes());
+    let d = judge_frame(&image, &eth(&[IPV6], &packet));
+    check_reply6(
+        d.reply.as_ref().unwrap(),
+        14,
+        blocked6(),
+        dst6(),
+        51 + 65499,
+    );
+}
+
+#[test]
+fn reject_keeps_vlan_tags_and_pppoe_with_its_new_length() {
+    let image = reject_image();
+    let t = tcp_with(9, 0x02, 5, b"");
+    // Two tags: link layer 22 bytes, copied but for the MACs.
+    let frame = eth(
+        &[0x88a8, 0x8100, IPV4],
+        &ipv4_packet(blocked4(), dst4(), TCP, 3, 0, &t),
+    );
+    let reply = judge_frame(&image, &frame).reply.unwrap();
+    check_reply4(&reply, 22, blocked4(), dst4(), 10);
+    assert_eq!(&reply[12..22], &frame[12..22]);
+    // PPPoE behind a tag: length 2 + 40, everything else of the session header kept.
+    let frame = eth(
+        &[0x8100, PPPOE],
+        &pppoe(0x0021, &ipv4_packet(blocked4(), dst4(), TCP, 0, 0, &t)),
+    );
+    let reply = judge_frame(&image, &frame).reply.unwrap();
+    check_reply4(&reply, 26, blocked4(), dst4(), 10);
+    assert_eq!(&reply[12..22], &frame[12..22]);
+    assert_eq!(u16::from_be_bytes([reply[22], reply[23]]), 42);
+    assert_eq!(&reply[24..26], &[0x00, 0x21]);
+    let frame = eth(
+        &[PPPOE],
+        &pppoe(0x0057, &ipv6_packet(blocked6(), dst6(), TCP, &t)),
+    );
+    let reply = judge_frame(&image, &frame).reply.unwrap();
+    check_reply6(&reply, 22, blocked6(), dst6(), 10);
+    assert_eq!(u16::from_be_bytes([reply[18], reply[19]]), 62);
+    assert_eq!(&reply[12..18], &frame[12..18]);
+}
+
+#[test]
+fn reject_drops_what_is_not_a_whole_connection_request() {
+    let image = reject_image();
+    let drop = (Verdict::Drop, Reason::Blocked);
+    let judge4 = |t: &[u8]| {
+        let d = judge_frame(
+            &image,
+            &eth(&[IPV4], &ipv4_packet(blocked4(), dst4(), TCP, 0, 0, t)),
+        );
+        assert_eq!(d.reply.is_some(), d.verdict == Verdict::Reject);
+        (d.verdict, d.reason)
+    };
+    for flags in [0x00, 0x10, 0x12, 0x04, 0x06, 0x14, 0x01, 0x18] {
+        assert_eq!(
+            judge4(&tcp_with(1, flags, 5, b"")),
+            drop,
+            "flags {flags:#04x}"
+        );
+    }
+    // Data offset below 5.
+    for words in [0, 4] {
+        assert_eq!(
+            judge4(&tcp_with(1, 0x02, words, b"")),
+            drop,
+            "offset {words}"
+        );
+    }
+    // Data offset beyond the segment but the fixed header whole: rejected.
+    let mut t = tcp_with(1, 0x02, 5, b"");
+    t[12] = 15 << 4;
+    assert_eq!(judge4(&t).0, Verdict::Reject);
+    // Cut inside the TCP header, flags present or not.
+    let syn = tcp_with(1, 0x02, 5, b"");
+    for len in [4, 12, 13, 14, 19] {
+        assert_eq!(judge4(&syn[..len]), drop, "{len} bytes of TCP");
+    }
+    assert_eq!(judge4(&syn[..20]).0, Verdict::Reject);
+    // Malformed frames are dropped, never answered.
+    let mut bad = ipv4_packet(blocked4(), dst4(), TCP, 0, 0, &syn);
+    bad[0] = 0x44;
+    let d = judge_frame(&image, &eth(&[IPV4], &bad));
+    assert_eq!(
+        (d.verdict, d.reason, d.reply),
+        (Verdict::Drop, Reason::Malformed, None)
+    );
+}
+
+#[test]
+fn reject_only_applies_to_blocked_sources_in_enforce_mode() {
+    let mut image = reject_image();
+    let syn = |src| segment4(src, dst4(), 0x02);
+    assert_eq!(judge_frame(&image, &syn(exempt4())).reason, Reason::Exempt);
+    assert_eq!(
+        judge_frame(&image, &syn(unmanaged4())).reason,
+        Reason::Unmanaged
+    );
+    let relay = judge_frame(&image, &segment4(blocked4(), relay4(), 0x02));
+    assert_eq!((relay.verdict, relay.reason), PASS_RELAY);
+    image.config.flags |= FLAG_MONITOR;
+    let d = judge_frame(&image, &syn(blocked4()));
+    assert_eq!(
+        (d.verdict, d.reason, d.reply),
+        (Verdict::Pass, Reason::Monitored, None)
+    );
+}
+
+#[test]
+fn judge_flow_is_a_connection_request() {
+    let image = reject_image();
+    let d = judge_flow(&image, blocked4().into(), dst4().into(), 25);
+    assert_eq!(
+        (d.verdict, d.reason, d.reply),
+        (Verdict::Reject, Reason::Blocked, None)
+    );
+    // A fresh bucket: the relay passes even at the tightest limit.
+    let mut image = limited_image(1, 1);
+    image.config.action = ACTION_REJECT;
+    let d = judge_flow(&image, blocked6().into(), relay6().into(), 25);
+    assert_eq!((d.verdict, d.reason), PASS_RELAY);
 }

@@ -2,9 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use filter_common::{ACTION_DROP, Config, FLAG_MONITOR, SourceRule};
+use filter_common::{ACTION_DROP, ACTION_REJECT, Config, FLAG_MONITOR, SourceRule};
 
-use super::schema::{Action, Mode, Policy};
+use super::schema::{Action, Events, Mode, Offenders, Policy, RelayLimit};
 use crate::image::{GroupInfo, MapImage};
 
 impl Policy {
@@ -23,7 +23,15 @@ impl Policy {
         }
         config.action = match self.action {
             Action::Drop => ACTION_DROP,
+            Action::Reject => ACTION_REJECT,
         };
+        if let Some(limit) = self.relay_limit {
+            (config.relay_interval_ns, config.relay_tolerance_ns) = limit.gcra();
+        }
+        if let Some(offenders) = self.offenders {
+            (config.offender_alert_after, config.offender_window_ns) = offenders.config();
+        }
+        (config.event_interval_ns, config.event_tolerance_ns) = self.events.gcra();
         for &port in &self.ports {
             config.set_port(port);
         }
@@ -49,6 +57,42 @@ impl Policy {
             .set_relays(&self.relays)
             .expect("validation caps relays per family at MAX_RELAYS");
         image
+    }
+}
+
+const NS_PER_SECOND: u64 = 1_000_000_000;
+const NS_PER_MINUTE: u64 = 60 * NS_PER_SECOND;
+
+/// GCRA parameters of `rate` requests per `period_ns` with bursts of `burst`: the interval
+/// between requests and how far ahead of now the bucket may run, `(burst - 1) * interval`.
+fn gcra_parameters(period_ns: u64, rate: u32, burst: u32) -> (u64, u64) {
+    let interval = period_ns / u64::from(rate);
+    (interval, u64::from(burst - 1) * interval)
+}
+
+impl RelayLimit {
+    /// `(relay_interval_ns, relay_tolerance_ns)`: 60 s / syn_per_minute, (burst - 1) * that.
+    pub fn gcra(&self) -> (u64, u64) {
+        gcra_parameters(NS_PER_MINUTE, self.syn_per_minute, self.burst)
+    }
+}
+
+impl Offenders {
+    /// `(offender_alert_after, offender_window_ns)`.
+    pub fn config(&self) -> (u64, u64) {
+        let window = u64::try_from(self.window.as_nanos()).expect("validation caps the window");
+        (self.alert_after, window)
+    }
+}
+
+impl Events {
+    /// `(event_interval_ns, event_tolerance_ns)`: 1 s / per_second with a burst of one
+    /// second's worth; `(0, 0)` (no events) for 0.
+    pub fn gcra(&self) -> (u64, u64) {
+        match self.per_second {
+            0 => (0, 0),
+            rate => gcra_parameters(NS_PER_SECOND, rate, rate),
+        }
     }
 }
 

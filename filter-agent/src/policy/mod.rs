@@ -16,7 +16,10 @@ mod tests;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
-pub use schema::{Action, DEFAULT_PORTS, Group, Interface, Mode, Policy, VERSION, XdpMode};
+pub use schema::{
+    Action, DEFAULT_EVENTS_PER_SECOND, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders,
+    Policy, RelayLimit, VERSION, XdpMode,
+};
 
 /// A valid policy and the warnings it drew.
 #[derive(Clone, Debug, PartialEq)]

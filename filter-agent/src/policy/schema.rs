@@ -1,7 +1,9 @@
 //! The policy as the agent uses it, once validated.
 
+use std::time::Duration;
+
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::image::Smtp;
 
@@ -10,6 +12,9 @@ pub const VERSION: u32 = 1;
 
 /// Ports filtered when a policy does not list any.
 pub const DEFAULT_PORTS: [u16; 1] = [25];
+
+/// Sampled drop events per second when a policy has no `events` key.
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 10;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Policy {
@@ -22,7 +27,53 @@ pub struct Policy {
     pub groups: Vec<Group>,
     /// Host addresses are stored as /32 or /128 prefixes.
     pub relays: Vec<IpNet>,
+    /// Limit on new connections (SYNs) to the relays per customer; `None`: no limit.
+    pub relay_limit: Option<RelayLimit>,
+    /// When an offender alert is raised; `None`: never (offenders are still tracked).
+    pub offenders: Option<Offenders>,
+    pub events: Events,
     pub interfaces: Vec<Interface>,
+}
+
+/// `relay_limit`: SYNs from a block group's source to the relays on the filtered ports,
+/// per customer (an IPv4 address, an IPv6 /64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RelayLimit {
+    /// 1..=60,000,000.
+    pub syn_per_minute: u32,
+    /// Back-to-back SYNs allowed before the rate applies; 1..=1,000,000.
+    pub burst: u32,
+}
+
+/// `offenders`: raise one alert when a source makes `alert_after` blocked attempts within
+/// one `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Offenders {
+    /// At least 1.
+    pub alert_after: u64,
+    /// At least one second; serialized as text, e.g. "10m".
+    #[serde(serialize_with = "human_duration")]
+    pub window: Duration,
+}
+
+/// `events`: sampled drop events, at most `per_second` a second (with a burst of one
+/// second's worth); 0 turns them off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Events {
+    /// 0..=1,000,000.
+    pub per_second: u32,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            per_second: DEFAULT_EVENTS_PER_SECOND,
+        }
+    }
+}
+
+fn human_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_duration(*duration))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -51,7 +102,11 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// Blocked traffic is dropped silently.
     Drop,
+    /// Blocked SYNs are answered with a TCP RST+ACK (the client sees "connection
+    /// refused" at once); other blocked segments are dropped.
+    Reject,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

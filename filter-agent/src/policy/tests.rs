@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use filter_common::{ACTION_DROP, MAX_GROUPS, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use filter_common::{ACTION_DROP, ACTION_REJECT, MAX_GROUPS, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
 use ipnet::IpNet;
 
 use super::*;
@@ -202,7 +202,7 @@ interfaces:
         hints,
         [
             Some(
-                "did you mean \"mode\"? known keys: version, mode, action, ports, groups, relays, interfaces"
+                "did you mean \"mode\"? known keys: version, mode, action, ports, groups, relays, relay_limit, offenders, events, interfaces"
             ),
             None,
             Some("did you mean \"prefixes\"? known keys: name, smtp, prefixes"),
@@ -336,7 +336,7 @@ fn relay_that_is_not_an_address() {
 fn unknown_enum_values_list_the_allowed_ones() {
     let source = "version: 1
 mode: enforcing
-action: reject
+action: rejcet
 groups:
   - name: a
     smtp: blokc
@@ -363,8 +363,8 @@ interfaces:
             ),
             (
                 (3, 9),
-                "unknown value \"reject\" for action",
-                "allowed values: drop"
+                "unknown value \"rejcet\" for action",
+                "did you mean \"reject\"? allowed values: drop, reject"
             ),
             (
                 (6, 11),
@@ -597,9 +597,21 @@ fn example_policy_loads_and_compiles() {
         }]
     );
 
+    assert_eq!(
+        policy.relay_limit,
+        Some(RelayLimit {
+            syn_per_minute: 60,
+            burst: 10
+        })
+    );
+    assert_eq!(policy.offenders.map(|o| o.alert_after), Some(100));
+    assert_eq!(policy.events.per_second, 10);
+
     let image = policy.compile();
     assert!(!image.config.monitor());
     assert_eq!(image.config.action, ACTION_DROP);
+    assert_eq!(image.config.relay_interval_ns, 1_000_000_000);
+    assert_eq!(image.config.offender_window_ns, 600_000_000_000);
     assert!(image.config.port_filtered(25));
     assert!(!image.config.port_filtered(26));
     assert!(!image.config.port_filtered(587));
@@ -700,4 +712,357 @@ fn more_relays_than_the_filter_scans_is_an_error() {
     assert_eq!(at(&error), (19, 5));
     assert_eq!(error.message, "more than 16 IPv4 relays");
     assert!(error.hint.as_deref().unwrap().contains("one prefix"));
+}
+
+// ---- action, relay_limit, offenders, events ------------------------------------------
+
+#[test]
+fn new_keys_default_when_absent() {
+    let policy = parse("version: 1\n", FILE).unwrap().policy;
+    assert_eq!(policy.relay_limit, None);
+    assert_eq!(policy.offenders, None);
+    assert_eq!(
+        policy.events,
+        Events {
+            per_second: DEFAULT_EVENTS_PER_SECOND
+        }
+    );
+    let config = policy.compile().config;
+    assert_eq!(config.action, ACTION_DROP);
+    assert_eq!(
+        (config.relay_interval_ns, config.relay_tolerance_ns),
+        (0, 0)
+    );
+    assert_eq!(
+        (config.offender_alert_after, config.offender_window_ns),
+        (0, 0)
+    );
+    // 10 a second: one every 100 ms, a second's worth (10) back to back.
+    assert_eq!(
+        (config.event_interval_ns, config.event_tolerance_ns),
+        (100_000_000, 900_000_000)
+    );
+}
+
+#[test]
+fn reject_relay_limit_offenders_and_events_compile_into_config() {
+    let source = "version: 1
+action: reject
+relays: [203.0.113.25]
+relay_limit: { syn_per_minute: 60, burst: 10 }
+offenders:
+  alert_after: 100
+  window: 10m
+events: { per_second: 4 }
+";
+    let loaded = parse(source, FILE).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let policy = loaded.policy;
+    assert_eq!(policy.action, Action::Reject);
+    assert_eq!(
+        policy.relay_limit,
+        Some(RelayLimit {
+            syn_per_minute: 60,
+            burst: 10
+        })
+    );
+    assert_eq!(
+        policy.offenders,
+        Some(Offenders {
+            alert_after: 100,
+            window: std::time::Duration::from_secs(600)
+        })
+    );
+    assert_eq!(policy.events, Events { per_second: 4 });
+    let config = policy.compile().config;
+    assert_eq!(config.action, ACTION_REJECT);
+    assert!(config.reject());
+    let second = 1_000_000_000;
+    assert_eq!(config.relay_interval_ns, second);
+    assert_eq!(config.relay_tolerance_ns, 9 * second);
+    assert_eq!(config.offender_alert_after, 100);
+    assert_eq!(config.offender_window_ns, 600 * second);
+    assert_eq!(config.event_interval_ns, second / 4);
+    assert_eq!(config.event_tolerance_ns, 3 * second / 4);
+}
+
+#[test]
+fn limits_compile_at_their_edges() {
+    let compile = |yaml: &str| {
+        parse(&format!("version: 1\nrelays: [203.0.113.25]\n{yaml}"), FILE)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .policy
+            .compile()
+            .config
+    };
+    let c = compile("relay_limit: { syn_per_minute: 1, burst: 1 }\n");
+    assert_eq!(
+        (c.relay_interval_ns, c.relay_tolerance_ns),
+        (60_000_000_000, 0)
+    );
+    let c = compile("relay_limit: { syn_per_minute: 60000000, burst: 1000000 }\n");
+    assert_eq!(
+        (c.relay_interval_ns, c.relay_tolerance_ns),
+        (1_000, 999_999_000)
+    );
+    // 60 s / 7 rounds down; the tolerance is whole intervals.
+    let c = compile("relay_limit: { syn_per_minute: 7, burst: 3 }\n");
+    assert_eq!(
+        (c.relay_interval_ns, c.relay_tolerance_ns),
+        (8_571_428_571, 17_142_857_142)
+    );
+    let c = compile("events: { per_second: 0 }\n");
+    assert_eq!((c.event_interval_ns, c.event_tolerance_ns), (0, 0));
+    let c = compile("events: { per_second: 1 }\n");
+    assert_eq!(
+        (c.event_interval_ns, c.event_tolerance_ns),
+        (1_000_000_000, 0)
+    );
+    let c = compile("events: { per_second: 1000000 }\n");
+    assert_eq!(
+        (c.event_interval_ns, c.event_tolerance_ns),
+        (1_000, 999_999_000)
+    );
+    for (window, seconds) in [
+        ("1s", 1),
+        ("30s", 30),
+        ("1h", 3600),
+        ("1d", 86_400),
+        ("1h 30m", 5400),
+        ("365d", 365 * 86_400),
+    ] {
+        let c = compile(&format!(
+            "offenders: {{ alert_after: 1, window: {window} }}\n"
+        ));
+        assert_eq!(c.offender_window_ns, seconds * 1_000_000_000, "{window}");
+        assert_eq!(c.offender_alert_after, 1);
+    }
+}
+
+#[test]
+fn out_of_range_numbers_are_located_errors() {
+    let cases = [
+        (
+            "relay_limit: { syn_per_minute: 0, burst: 1 }",
+            (2, 32),
+            "syn_per_minute 0 is out of range",
+            "1 to 60000000",
+        ),
+        (
+            "relay_limit: { syn_per_minute: 60000001, burst: 1 }",
+            (2, 32),
+            "syn_per_minute 60000001 is out of range",
+            "1 to 60000000",
+        ),
+        (
+            "relay_limit: { syn_per_minute: -5, burst: 1 }",
+            (2, 32),
+            "syn_per_minute -5 is out of range",
+            "1 to 60000000",
+        ),
+        (
+            "relay_limit: { syn_per_minute: 60, burst: 0 }",
+            (2, 43),
+            "burst 0 is out of range",
+            "1 to 1000000",
+        ),
+        (
+            "relay_limit: { syn_per_minute: 60, burst: 1000001 }",
+            (2, 43),
+            "burst 1000001 is out of range",
+            "1 to 1000000",
+        ),
+        (
+            "offenders: { alert_after: 0, window: 1h }",
+            (2, 27),
+            "alert_after 0 is out of range",
+            "at least 1",
+        ),
+        (
+            "events: { per_second: 1000001 }",
+            (2, 23),
+            "per_second 1000001 is out of range",
+            "0 to 1000000",
+        ),
+        (
+            "events: { per_second: -1 }",
+            (2, 23),
+            "per_second -1 is out of range",
+            "0 to 1000000",
+        ),
+    ];
+    for (yaml, pos, message, range) in cases {
+        let d = one_error(&format!("version: 1\n{yaml}\nrelays: [203.0.113.25]\n"));
+        assert_eq!((at(&d), d.message.as_str()), (pos, message), "{yaml}");
+        assert!(
+            d.hint.as_deref().unwrap().ends_with(range),
+            "{yaml}: {:?}",
+            d.hint
+        );
+    }
+    let d = one_error(
+        "version: 1\nrelays: [203.0.113.25]\nrelay_limit: { syn_per_minute: lots, burst: 1 }\n",
+    );
+    assert_eq!(at(&d), (3, 32));
+    assert_eq!(
+        d.message,
+        "expected a number for syn_per_minute, found \"lots\""
+    );
+    assert_eq!(d.hint.as_deref(), Some("write a whole number"));
+}
+
+#[test]
+fn durations_need_a_unit_and_a_sane_range() {
+    let cases = [
+        (
+            "600",
+            "window \"600\" is not a duration",
+            "write a number and a unit, e.g. 30s, 10m, 1h or 1d",
+        ),
+        (
+            "ten minutes",
+            "window \"ten minutes\" is not a duration",
+            "write a number and a unit, e.g. 30s, 10m, 1h or 1d",
+        ),
+        (
+            "-5m",
+            "window \"-5m\" is not a duration",
+            "write a number and a unit, e.g. 30s, 10m, 1h or 1d",
+        ),
+        (
+            "500ms",
+            "window 500ms is out of range",
+            "window is 1s to 365d",
+        ),
+        ("0s", "window 0s is out of range", "window is 1s to 365d"),
+        (
+            "366d",
+            "window 366d is out of range",
+            "window is 1s to 365d",
+        ),
+    ];
+    for (window, message, hint) in cases {
+        let d = one_error(&format!(
+            "version: 1\noffenders:\n  alert_after: 5\n  window: {window}\n"
+        ));
+        assert_eq!((at(&d), d.message.as_str()), ((4, 11), message), "{window}");
+        assert_eq!(d.hint.as_deref(), Some(hint), "{window}");
+    }
+    let d = one_error("version: 1\noffenders: { alert_after: 5, window: [1h] }\n");
+    assert_eq!(d.message, "expected a duration for window, found a list");
+}
+
+#[test]
+fn new_sections_report_unknown_and_missing_keys() {
+    let source = "version: 1
+relays: [203.0.113.25]
+relay_limit: { syn_per_minute: 60, brust: 5 }
+offenders: { window: 1h }
+events: { per_sec: 5 }
+realy_limit: 5
+";
+    let found = diagnostics(source);
+    let got: Vec<_> = found
+        .iter()
+        .map(|d| (at(d), d.message.as_str(), d.hint.as_deref()))
+        .collect();
+    // A flow mapping is located at its first key.
+    assert_eq!(
+        got,
+        [
+            (
+                (3, 16),
+                "relay_limit is missing required key \"burst\"",
+                None
+            ),
+            (
+                (3, 36),
+                "unknown key \"brust\" in relay_limit",
+                Some("did you mean \"burst\"? known keys: syn_per_minute, burst")
+            ),
+            (
+                (4, 14),
+                "offenders is missing required key \"alert_after\"",
+                None
+            ),
+            (
+                (5, 11),
+                "unknown key \"per_sec\" in events",
+                Some("did you mean \"per_second\"? known keys: per_second")
+            ),
+            (
+                (5, 11),
+                "events is missing required key \"per_second\"",
+                None
+            ),
+            (
+                (6, 1),
+                "unknown key \"realy_limit\" in the policy",
+                Some(
+                    "did you mean \"relay_limit\"? known keys: version, mode, action, ports, groups, relays, relay_limit, offenders, events, interfaces"
+                )
+            ),
+        ]
+    );
+    let d = one_error("version: 1\nevents: 10\n");
+    assert_eq!(at(&d), (2, 9));
+    assert_eq!(d.message, "expected a mapping for events, found a scalar");
+}
+
+#[test]
+fn reject_in_monitor_mode_and_a_limit_without_relays_are_warnings() {
+    let loaded = parse(
+        "version: 1\nmode: monitor\naction: reject\nrelay_limit: { syn_per_minute: 6, burst: 2 }\n",
+        FILE,
+    )
+    .unwrap();
+    let got: Vec<_> = loaded
+        .warnings
+        .iter()
+        .map(|d| (d.severity, at(d), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Severity::Warning,
+                (3, 9),
+                "action reject has no effect in monitor mode: nothing is dropped or rejected"
+            ),
+            (
+                Severity::Warning,
+                (4, 16),
+                "relay_limit has no effect: the policy lists no relays"
+            ),
+        ]
+    );
+    // Still compiled as written: switching to enforce needs no other change.
+    let config = loaded.policy.compile().config;
+    assert!(config.monitor() && config.reject());
+    assert_eq!(config.relay_interval_ns, 10_000_000_000);
+}
+
+#[test]
+fn new_keys_serialize_for_check_json() {
+    let source = "version: 1
+action: reject
+relays: [203.0.113.25]
+relay_limit: { syn_per_minute: 60, burst: 10 }
+offenders: { alert_after: 100, window: 90m }
+events: { per_second: 0 }
+";
+    let json = serde_json::to_value(parse(source, FILE).unwrap().policy).unwrap();
+    assert_eq!(json["action"], "reject");
+    assert_eq!(
+        json["relay_limit"],
+        serde_json::json!({"syn_per_minute": 60, "burst": 10})
+    );
+    assert_eq!(
+        json["offenders"],
+        serde_json::json!({"alert_after": 100, "window": "1h 30m"})
+    );
+    assert_eq!(json["events"], serde_json::json!({"per_second": 0}));
+    let json = serde_json::to_value(parse("version: 1\n", FILE).unwrap().policy).unwrap();
+    assert_eq!(json["relay_limit"], serde_json::Value::Null);
+    assert_eq!(json["events"]["per_second"], 10);
 }

@@ -5,6 +5,7 @@ use filter_common::MAX_RELAYS;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as Slot;
 use std::hash::Hash;
+use std::time::Duration;
 
 use filter_common::{EXEMPTION_GROUP, EXEMPTION_GROUP_NAME, GROUP_NAME_MAX};
 use ipnet::IpNet;
@@ -13,7 +14,10 @@ use super::Loaded;
 use super::diagnostic::{Diagnostic, PolicyErrors, Severity};
 use super::locate::{Node, Pos, Value, parse_yaml};
 use super::prefix::{PrefixError, parse_prefix};
-use super::schema::{Action, DEFAULT_PORTS, Group, Interface, Mode, Policy, VERSION, XdpMode};
+use super::schema::{
+    Action, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy, RelayLimit, VERSION,
+    XdpMode,
+};
 use crate::image::Smtp;
 
 const POLICY_KEYS: &[&str] = &[
@@ -23,13 +27,28 @@ const POLICY_KEYS: &[&str] = &[
     "ports",
     "groups",
     "relays",
+    "relay_limit",
+    "offenders",
+    "events",
     "interfaces",
 ];
 const GROUP_KEYS: &[&str] = &["name", "smtp", "prefixes"];
 const INTERFACE_KEYS: &[&str] = &["name", "xdp_mode"];
+const RELAY_LIMIT_KEYS: &[&str] = &["syn_per_minute", "burst"];
+const OFFENDERS_KEYS: &[&str] = &["alert_after", "window"];
+const EVENTS_KEYS: &[&str] = &["per_second"];
+
+/// One SYN per microsecond: the relay limit's interval stays at least 1,000 ns.
+const MAX_SYN_PER_MINUTE: u64 = 60_000_000;
+const MAX_BURST: u64 = 1_000_000;
+const MAX_EVENTS_PER_SECOND: u64 = 1_000_000;
+/// Offender windows run from a second to a year.
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
+const DURATION_HINT: &str = "write a number and a unit, e.g. 30s, 10m, 1h or 1d";
 
 const MODES: &[(&str, Mode)] = &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)];
-const ACTIONS: &[(&str, Action)] = &[("drop", Action::Drop)];
+const ACTIONS: &[(&str, Action)] = &[("drop", Action::Drop), ("reject", Action::Reject)];
 const SMTP: &[(&str, Smtp)] = &[("block", Smtp::Block), ("allow", Smtp::Allow)];
 const XDP_MODES: &[(&str, XdpMode)] = &[
     ("auto", XdpMode::Auto),
@@ -168,9 +187,31 @@ impl Checker<'_> {
         let relays = fields
             .get("relays")
             .map_or_else(Vec::new, |n| self.relays(n));
+        let relay_limit = fields.get("relay_limit").map(|n| self.relay_limit(n));
+        let offenders = fields.get("offenders").map(|n| self.offenders(n));
+        let events = fields.get("events").map(|n| self.events(n));
         let interfaces = fields
             .get("interfaces")
             .map_or_else(Vec::new, |n| self.interfaces(n));
+        if let (Some(node), Some(Action::Reject), Some(Mode::Monitor)) =
+            (fields.get("action"), action, mode)
+        {
+            self.warning(
+                node.pos,
+                "action reject has no effect in monitor mode: nothing is dropped or rejected"
+                    .to_string(),
+                Some("use `mode: enforce` to send resets".to_string()),
+            );
+        }
+        if let (Some(node), Some(Some(_)), true) =
+            (fields.get("relay_limit"), relay_limit, relays.is_empty())
+        {
+            self.warning(
+                node.pos,
+                "relay_limit has no effect: the policy lists no relays".to_string(),
+                Some("list the relays under `relays`, or remove relay_limit".to_string()),
+            );
+        }
         // Without a version the rest was still checked, but there is no policy to return.
         version?;
         Some(Policy {
@@ -180,8 +221,135 @@ impl Checker<'_> {
             ports,
             groups,
             relays,
+            relay_limit: relay_limit.flatten(),
+            offenders: offenders.flatten(),
+            events: events.flatten().unwrap_or_default(),
             interfaces,
         })
+    }
+
+    /// `relay_limit: { syn_per_minute: N, burst: M }`.
+    fn relay_limit(&mut self, node: &Node) -> Option<RelayLimit> {
+        let fields = self.fields(node, "relay_limit".to_string(), RELAY_LIMIT_KEYS)?;
+        let rate = self.required(&fields, "syn_per_minute").and_then(|n| {
+            self.bounded(
+                n,
+                "syn_per_minute",
+                1,
+                MAX_SYN_PER_MINUTE,
+                "new connections a customer may open to the relays per minute",
+            )
+        });
+        let burst = self.required(&fields, "burst").and_then(|n| {
+            self.bounded(
+                n,
+                "burst",
+                1,
+                MAX_BURST,
+                "how many SYNs may come back to back before the rate applies",
+            )
+        });
+        Some(RelayLimit {
+            syn_per_minute: u32::try_from(rate?).ok()?,
+            burst: u32::try_from(burst?).ok()?,
+        })
+    }
+
+    /// `offenders: { alert_after: N, window: DURATION }`.
+    fn offenders(&mut self, node: &Node) -> Option<Offenders> {
+        let fields = self.fields(node, "offenders".to_string(), OFFENDERS_KEYS)?;
+        let alert_after = self.required(&fields, "alert_after").and_then(|n| {
+            self.bounded(
+                n,
+                "alert_after",
+                1,
+                u64::MAX,
+                "blocked attempts within one window that raise an alert",
+            )
+        });
+        let window = self
+            .required(&fields, "window")
+            .and_then(|n| self.duration(n, "window", MIN_WINDOW, MAX_WINDOW));
+        Some(Offenders {
+            alert_after: alert_after?,
+            window: window?,
+        })
+    }
+
+    /// `events: { per_second: K }`.
+    fn events(&mut self, node: &Node) -> Option<Events> {
+        let fields = self.fields(node, "events".to_string(), EVENTS_KEYS)?;
+        let per_second = self.required(&fields, "per_second").and_then(|n| {
+            self.bounded(
+                n,
+                "per_second",
+                0,
+                MAX_EVENTS_PER_SECOND,
+                "sampled drop events per second; 0 turns them off",
+            )
+        })?;
+        Some(Events {
+            per_second: u32::try_from(per_second).ok()?,
+        })
+    }
+
+    /// A whole number in `min..=max`; `meaning` says what it is in the hint.
+    fn bounded(
+        &mut self,
+        node: &Node,
+        key: &str,
+        min: u64,
+        max: u64,
+        meaning: &str,
+    ) -> Option<u64> {
+        let number = self.integer(node, &format!("a number for {key}"))?;
+        let value = u64::try_from(number)
+            .ok()
+            .filter(|n| (min..=max).contains(n));
+        if value.is_none() {
+            let range = if max == u64::MAX {
+                format!("at least {min}")
+            } else {
+                format!("{min} to {max}")
+            };
+            self.error(
+                node.pos,
+                format!("{key} {number} is out of range"),
+                Some(format!("{key} ({meaning}) is {range}")),
+            );
+        }
+        value
+    }
+
+    /// A duration such as `30s`, `10m`, `1h` or `1d`, in `min..=max`.
+    fn duration(
+        &mut self,
+        node: &Node,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let text = self.string(node, &format!("a duration for {key}"))?;
+        let duration = match parse_duration(text) {
+            Some(duration) => duration,
+            None => {
+                self.error(
+                    node.pos,
+                    format!("{key} \"{text}\" is not a duration"),
+                    Some(DURATION_HINT.to_string()),
+                );
+                return None;
+            }
+        };
+        if duration < min || duration > max {
+            self.error(
+                node.pos,
+                format!("{key} {text} is out of range"),
+                Some(format!("{key} is {} to {}", short(min), short(max))),
+            );
+            return None;
+        }
+        Some(duration)
     }
 
     fn ports(&mut self, node: &Node) -> Vec<u16> {
@@ -627,6 +795,28 @@ impl Checker<'_> {
         self.error(node.pos, message, Some(hint));
         None
     }
+}
+
+/// A whole number of days, hours, minutes or seconds as the policy would write it.
+fn short(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match [(86_400, "d"), (3_600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(unit, _)| seconds >= *unit && seconds.is_multiple_of(*unit))
+    {
+        Some((unit, name)) => format!("{}{name}", seconds / unit),
+        None => format!("{seconds}s"),
+    }
+}
+
+/// `30s`, `10m`, `1h`, `1d`, or any combination humantime reads (`1h 30m`); a bare number
+/// has no unit and is not a duration.
+pub(super) fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text.starts_with(['-', '+']) {
+        return None;
+    }
+    humantime::parse_duration(text).ok()
 }
 
 /// Records where `key` was first seen; returns that place if it was seen before.
