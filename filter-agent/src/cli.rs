@@ -109,6 +109,7 @@ close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
   filter-agent replay --policy policies/example.yaml capture.pcapng
   filter-agent replay --policy tests/corpus/policy.yaml --expect tests/corpus/corpus.expect tests/corpus/corpus.pcap
   filter-agent replay --policy p.yaml --format json capture.pcap > verdicts.jsonl
+  filter-agent replay --policy tests/corpus/reject.yaml --replies replies.pcap tests/corpus/reject.pcap
 
 The --expect file has one line per frame, `N VERDICT REASON  # comment` (N counts frames
 across all captures from 1), or JSON lines as printed by --format json. Any mismatch
@@ -121,6 +122,10 @@ exits with status 1.")]
         /// Expected verdicts; exit 1 listing every frame whose kernel verdict differs.
         #[arg(long, value_name = "FILE")]
         expect: Option<PathBuf>,
+        /// Write the frames the program sent back (reject's TCP resets) to this pcap, in
+        /// frame order.
+        #[arg(long, value_name = "FILE")]
+        replies: Option<PathBuf>,
         /// pcap or pcapng files with Ethernet frames.
         #[arg(required = true, value_name = "CAPTURE")]
         captures: Vec<PathBuf>,

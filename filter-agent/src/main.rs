@@ -127,6 +127,7 @@ fn run(command: Command) -> Result<ExitCode> {
             policy,
             format,
             expect,
+            replies,
             captures,
         } => {
             let image = load_policy(&policy)?.compile();
@@ -142,6 +143,10 @@ fn run(command: Command) -> Result<ExitCode> {
                 None => None,
             };
             let verdicts = replay::replay(&image, &captures)?;
+            if let Some(path) = &replies {
+                let written = replay::write_replies(path, &verdicts)?;
+                eprintln!("{written} replies written to {}", path.display());
+            }
             let mut stdout = io::stdout().lock();
             match format {
                 Format::Table => replay::print_table(&mut stdout, &verdicts)?,
