@@ -358,7 +358,7 @@ pub const OFFENDERS_ENTRIES: u32 = 65_536;
 pub const DESTINATION_SKETCH_BITS: u32 = 64;
 
 /// What the kernel knows about one source's blocked attempts. Times are
-/// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+/// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offender {
@@ -393,6 +393,7 @@ pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
+    /// `bpf_ktime_get_coarse_ns`, as the offender records.
     pub time_ns: u64,
     pub kind: u32,
     pub ifindex: u32,

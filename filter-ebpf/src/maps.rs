@@ -1,7 +1,7 @@
 //! Every map the program uses, declared in one place; names come from filter-common.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -103,11 +103,19 @@ pub fn count_action(stat: ActionStat) {
     }
 }
 
-/// The kernel's monotonic clock, the one every stored timestamp uses.
+/// The kernel's monotonic clock, for the relay limit's buckets.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: a helper without arguments or side effects.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// The same clock at tick resolution (a few ms), for offender records and events: it
+/// costs a fraction of the precise one, which here is a large part of a blocked frame.
+#[inline(always)]
+pub fn coarse_now_ns() -> u64 {
+    // SAFETY: as above.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[map(name = "RELAY_BUCKETS")]

@@ -19,7 +19,7 @@ pub fn observe(ctx: &XdpContext, decision: &Decision) {
         return;
     };
     let cur = Cursor::new(ctx);
-    let now = maps::now_ns();
+    let now = maps::coarse_now_ns();
     let ports = tcp_ports(&cur, decision.l4);
     if decision.blocked_attempt
         && let Some(key) = source_key(&cur, decision.family, decision.l3)

@@ -3,8 +3,8 @@
 //! sources currently over the offender threshold. Also the rendering of offender records
 //! for `filter-agent offenders`.
 //!
-//! Kernel times are `bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC; [`Clock`] pairs a reading
-//! of it with the wall clock to turn them into dates.
+//! Kernel times are `bpf_ktime_get_coarse_ns`, i.e. CLOCK_MONOTONIC at tick resolution;
+//! [`Clock`] pairs a reading of it with the wall clock to turn them into dates.
 
 use std::{
     collections::HashMap,
@@ -42,7 +42,7 @@ impl Clock {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -70,6 +70,10 @@ pub fn bench_sink(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
 
+// A host build (`cargo clippy --workspace`) takes std's panic handler instead.
+#[cfg(not(target_arch = "bpf"))]
+extern crate std;
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
