@@ -1,62 +1,101 @@
-//! The agent's own costs at 100,000 prefixes: time from start to enforcement, resident
-//! memory, and the time and map operations for a one-prefix change. Run with
-//! `cargo xtask bench-agent` (root). Uses a private network namespace with one veth pair.
+//! The agent's own costs: time from start to enforcement and peak resident memory at
+//! 1,000 / 100,000 / 1,000,000 prefixes; time and map operations of a one-prefix change in
+//! a 100,000-prefix policy; replay throughput (frames per second through
+//! `filter-agent replay`). Run with `cargo xtask bench-agent [--json] [--quick]` (root).
+//!
+//! The agent runs as its own process (the release binary) in a private network namespace
+//! with one veth pair, attaching natively to one end, with its own pin path, control
+//! socket and state file; everything is removed at the end, on error and on Ctrl-C, and a
+//! later run removes what a killed one left.
 
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use serde::Serialize;
 
-const PREFIXES: usize = 100_000;
-const NETNS: &str = "fa-bench-agent";
-const PIN_PATH: &str = "/sys/fs/bpf/filter-agent-bench";
+const AGENT: &str = env!("CARGO_BIN_EXE_filter-agent");
+const NETNS_PREFIX: &str = "fa-bench-agent-";
+const PIN_PREFIX: &str = "/sys/fs/bpf/filter-agent-bench-";
+
+/// Policy sizes for start-up, runs of each (median), and the replay capture's frames.
+struct Plan {
+    sizes: &'static [(usize, usize)],
+    change_prefixes: usize,
+    changes: usize,
+    replay_frames: usize,
+    replay_runs: usize,
+}
+
+/// (prefixes, runs): 1,000,000 once, it takes a while.
+const FULL: Plan = Plan {
+    sizes: &[(1_000, 5), (100_000, 3), (1_000_000, 1)],
+    change_prefixes: 100_000,
+    changes: 5,
+    replay_frames: 100_000,
+    replay_runs: 3,
+};
+const QUICK: Plan = Plan {
+    sizes: &[(1_000, 1), (100_000, 1)],
+    change_prefixes: 100_000,
+    changes: 2,
+    replay_frames: 10_000,
+    replay_runs: 1,
+};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
 
 fn sh(args: &[&str]) -> Result<()> {
-    let status = Command::new(args[0]).args(&args[1..]).status()?;
-    if !status.success() {
-        bail!("{args:?} failed");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
-/// 100,000 prefixes: /24s of 100.64.0.0/10 and 10.0.0.0/8 in two block groups, /48s of
-/// 2001:db8::/32 in an allow group, one group changed in the second policy.
-fn policy(interface: &str, changed: bool) -> String {
-    let mut text = String::from("version: 1\nports: [25]\nrelays: [203.0.113.25]\ngroups:\n");
-    let v4 = PREFIXES * 8 / 10;
+/// A policy of `size` prefixes: 80 % IPv4 /24s in two block groups, 20 % IPv6 /48s in an
+/// allow group. `changed`: residential loses its first prefix and leased-line gains
+/// 198.18.0.0/24 (one prefix moved: a delete and an insert).
+fn policy(size: usize, interface: &str, changed: bool) -> String {
+    let mut text = String::with_capacity(size * 28);
+    text.push_str("version: 1\nports: [25]\nrelays: [203.0.113.25]\ngroups:\n");
+    let v4 = size * 8 / 10;
+    let v4_prefix = |i: usize| format!("{}.{}.{}.0/24", 1 + i / 65_536, (i / 256) % 256, i % 256);
+    let v6_prefix = |i: usize| format!("2a00:{:x}:{:x}::/48", i / 65_536, i % 65_536);
     let mut group = |name: &str, smtp: &str, prefixes: &mut dyn Iterator<Item = String>| {
         let _ = writeln!(text, "  - name: {name}\n    smtp: {smtp}\n    prefixes:");
         for p in prefixes {
             let _ = writeln!(text, "      - \"{p}\"");
         }
     };
-    let first = if changed { 1 } else { 0 };
-    group(
-        "residential",
-        "block",
-        &mut (first..v4 / 2).map(|i| format!("100.{}.{}.0/24", 64 + i / 256, i % 256)),
-    );
-    group(
-        "business",
-        "block",
-        &mut (0..v4 / 2).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)),
-    );
-    let extra = if changed {
-        vec!["100.63.255.0/24".to_string()]
-    } else {
-        vec![]
-    };
+    let first = usize::from(changed);
+    group("residential", "block", &mut (first..v4 / 2).map(v4_prefix));
+    group("business", "block", &mut (v4 / 2..v4).map(v4_prefix));
+    let extra = changed.then(|| "198.18.0.0/24".to_string());
     group(
         "leased-line",
         "allow",
-        &mut (0..PREFIXES - v4)
-            .map(|i| format!("2001:db8:{:x}::/48", i))
-            .chain(extra),
+        &mut (0..size - v4).map(v6_prefix).chain(extra),
     );
     let _ = write!(
         text,
@@ -65,7 +104,7 @@ fn policy(interface: &str, changed: bool) -> String {
     text
 }
 
-fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -74,124 +113,577 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
-fn main() -> Result<()> {
-    let json = std::env::args().any(|a| a == "--json");
-    let _ = Command::new("ip")
-        .args(["netns", "del", NETNS])
-        .stderr(Stdio::null())
-        .status();
-    sh(&["ip", "netns", "add", NETNS])?;
-    let result = measure(json);
-    let _ = Command::new(env!("CARGO_BIN_EXE_filter-agent"))
-        .args(["detach", "--pin-path", PIN_PATH])
-        .output();
-    let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
-    result
+/// The namespace, pin path, socket and files of this run; dropping it removes them.
+struct Bench {
+    pid: u32,
+    dir: PathBuf,
 }
 
-fn measure(json: bool) -> Result<()> {
-    sh(&[
-        "ip", "-n", NETNS, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
-    ])?;
-    sh(&["ip", "-n", NETNS, "link", "set", "bench0", "up"])?;
-    sh(&["ip", "-n", NETNS, "link", "set", "bench1", "up"])?;
-    let dir = std::env::temp_dir().join("filter-agent-bench-agent");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, policy("bench0", false))?;
+impl Bench {
+    fn new() -> Result<Bench> {
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("filter-agent-bench-agent-{pid}"));
+        std::fs::create_dir_all(&dir)?;
+        let bench = Bench { pid, dir };
+        sh(&["ip", "netns", "add", &bench.netns()])?;
+        let ns = bench.netns();
+        sh(&[
+            "ip", "-n", &ns, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
+        ])?;
+        sh(&["ip", "-n", &ns, "link", "set", "bench0", "up"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "bench1", "up"])?;
+        Ok(bench)
+    }
 
-    let started = Instant::now();
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{NETNS}"))
-        .arg(env!("CARGO_BIN_EXE_filter-agent"))
-        .args(["run", "--pin-path", PIN_PATH, "--policy"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    fn netns(&self) -> String {
+        format!("{NETNS_PREFIX}{}", self.pid)
+    }
+
+    fn pin_path(&self) -> String {
+        format!("{PIN_PREFIX}{}", self.pid)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    fn detach(pin_path: &str) {
+        if Path::new(pin_path).exists() {
+            let _ = Command::new(AGENT)
+                .args(["detach", "--pin-path", pin_path])
+                .stdin(Stdio::null())
+                .output();
+            let _ = std::fs::remove_dir(pin_path);
         }
-    });
-    let wait_for = |needle: &str| -> Result<String> {
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120))
-                .with_context(|| format!("waiting for {needle:?}"))?;
-            if line.contains(needle) {
-                return Ok(line);
+    }
+
+    fn remove(pid: u32) {
+        Self::detach(&format!("{PIN_PREFIX}{pid}"));
+        let ns = format!("{NETNS_PREFIX}{pid}");
+        if Path::new("/run/netns").join(&ns).exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// Removes what runs killed without a chance to clean up left behind.
+    fn remove_stale() {
+        let mut pids = Vec::new();
+        for (dir, prefix) in [
+            ("/run/netns", NETNS_PREFIX),
+            ("/sys/fs/bpf", "filter-agent-bench-"),
+        ] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(pid) = name.strip_prefix(prefix).and_then(|p| p.parse().ok()) {
+                        pids.push(pid);
+                    }
+                }
             }
         }
-    };
-    wait_for("enforcing after")?;
-    let first_enforcement = started.elapsed();
-    let rss = rss_kib(pid, "VmRSS:")?;
-    let peak = rss_kib(pid, "VmHWM:")?;
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("removing the namespace and pins left by bench-agent run {pid}");
+                Self::remove(pid);
+            }
+        }
+    }
+}
 
-    // One prefix changed: residential loses 100.64.0.0/24, leased-line gains 100.63.255.0/24.
-    let tmp = dir.join(".policy.yaml.tmp");
-    std::fs::write(&tmp, policy("bench0", true))?;
-    std::fs::rename(&tmp, &path)?;
-    let changed_at = Instant::now();
-    // SAFETY: kill(2) on our child.
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    let summary = wait_for("generation=2")?;
-    let reload = wait_for("reload done in")?;
-    let one_change = changed_at.elapsed();
-    let rss_after = rss_kib(pid, "VmRSS:")?;
-    // SAFETY: as above.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    child.wait()?;
+impl Drop for Bench {
+    fn drop(&mut self) {
+        Self::remove(self.pid);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
-    let field = |line: &str, key: &str| -> String {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or("?")
-            .to_string()
-    };
-    let ops = format!(
-        "added={} removed={} changed={}",
-        field(&summary, "added="),
-        field(&summary, "removed="),
-        field(&summary, "changed=")
-    );
-    let reload_ms = reload
-        .rsplit("in ")
-        .next()
-        .unwrap_or("?")
-        .trim_end_matches(" ms (parse, validate, sync)");
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "prefixes": PREFIXES,
-                "time_to_first_enforcement_ms": first_enforcement.as_millis(),
-                "rss_kib_after_start": rss,
-                "peak_rss_kib_at_start": peak,
-                "rss_kib_after_reload": rss_after,
-                "one_prefix_change_ms": one_change.as_millis(),
-                "one_prefix_change_agent_reported_ms": reload_ms,
-                "one_prefix_change_map_operations": ops,
-            })
-        );
+/// A running agent and its log lines.
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    started: Instant,
+}
+
+impl Agent {
+    fn start(bench: &Bench, policy: &Path) -> Result<Agent> {
+        let started = Instant::now();
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", bench.netns()))
+            .arg(AGENT)
+            .args(["run", "--pin-path", &bench.pin_path(), "--policy"])
+            .arg(policy)
+            .arg("--socket")
+            .arg(bench.socket())
+            .arg("--state-file")
+            .arg(bench.dir.join("exemptions.yaml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting filter-agent")?;
+        let (tx, lines) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Agent {
+            child,
+            lines,
+            started,
+        })
+    }
+
+    /// The agent's pid: `nsenter` execs it, so it is the child itself.
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if STOP.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline {
+                        bail!("no {needle:?} from the agent within {timeout:?}");
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!("the agent exited ({status}) while we waited for {needle:?}");
+                }
+            }
+        }
+    }
+
+    /// Waits until the agent watches its policy file: it sets up the watcher and then its
+    /// signal handlers just after logging "enforcing"; a SIGHUP handler means both are in.
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+            let caught = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+            if caught & (1 << (libc::SIGHUP - 1)) != 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the agent did not install a SIGHUP handler within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.signal(libc::SIGTERM);
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
     } else {
-        println!("agent with {PREFIXES} prefixes (native XDP on a veth)");
-        println!(
-            "  time to first enforcement     {} ms (process start to attached and synced)",
-            first_enforcement.as_millis()
-        );
-        println!(
-            "  resident memory               {rss} KiB after start (peak {peak} KiB), {rss_after} KiB after a reload"
-        );
-        println!(
-            "  one-prefix change             {} ms from SIGHUP to applied ({reload_ms} ms inside the agent: parse, validate, diff, apply)",
-            one_change.as_millis()
-        );
-        println!("  map operations for it         {ops}");
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+#[derive(Serialize)]
+struct Startup {
+    prefixes: usize,
+    runs: usize,
+    /// Process start to the agent's "enforcing" line (attached and maps synced), median.
+    time_to_enforcement_ms: f64,
+    time_to_enforcement_min_ms: f64,
+    time_to_enforcement_max_ms: f64,
+    /// The agent's own figure, from its log line (median).
+    agent_reported_ms: f64,
+    /// VmHWM at enforcement, largest over the runs.
+    peak_rss_kib: u64,
+    /// VmRSS at enforcement, largest over the runs.
+    rss_kib: u64,
+    policy_file_bytes: usize,
+}
+
+#[derive(Serialize)]
+struct Change {
+    prefixes: usize,
+    changes: usize,
+    /// Policy file replaced to the agent's "reload done" line, median (min..max); includes
+    /// the 300 ms the agent lets a burst of file events settle.
+    time_ms: f64,
+    time_min_ms: f64,
+    time_max_ms: f64,
+    /// The agent's own figure for parse, validate, diff and apply (median).
+    agent_reported_ms: f64,
+    /// Trie writes of each change: inserts + deletes + updates (+2 for a config switch).
+    map_operations: usize,
+    report: String,
+    /// `filter-agent exemptions add` / `remove` of one prefix through the control socket
+    /// (CLI process start to reply; the change is in the kernel when it returns), median.
+    exemption_add_ms: f64,
+    exemption_remove_ms: f64,
+    /// VmHWM after the changes: peak memory over start, reloads and exemptions.
+    peak_rss_kib: u64,
+}
+
+#[derive(Serialize)]
+struct Replay {
+    frames: usize,
+    runs: usize,
+    /// Wall time of `filter-agent replay` over the capture, median.
+    total_ms: f64,
+    /// The same over a one-frame capture: start, policy, program load.
+    startup_ms: f64,
+    /// frames / total time.
+    frames_per_second: f64,
+    /// frames / (total - startup): the per-frame rate once loaded.
+    frames_per_second_after_startup: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    startup: Vec<Startup>,
+    one_prefix_change: Change,
+    replay: Replay,
+}
+
+fn main() -> Result<()> {
+    let json = std::env::args().any(|a| a == "--json");
+    let plan = if std::env::args().any(|a| a == "--quick") {
+        QUICK
+    } else {
+        FULL
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench-agent needs root (namespaces, XDP)");
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+    Bench::remove_stale();
+    let bench = Bench::new()?;
+    let report = Report {
+        startup: plan
+            .sizes
+            .iter()
+            .map(|&(size, runs)| startup(&bench, size, runs))
+            .collect::<Result<_>>()?,
+        one_prefix_change: one_prefix_change(&bench, &plan)?,
+        replay: replay(&bench, &plan)?,
+    };
+    drop(bench);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
     }
     Ok(())
+}
+
+fn startup(bench: &Bench, size: usize, runs: usize) -> Result<Startup> {
+    let path = bench.dir.join(format!("policy-{size}.yaml"));
+    let text = policy(size, "bench0", false);
+    std::fs::write(&path, &text)?;
+    let mut times = Vec::new();
+    let mut reported = Vec::new();
+    let (mut peak, mut rss) = (0, 0);
+    for run in 0..runs {
+        // Each run starts from nothing: no pinned maps to adopt.
+        Bench::detach(&bench.pin_path());
+        let mut agent = Agent::start(bench, &path)?;
+        let line = agent.wait_for("enforcing after", Duration::from_secs(600))?;
+        let elapsed = agent.started.elapsed();
+        peak = peak.max(status_kib(agent.pid(), "VmHWM:")?);
+        rss = rss.max(status_kib(agent.pid(), "VmRSS:")?);
+        agent.stop()?;
+        times.push(ms(elapsed));
+        reported.push(
+            line.split("enforcing after ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(f64::NAN),
+        );
+        eprintln!(
+            "start with {size} prefixes, run {}/{runs}: enforcing after {:.0} ms, peak RSS {peak} KiB",
+            run + 1,
+            ms(elapsed)
+        );
+    }
+    Bench::detach(&bench.pin_path());
+    let (lo, hi) = times
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    Ok(Startup {
+        prefixes: size,
+        runs,
+        time_to_enforcement_ms: median(&mut times),
+        time_to_enforcement_min_ms: lo,
+        time_to_enforcement_max_ms: hi,
+        agent_reported_ms: median(&mut reported),
+        peak_rss_kib: peak,
+        rss_kib: rss,
+        policy_file_bytes: text.len(),
+    })
+}
+
+fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
+    let size = plan.change_prefixes;
+    let path = bench.dir.join("policy-change.yaml");
+    let texts = [policy(size, "bench0", false), policy(size, "bench0", true)];
+    std::fs::write(&path, &texts[0])?;
+    Bench::detach(&bench.pin_path());
+    let mut agent = Agent::start(bench, &path)?;
+    agent.wait_for("enforcing after", Duration::from_secs(600))?;
+    agent.wait_ready()?;
+    let mut times = Vec::new();
+    let mut reported = Vec::new();
+    let mut summary = String::new();
+    let mut operations = 0;
+    for change in 0..plan.changes {
+        // Alternate: move the prefix, then move it back; each is a one-prefix change. The
+        // file is replaced as editors do (write, rename); the agent's watcher reloads it.
+        let tmp = bench.dir.join(".policy-change.yaml.tmp");
+        std::fs::write(&tmp, &texts[(change + 1) % 2])?;
+        let replaced = Instant::now();
+        std::fs::rename(&tmp, &path)?;
+        summary = agent.wait_for("generation=", Duration::from_secs(120))?;
+        let done = agent.wait_for("reload done in", Duration::from_secs(120))?;
+        let elapsed = replaced.elapsed();
+        times.push(ms(elapsed));
+        reported.push(
+            done.split("reload done in ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(f64::NAN),
+        );
+        let field = |key: &str| -> usize {
+            summary
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let config = summary.contains("config_changed=true");
+        operations =
+            field("added=") + field("removed=") + field("changed=") + 2 * usize::from(config);
+        eprintln!(
+            "one-prefix change {}/{}: {:.1} ms, {operations} map operations",
+            change + 1,
+            plan.changes,
+            ms(elapsed)
+        );
+    }
+    // The abuse desk's one-prefix change: an exemption through the control socket, inside
+    // residential's second /24 (the first is the one the changes move).
+    let exemption = "1.0.1.128/25";
+    let mut add_times = Vec::new();
+    let mut remove_times = Vec::new();
+    for round in 0..plan.changes {
+        for (verb, times) in [("add", &mut add_times), ("remove", &mut remove_times)] {
+            let mut cmd = Command::new(AGENT);
+            cmd.args(["exemptions", verb, exemption, "--socket"])
+                .arg(bench.socket());
+            if verb == "add" {
+                cmd.args(["--reason", "bench-agent"]);
+            }
+            let started = Instant::now();
+            let out = cmd.stdin(Stdio::null()).output()?;
+            let elapsed = started.elapsed();
+            if !out.status.success() {
+                bail!(
+                    "filter-agent exemptions {verb} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            times.push(ms(elapsed));
+            eprintln!(
+                "exemption {verb} {}/{}: {:.1} ms",
+                round + 1,
+                plan.changes,
+                ms(elapsed)
+            );
+        }
+    }
+    let peak = status_kib(agent.pid(), "VmHWM:")?;
+    agent.stop()?;
+    Bench::detach(&bench.pin_path());
+    let report = summary
+        .split_whitespace()
+        .filter(|w| {
+            ["added=", "removed=", "changed=", "config_changed="]
+                .iter()
+                .any(|k| w.starts_with(k))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (lo, hi) = times
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    Ok(Change {
+        prefixes: size,
+        changes: plan.changes,
+        time_ms: median(&mut times),
+        time_min_ms: lo,
+        time_max_ms: hi,
+        agent_reported_ms: median(&mut reported),
+        map_operations: operations,
+        report,
+        exemption_add_ms: median(&mut add_times),
+        exemption_remove_ms: median(&mut remove_times),
+        peak_rss_kib: peak,
+    })
+}
+
+/// `filter-agent replay` of a capture of random frames (the differential test's mix:
+/// every encapsulation, truncations, both families) against the corpus policy.
+fn replay(bench: &Bench, plan: &Plan) -> Result<Replay> {
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/policy.yaml");
+    let mut rng = fastrand::Rng::with_seed(6);
+    let frames: Vec<Vec<u8>> = (0..plan.replay_frames)
+        .map(|_| filter_agent::fixtures::random_frame(&mut rng))
+        .collect();
+    let capture = bench.dir.join("replay.pcap");
+    let one = bench.dir.join("replay-one.pcap");
+    filter_agent::capture::write_pcap_to(std::fs::File::create(&capture)?, &frames)?;
+    filter_agent::capture::write_pcap_to(std::fs::File::create(&one)?, &frames[..1])?;
+    let time = |path: &Path| -> Result<f64> {
+        let started = Instant::now();
+        let out = Command::new(AGENT)
+            .args(["replay", "--policy"])
+            .arg(&policy)
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "filter-agent replay failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(ms(started.elapsed()))
+    };
+    let mut totals = Vec::new();
+    let mut startups = Vec::new();
+    for run in 0..plan.replay_runs {
+        if STOP.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        startups.push(time(&one)?);
+        totals.push(time(&capture)?);
+        eprintln!(
+            "replay {}/{}: {} frames in {:.0} ms (one frame: {:.0} ms)",
+            run + 1,
+            plan.replay_runs,
+            plan.replay_frames,
+            totals[run],
+            startups[run]
+        );
+    }
+    let total = median(&mut totals);
+    let startup = median(&mut startups);
+    let frames = plan.replay_frames as f64;
+    Ok(Replay {
+        frames: plan.replay_frames,
+        runs: plan.replay_runs,
+        total_ms: total,
+        startup_ms: startup,
+        frames_per_second: (frames / (total / 1e3)).round(),
+        frames_per_second_after_startup: ((frames - 1.0) / ((total - startup).max(0.1) / 1e3))
+            .round(),
+    })
+}
+
+fn print_report(r: &Report) {
+    println!("agent start-up (process start to attached and synced; native XDP on a veth)");
+    println!(
+        "  {:>9}  {:>4}  {:>16} {:>17}  {:>12}  {:>14}  {:>9}",
+        "prefixes", "runs", "to enforcement", "(min..max)", "agent's own", "peak RSS", "policy"
+    );
+    for s in &r.startup {
+        println!(
+            "  {:>9}  {:>4}  {:>13.0} ms {:>17}  {:>9.0} ms  {:>10.1} MiB  {:>5.1} MB",
+            s.prefixes,
+            s.runs,
+            s.time_to_enforcement_ms,
+            format!(
+                "({:.0}..{:.0})",
+                s.time_to_enforcement_min_ms, s.time_to_enforcement_max_ms
+            ),
+            s.agent_reported_ms,
+            s.peak_rss_kib as f64 / 1024.0,
+            s.policy_file_bytes as f64 / 1e6
+        );
+    }
+    let c = &r.one_prefix_change;
+    println!(
+        "\none-prefix change in a {}-prefix policy (file replaced to applied), {} changes",
+        c.prefixes, c.changes
+    );
+    println!(
+        "  {:.1} ms median ({:.1}..{:.1}), of which 300 ms the agent waits for file events to \
+         settle;\n  {:.0} ms inside the agent (parse, validate, diff, apply)",
+        c.time_ms, c.time_min_ms, c.time_max_ms, c.agent_reported_ms
+    );
+    println!(
+        "  {} map operations ({}); peak RSS {:.1} MiB",
+        c.map_operations,
+        c.report,
+        c.peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "  an exemption through the control socket instead: add {:.1} ms, remove {:.1} ms \
+         (CLI start to reply, median)",
+        c.exemption_add_ms, c.exemption_remove_ms
+    );
+    let p = &r.replay;
+    println!(
+        "\nreplay of {} random frames (filter-agent replay, real XDP program, corpus policy)",
+        p.frames
+    );
+    println!(
+        "  {:.0} ms total, {:.0} frames/s; start-up {:.0} ms, {:.0} frames/s after it",
+        p.total_ms, p.frames_per_second, p.startup_ms, p.frames_per_second_after_startup
+    );
 }

@@ -1,4 +1,4 @@
-//! Project chores: `cargo xtask setup | test | demo | bench`.
+//! Project chores: `cargo xtask setup | test | demo | docs | bench | bench-agent | bench-live`.
 //! xtask must build without the eBPF toolchain, because `setup` installs it.
 
 use std::{
@@ -38,16 +38,37 @@ enum Task {
     /// Write shell completions and man pages, generated from the CLI definitions, into
     /// target/docs.
     Docs,
-    /// Set up, then measure the agent at 100,000 prefixes: time to first enforcement,
-    /// resident memory, a one-prefix change.
+    /// Set up, then measure the agent: time from start to enforcement and peak memory at
+    /// 1,000 / 100,000 / 1,000,000 prefixes, a one-prefix change in a 100,000-prefix
+    /// policy, and replay throughput.
     BenchAgent {
         #[arg(long)]
         json: bool,
+        /// Smaller sizes and captures: a smoke run, not for reporting.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Set up, then flood a router namespace with NIC-like frames (SYNs to tcp/25, and
+    /// tcp/443) and measure the receive CPU per packet of our XDP filter, XDP baselines,
+    /// nftables and plain forwarding, interleaved (about 7 minutes).
+    BenchLive {
+        #[arg(long)]
+        json: bool,
+        /// Two policy sizes, three repetitions, fewer frames (about a minute): a smoke
+        /// run, not for reporting.
+        #[arg(long)]
+        quick: bool,
+        /// Also report each XDP program's own run time per packet (BPF_ENABLE_STATS; the
+        /// kernel's timing then adds to every figure): where the time goes.
+        #[arg(long)]
+        prog_stats: bool,
     },
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const DEBIAN_PACKAGES: &[&str] = &["iproute2"];
+/// iproute2 for the labs; nftables and ethtool for `bench-live` (the nftables setups,
+/// and offload settings and per-queue XDP counters of the veths).
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "nftables", "ethtool"];
 
 fn main() -> Result<()> {
     let root = workspace_root();
@@ -89,12 +110,22 @@ fn main() -> Result<()> {
                 "target/docs",
             ]))
         }
-        Task::Bench { json } => bench("xdp", json),
-        Task::BenchAgent { json } => bench("agent", json),
+        Task::Bench { json } => bench("xdp", json, false, &[]),
+        Task::BenchAgent { json, quick } => bench("agent", json, quick, &[]),
+        Task::BenchLive {
+            json,
+            quick,
+            prog_stats,
+        } => bench(
+            "live",
+            json,
+            quick,
+            if prog_stats { &["--prog-stats"] } else { &[] },
+        ),
     }
 }
 
-fn bench(name: &str, json: bool) -> Result<()> {
+fn bench(name: &str, json: bool, quick: bool, extra: &[&str]) -> Result<()> {
     setup()?;
     require_root("the benchmarks load XDP programs")?;
     let mut cmd = Command::new("cargo");
@@ -110,6 +141,10 @@ fn bench(name: &str, json: bool) -> Result<()> {
     if json {
         cmd.arg("--json");
     }
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(extra);
     run(&mut cmd)
 }
 

@@ -11,7 +11,8 @@
 //! `bench_sink` sits on the internet namespace's veth and counts and drops what the router
 //! forwarded, so forwarded packets cost the internet side nothing but this.
 #![no_std]
-#![no_main]
+// A host build (`cargo build --workspace`) gets an empty `main` so that it links.
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP},
@@ -73,6 +74,9 @@ pub fn bench_sink(_ctx: XdpContext) -> u32 {
 // A host build (`cargo clippy --workspace`) takes std's panic handler instead.
 #[cfg(not(target_arch = "bpf"))]
 extern crate std;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
