@@ -141,7 +141,7 @@ pub fn relay_bucket_take(key: &SourceKey, interval: u64, tolerance: u64) -> bool
             // A new source starts with a full bucket; if the insert fails (it cannot for
             // an LRU map short of memory), the SYN still passes: fail open on the relay.
             let next = gcra(None, now, interval, tolerance).unwrap_or(now);
-            let _ = RELAY_BUCKETS.insert(key, &next, 0);
+            let _ = RELAY_BUCKETS.insert(key, next, 0);
             true
         }
     }

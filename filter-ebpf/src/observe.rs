@@ -151,7 +151,7 @@ fn offender(
                 padding: 0,
                 group: decision.group,
             };
-            let _ = OFFENDERS.insert(key, &record, 0);
+            let _ = OFFENDERS.insert(key, record, 0);
             1
         }
     };

@@ -72,9 +72,7 @@ pub fn rewrite(ctx: &XdpContext, decision: &Decision) -> bool {
 
     // SAFETY: inside the frame (checked above); the program owns the frame.
     unsafe {
-        let destination = (*ethernet).destination;
-        (*ethernet).destination = (*ethernet).source;
-        (*ethernet).source = destination;
+        core::mem::swap(&mut (*ethernet).destination, &mut (*ethernet).source);
     }
     let (ip_len, pseudo_sum) = match decision.family {
         Family::Ipv4 => match write_ipv4(&cur, l3) {
