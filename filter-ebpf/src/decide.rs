@@ -53,61 +53,101 @@ impl Decision {
     }
 }
 
+/// What the headers alone say about a frame.
+pub enum Judged {
+    /// Passed without looking at the source (not IP, not TCP, a later fragment, another
+    /// port, unreadable headers without an address).
+    Passed(Decision),
+    /// The source's rule decides (see [`decide_source`]): a TCP segment to a filtered
+    /// port (reason `Port` until then), or a malformed frame whose source address is in
+    /// it (reason `Malformed`). Offsets and family are set.
+    NeedsSource(Decision),
+}
+
 #[inline(always)]
-pub fn judge(ctx: &XdpContext) -> Decision {
+pub fn judge(ctx: &XdpContext) -> Judged {
     let cur = Cursor::new(ctx);
     let packet = match parse(&cur) {
         Ok(packet) => packet,
-        Err(Stop::NotIp) => return Decision::pass(Family::Other, Reason::NotIp),
-        Err(Stop::Malformed { family, l3 }) => return malformed(&cur, family, l3),
+        Err(Stop::NotIp) => return Judged::Passed(Decision::pass(Family::Other, Reason::NotIp)),
+        Err(Stop::Malformed { family, l3 }) => return malformed(family, l3),
     };
     let family = packet.family;
     if packet.protocol != IPPROTO_TCP {
-        return Decision::pass(family, Reason::NotTcp);
+        return Judged::Passed(Decision::pass(family, Reason::NotTcp));
     }
     if packet.non_first_fragment {
-        return Decision::pass(family, Reason::Fragment);
+        return Judged::Passed(Decision::pass(family, Reason::Fragment));
     }
     let Some(dport) = cur.tcp_destination_port(packet.l4) else {
-        return malformed(&cur, family, Some(packet.l3));
+        return malformed(family, Some(packet.l3));
     };
-    let Some(config) = maps::config() else {
-        return Decision::pass(family, Reason::Port);
-    };
-    if !config.port_filtered(dport) {
-        return Decision::pass(family, Reason::Port);
+    let filtered = maps::config().is_some_and(|config| config.port_filtered(dport));
+    if !filtered {
+        return Judged::Passed(Decision::pass(family, Reason::Port));
     }
-    let Some(rule) = source_rule(&cur, family, packet.l3) else {
-        return Decision::pass(family, Reason::Unmanaged);
-    };
-    let mut decision = Decision {
-        group: rule.group,
+    Judged::NeedsSource(Decision {
         pppoe: packet.pppoe,
         l3: packet.l3,
         l4: packet.l4,
-        ..Decision::pass(family, Reason::Exempt)
+        ..Decision::pass(family, Reason::Port)
+    })
+}
+
+/// A malformed frame is judged by its source when the address is readable.
+#[inline(always)]
+fn malformed(family: Family, l3: Option<usize>) -> Judged {
+    let decision = Decision::pass(family, Reason::Malformed);
+    match l3 {
+        Some(l3) => Judged::NeedsSource(Decision { l3, ..decision }),
+        None => Judged::Passed(decision),
+    }
+}
+
+/// Completes a [`Judged::NeedsSource`] decision: source longest-prefix match, relay check
+/// with the relay limit, and the block action (drop or reject). A malformed frame is
+/// dropped only when its source is blocked.
+#[inline(always)]
+pub fn decide_source(cur: &Cursor, decision: &mut Decision) {
+    let malformed = matches!(decision.reason, Reason::Malformed);
+    let (Some(rule), Some(config)) = (
+        source_rule(cur, decision.family, decision.l3),
+        maps::config(),
+    ) else {
+        if !malformed {
+            decision.reason = Reason::Unmanaged;
+        }
+        return;
     };
+    decision.group = rule.group;
     // Anything not explicitly `allow` is treated as `block`: fail closed.
     if rule.smtp == SMTP_ALLOW {
-        return decision;
+        if !malformed {
+            decision.reason = Reason::Exempt;
+        }
+        return;
     }
-    if is_relay(config, &cur, family, packet.l3) {
+    if malformed {
+        enforce(config, decision, Reason::Malformed);
+        return;
+    }
+    let (family, l3, l4) = (decision.family, decision.l3, decision.l4);
+    if is_relay(config, cur, family, l3) {
         if config.relay_interval_ns != 0
-            && is_connection_request(cur.tcp_flags(packet.l4))
-            && !relay_conforms(config, &cur, family, packet.l3)
+            && is_connection_request(cur.tcp_flags(l4))
+            && !relay_conforms(config, cur, family, l3)
         {
-            enforce(config, &mut decision, Reason::RateLimited);
+            enforce(config, decision, Reason::RateLimited);
         } else {
             decision.reason = Reason::Relay;
         }
-        return decision;
+        return;
     }
-    enforce(config, &mut decision, Reason::Blocked);
+    enforce(config, decision, Reason::Blocked);
     decision.blocked_attempt = true;
-    if decision.verdict == VERDICT_DROP && config.reject() && can_reject(&cur, packet.l4) {
+    if decision.verdict == VERDICT_DROP && config.reject() && can_reject(cur, l4) {
         decision.verdict = VERDICT_REJECT;
     }
-    decision
 }
 
 /// Drop for `reason`, or in monitor mode only count it as monitored.
@@ -143,26 +183,6 @@ fn relay_conforms(config: &Config, cur: &Cursor, family: Family, l3: usize) -> b
         return true;
     };
     maps::relay_bucket_take(&key, config.relay_interval_ns, config.relay_tolerance_ns)
-}
-
-/// A malformed frame is dropped only when its source is readable and blocked.
-#[inline(always)]
-fn malformed(cur: &Cursor, family: Family, l3: Option<usize>) -> Decision {
-    let mut decision = Decision::pass(family, Reason::Malformed);
-    let Some(l3) = l3 else {
-        return decision;
-    };
-    let Some(rule) = source_rule(cur, family, l3) else {
-        return decision;
-    };
-    decision.group = rule.group;
-    decision.l3 = l3;
-    if rule.smtp != SMTP_ALLOW
-        && let Some(config) = maps::config()
-    {
-        enforce(config, &mut decision, Reason::Malformed);
-    }
-    decision
 }
 
 #[inline(always)]

@@ -13,36 +13,43 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
+use decide::{Decision, Judged};
 use filter_common::{ActionStat, VERDICT_PASS, VERDICT_REJECT};
+use parse::Cursor;
 
 #[xdp]
 pub fn smtp_filter(ctx: XdpContext) -> u32 {
-    let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    let decision = decide::judge(&ctx);
-    let slot = maps::interface_slot(ctx.ingress_ifindex() as u32);
-    maps::count(&decision, slot, frame_len);
-    if !decision.noteworthy() {
-        return XDP_PASS;
+    match decide::judge(&ctx) {
+        Judged::Passed(decision) => {
+            count(&ctx, &decision);
+            XDP_PASS
+        }
+        // The verifier would walk the code from here on once for every parse path that
+        // reaches it (each VLAN/PPPoE/extension-header combination has its own offsets).
+        // Passing the decision through a map makes those paths one state.
+        Judged::NeedsSource(decision) => match maps::stash(decision) {
+            Some(stored) => finish(&ctx, stored),
+            None => XDP_DROP,
+        },
     }
-    // The verifier would walk the code below once for every parse path that reaches it
-    // (each VLAN/PPPoE/extension-header combination has its own offsets). Passing the
-    // decision through a map makes those paths one state.
-    let Some(stored) = maps::stash(decision) else {
-        return XDP_DROP;
-    };
-    act(&ctx, stored)
 }
 
 const OFFSET_MASK: usize = 0xfff;
 
-/// Records a frame that is not simply passed and carries out its verdict.
+/// Decides a frame by its source, counts and records it, and carries out its verdict.
 #[inline(never)]
-fn act(ctx: &XdpContext, decision: &mut decide::Decision) -> u32 {
+fn finish(ctx: &XdpContext, decision: &mut Decision) -> u32 {
     // Read back from the map, the offsets are unknown to the verifier: masking bounds
     // them (they are below a page anyway) so offset arithmetic stays provably in range.
     decision.pppoe &= OFFSET_MASK;
     decision.l3 &= OFFSET_MASK;
     decision.l4 &= OFFSET_MASK;
+    decide::decide_source(&Cursor::new(ctx), decision);
+    // Counted before a reply rewrites the frame, so as it arrived.
+    count(ctx, decision);
+    if !decision.noteworthy() {
+        return XDP_PASS;
+    }
     // Before a reply overwrites the frame: records read the original headers.
     observe::observe(ctx, decision);
     match decision.verdict {
@@ -53,6 +60,12 @@ fn act(ctx: &XdpContext, decision: &mut decide::Decision) -> u32 {
         }
         _ => XDP_DROP,
     }
+}
+
+#[inline(always)]
+fn count(ctx: &XdpContext, decision: &Decision) {
+    let slot = maps::interface_slot(ctx.ingress_ifindex() as u32);
+    maps::count(decision, slot, (ctx.data_end() - ctx.data()) as u64);
 }
 
 /// The benchmark baseline: the cost of running any XDP program at all.
