@@ -23,6 +23,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+mod support;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_filter-agent");
 const NETNS_PREFIX: &str = "fa-bench-agent-";
 const PIN_PREFIX: &str = "/sys/fs/bpf/filter-agent-bench-";
@@ -170,27 +172,13 @@ impl Bench {
 
     /// Removes what runs killed without a chance to clean up left behind.
     fn remove_stale() {
-        let mut pids = Vec::new();
-        for (dir, prefix) in [
+        let places = [
             ("/run/netns", NETNS_PREFIX),
-            ("/sys/fs/bpf", "filter-agent-bench-"),
-        ] {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if let Some(pid) = name.strip_prefix(prefix).and_then(|p| p.parse().ok()) {
-                        pids.push(pid);
-                    }
-                }
-            }
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        for pid in pids {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                eprintln!("removing the namespace and pins left by bench-agent run {pid}");
-                Self::remove(pid);
-            }
+            ("/sys/fs/bpf", PIN_PREFIX.trim_start_matches("/sys/fs/bpf/")),
+        ];
+        for pid in support::stale_runs(&places) {
+            eprintln!("removing the namespace and pins left by bench-agent run {pid}");
+            Self::remove(pid);
         }
     }
 }

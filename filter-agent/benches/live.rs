@@ -61,6 +61,11 @@ use filter_common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
+#[path = "../tests/lab/ip.rs"]
+mod ip_batch;
+use ip_batch::ip;
+mod support;
+
 /// The traffic generator and sink, built by build.rs from filter-ebpf's `bench_sender` bin.
 static SENDER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_sender"));
@@ -335,37 +340,13 @@ impl Bed {
 
     /// Removes what runs killed without a chance to clean up left behind.
     fn remove_stale() {
-        let mut pids = Vec::new();
-        if let Ok(entries) = std::fs::read_dir("/run/netns") {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name
-                    .strip_prefix(NS_PREFIX)
-                    .and_then(|rest| rest.split('-').next())
-                    .and_then(|pid| pid.parse::<u32>().ok())
-                {
-                    pids.push(pid);
-                }
-            }
-        }
-        if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
-            for entry in entries.flatten() {
-                let path = entry.path().to_string_lossy().into_owned();
-                if let Some(pid) = path
-                    .strip_prefix(PIN_PREFIX)
-                    .and_then(|pid| pid.parse::<u32>().ok())
-                {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids.sort();
-        pids.dedup();
-        for pid in pids {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                eprintln!("removing namespaces and pins left by bench-live run {pid}");
-                Self::remove(pid);
-            }
+        let places = [
+            ("/run/netns", NS_PREFIX),
+            ("/sys/fs/bpf", PIN_PREFIX.trim_start_matches("/sys/fs/bpf/")),
+        ];
+        for pid in support::stale_runs(&places) {
+            eprintln!("removing namespaces and pins left by bench-live run {pid}");
+            Self::remove(pid);
         }
     }
 }
@@ -400,34 +381,6 @@ fn in_ns(ns: &str, program: &str) -> Command {
     cmd.arg(format!("--net={}", Bed::netns_path(ns).display()))
         .arg(program);
     cmd
-}
-
-/// `ip [-n NS] -batch -` with one command per line.
-fn ip(ns: Option<&str>, commands: &str) -> Result<()> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = ns {
-        cmd.args(["-n", ns]);
-    }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running ip")?;
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(commands.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "ip -batch failed: {}\ncommands:\n{commands}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {

@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+#[path = "ip.rs"]
+mod ip_batch;
+use ip_batch::ip;
+
 /// The remote MTA (any host on the internet that is not a relay).
 pub const REMOTE_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
 pub const REMOTE_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x9));
@@ -460,35 +464,6 @@ impl Drop for Listener {
             let _ = thread.join();
         }
     }
-}
-
-/// Runs `ip [-n NS] -batch -` with `commands` (one per line) on stdin.
-fn ip(netns: Option<&str>, commands: &str) -> anyhow::Result<()> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = netns {
-        cmd.args(["-n", ns]);
-    }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running ip")?;
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(commands.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "ip {}-batch failed: {}\ncommands:\n{commands}",
-            netns.map(|ns| format!("-n {ns} ")).unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> Outcome {
