@@ -108,12 +108,10 @@ fn malformed(family: Family, l3: Option<usize>) -> Judged {
 /// with the relay limit, and the block action (drop or reject). A malformed frame is
 /// dropped only when its source is blocked.
 #[inline(always)]
-pub fn decide_source(cur: &Cursor, decision: &mut Decision) {
+pub fn decide_source(cur: &Cursor, config: Option<&Config>, decision: &mut Decision) {
     let malformed = matches!(decision.reason, Reason::Malformed);
-    let (Some(rule), Some(config)) = (
-        source_rule(cur, decision.family, decision.l3),
-        maps::config(),
-    ) else {
+    let (Some(rule), Some(config)) = (source_rule(cur, decision.family, decision.l3), config)
+    else {
         if !malformed {
             decision.reason = Reason::Unmanaged;
         }

@@ -44,14 +44,17 @@ fn finish(ctx: &XdpContext, decision: &mut Decision) -> u32 {
     decision.pppoe &= OFFSET_MASK;
     decision.l3 &= OFFSET_MASK;
     decision.l4 &= OFFSET_MASK;
-    decide::decide_source(&Cursor::new(ctx), decision);
+    let config = maps::config();
+    decide::decide_source(&Cursor::new(ctx), config, decision);
     // Counted before a reply rewrites the frame, so as it arrived.
     count(ctx, decision);
     if !decision.noteworthy() {
         return XDP_PASS;
     }
     // Before a reply overwrites the frame: records read the original headers.
-    observe::observe(ctx, decision);
+    if let Some(config) = config {
+        observe::observe(ctx, config, decision);
+    }
     match decision.verdict {
         VERDICT_PASS => XDP_PASS,
         VERDICT_REJECT if reply::rewrite(ctx, decision) => {

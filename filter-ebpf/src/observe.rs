@@ -14,10 +14,7 @@ use crate::{
 
 /// Records a dropped, rejected or monitored frame.
 #[inline(always)]
-pub fn observe(ctx: &XdpContext, decision: &Decision) {
-    let Some(config) = maps::config() else {
-        return;
-    };
+pub fn observe(ctx: &XdpContext, config: &Config, decision: &Decision) {
     let cur = Cursor::new(ctx);
     let now = maps::coarse_now_ns();
     let ports = tcp_ports(&cur, decision.l4);
@@ -34,6 +31,7 @@ pub fn observe(ctx: &XdpContext, decision: &Decision) {
                 EVENT_OFFENDER,
                 [a, b, 0, 0],
                 destination,
+                ports,
                 now,
                 attempts,
             );
@@ -56,6 +54,7 @@ pub fn observe(ctx: &XdpContext, decision: &Decision) {
         EVENT_SAMPLE,
         source,
         destination,
+        ports,
         now,
         0,
     );
@@ -71,6 +70,7 @@ fn send(
     kind: u32,
     source: [u32; 4],
     destination: [u32; 4],
+    [sport, dport]: [u16; 2],
     now: u64,
     attempts: u64,
 ) {
@@ -78,7 +78,6 @@ fn send(
         maps::count_action(ActionStat::EventsLost);
         return;
     };
-    let [sport, dport] = tcp_ports(cur, decision.l4);
     let flags = if decision.l4 == 0 {
         0
     } else {
