@@ -1,0 +1,233 @@
+//! The `#[repr(C)]` keys and values stored in the maps. Fields that hold a vocabulary
+//! value (`verdict`, `family`, ...) stay raw `u32`: decoding them with `TryFrom` fails
+//! closed on a number this build does not know.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::verdict::{EventKind, Family, Smtp};
+
+/// The value of a source-prefix entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRule {
+    /// 1-based group number (see [`crate::MAX_GROUPS`]).
+    pub group: u32,
+    /// A [`Smtp`] as u32; the kernel treats anything but `Allow` as `Block`.
+    pub smtp: u32,
+}
+
+impl SourceRule {
+    pub const fn new(group: u32, smtp: Smtp) -> Self {
+        SourceRule {
+            group,
+            smtp: smtp as u32,
+        }
+    }
+
+    /// Whether the group may send: only an explicit `Allow` may (fail closed).
+    #[inline(always)]
+    pub const fn allows(&self) -> bool {
+        self.smtp == Smtp::Allow as u32
+    }
+}
+
+/// Longest group name, in bytes.
+pub const GROUP_NAME_MAX: usize = 60;
+
+/// A group's name; `len == 0` marks a free id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupName {
+    pub len: u32,
+    pub bytes: [u8; GROUP_NAME_MAX],
+}
+
+/// Packet and byte totals of one counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub const INTERFACE_NAME_MAX: usize = 16;
+
+/// The interface a counter slot belongs to; `ifindex == 0` marks a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceSlot {
+    pub ifindex: u32,
+    pub name: [u8; INTERFACE_NAME_MAX],
+}
+
+/// Who a rate-limit bucket or offender record belongs to: an IPv4 address, or the /64 of
+/// an IPv6 address (a customer holds at least a /64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    /// [`Family`] as u32.
+    pub family: u32,
+    /// IPv4: the 4 address bytes, then zeros. IPv6: the first 8 address bytes.
+    pub address: [u8; 8],
+}
+
+impl SourceKey {
+    /// The key of a source address: the address itself, or its IPv6 /64.
+    pub fn from_ip(source: IpAddr) -> SourceKey {
+        let mut address = [0u8; 8];
+        let family = match source {
+            IpAddr::V4(a) => {
+                address[..4].copy_from_slice(&a.octets());
+                Family::Ipv4
+            }
+            IpAddr::V6(a) => {
+                address.copy_from_slice(&a.octets()[..8]);
+                Family::Ipv6
+            }
+        };
+        SourceKey {
+            family: family as u32,
+            address,
+        }
+    }
+
+    /// The key named by 16 address bytes as records and events hold them (IPv4 in the
+    /// first 4); `None` for a family that carries no address.
+    pub fn from_bytes(family: u32, bytes: &[u8; 16]) -> Option<SourceKey> {
+        address(family, bytes).map(SourceKey::from_ip)
+    }
+
+    /// The IPv4 address, or the network address of the IPv6 /64; `None` for an unknown
+    /// family.
+    pub fn ip(&self) -> Option<IpAddr> {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.address);
+        match Family::from_code(self.family) {
+            Family::Ipv4 => address(self.family, &bytes),
+            Family::Ipv6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
+            Family::Other => None,
+        }
+    }
+}
+
+/// An address of an event or offender record (IPv4 in the first 4 bytes); `None` for a
+/// family that carries no address.
+pub fn address(family: u32, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match Family::from_code(family) {
+        Family::Ipv4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        Family::Ipv6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        Family::Other => None,
+    }
+}
+
+/// Bits in `Offender::destination_sketch`: a destination sets bit `hash % 64`, and the
+/// number of distinct destinations is estimated from the bits still clear (linear
+/// counting), so it is exact-ish for a handful and saturates in the low hundreds.
+pub const DESTINATION_SKETCH_BITS: u32 = 64;
+
+/// What the kernel knows about one source's blocked attempts. Times are
+/// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offender {
+    pub attempts: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Start of the current alert window and the attempts inside it.
+    pub window_start_ns: u64,
+    pub window_attempts: u64,
+    pub destination_sketch: u64,
+    /// IPv4 destinations in the first 4 bytes.
+    pub last_destination: [u8; 16],
+    pub last_dport: u16,
+    pub padding: u16,
+    pub group: u32,
+}
+
+/// One ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_coarse_ns`, as the offender records.
+    pub time_ns: u64,
+    /// An [`EventKind`] as u32.
+    pub kind: u32,
+    pub ifindex: u32,
+    /// [`Family`] as u32.
+    pub family: u32,
+    /// A [`crate::Verdict`] as u32.
+    pub verdict: u32,
+    /// [`crate::Reason`] as u32.
+    pub reason: u32,
+    pub group: u32,
+    /// IPv4 addresses in the first 4 bytes. For offender alerts `source` holds the
+    /// [`SourceKey`] address (an IPv6 /64 network).
+    pub source: [u8; 16],
+    pub destination: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u32,
+    /// Offender alerts: attempts in the window when the alert was raised.
+    pub attempts: u64,
+}
+
+impl Event {
+    /// The source an offender alert names.
+    pub fn alert_key(&self) -> Option<SourceKey> {
+        SourceKey::from_bytes(self.family, &self.source)
+    }
+
+    pub fn is(&self, kind: EventKind) -> bool {
+        self.kind == kind as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_keys_are_per_64() {
+        let a = SourceKey::from_ip("2001:db8:1000:42::1".parse().unwrap());
+        let b = SourceKey::from_ip("2001:db8:1000:42:ffff::9".parse().unwrap());
+        let c = SourceKey::from_ip("2001:db8:1000:43::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.ip(), Some("2001:db8:1000:42::".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv4_keys_round_trip() {
+        let source: IpAddr = "100.64.1.10".parse().unwrap();
+        let key = SourceKey::from_ip(source);
+        assert_eq!(key.family, Family::Ipv4 as u32);
+        assert_eq!(key.address, [100, 64, 1, 10, 0, 0, 0, 0]);
+        assert_eq!(key.ip(), Some(source));
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&[100, 64, 1, 10]);
+        assert_eq!(
+            SourceKey::from_bytes(Family::Ipv4 as u32, &bytes),
+            Some(key)
+        );
+    }
+
+    #[test]
+    fn unknown_families_carry_no_address() {
+        let key = SourceKey {
+            family: 9,
+            address: [1; 8],
+        };
+        assert_eq!(key.ip(), None);
+        assert_eq!(address(Family::Other as u32, &[1; 16]), None);
+        assert_eq!(SourceKey::from_bytes(0, &[1; 16]), None);
+    }
+
+    #[test]
+    fn only_an_explicit_allow_allows() {
+        assert!(SourceRule::new(1, Smtp::Allow).allows());
+        assert!(!SourceRule::new(1, Smtp::Block).allows());
+        assert!(!SourceRule { group: 1, smtp: 0 }.allows());
+    }
+}
