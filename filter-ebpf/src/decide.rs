@@ -1,68 +1,21 @@
-//! From parsed headers to a verdict: port check, source longest-prefix match, relay check
-//! (with the relay rate limit), and the block action (drop or reject).
+//! From parsed headers to a verdict (semantics steps 4 to 8): port check, source
+//! longest-prefix match, relay check (with the relay rate limit), and the block action
+//! (drop or reject).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use filter_common::{
-    Config, Family, Reason, SMTP_ALLOW, SourceKey, SourceRule, VERDICT_DROP, VERDICT_PASS,
-    VERDICT_REJECT,
+    Config, Family, Reason, SourceKey, SourceRule, Verdict,
+    wire::{IPPROTO_TCP, TCP_MIN_HEADER_LEN, is_connection_request},
 };
 
 use crate::{
+    cursor::Cursor,
+    decision::{Decision, Judged},
+    headers::{Ipv4Header, Ipv6Header, TcpHeader, v4_bytes, v6_bytes},
+    limit,
     maps::{self, SOURCES_V4, SOURCES_V6},
-    parse::{
-        Cursor, IPPROTO_TCP, Ipv4Header, Ipv6Header, Stop, TCP_ACK, TCP_RST, TCP_SYN, TcpHeader,
-        parse,
-    },
+    parse::{Stop, parse},
 };
-
-pub struct Decision {
-    /// One of the `VERDICT_*` constants.
-    pub verdict: u32,
-    pub reason: Reason,
-    pub family: Family,
-    /// Group whose prefix matched the source; 0 when none was looked up or matched.
-    pub group: u32,
-    /// A blocked attempt (or, in monitor mode, one that would have been): the source's
-    /// offender record counts it.
-    pub blocked_attempt: bool,
-    /// Offsets of the PPPoE header, the IP header and the TCP segment; 0 when unknown.
-    pub pppoe: usize,
-    pub l3: usize,
-    pub l4: usize,
-}
-
-impl Decision {
-    #[inline(always)]
-    fn pass(family: Family, reason: Reason) -> Self {
-        Decision {
-            verdict: VERDICT_PASS,
-            reason,
-            family,
-            group: 0,
-            blocked_attempt: false,
-            pppoe: 0,
-            l3: 0,
-            l4: 0,
-        }
-    }
-
-    /// Worth an offender record and a drop event: dropped, rejected or monitored.
-    #[inline(always)]
-    pub fn noteworthy(&self) -> bool {
-        self.verdict != VERDICT_PASS || matches!(self.reason, Reason::Monitored)
-    }
-}
-
-/// What the headers alone say about a frame.
-pub enum Judged {
-    /// Passed without looking at the source (not IP, not TCP, a later fragment, another
-    /// port, unreadable headers without an address).
-    Passed(Decision),
-    /// The source's rule decides (see [`decide_source`]): a TCP segment to a filtered
-    /// port (reason `Port` until then), or a malformed frame whose source address is in
-    /// it (reason `Malformed`). Offsets and family are set.
-    NeedsSource(Decision),
-}
 
 #[inline(always)]
 pub fn judge(ctx: &XdpContext) -> Judged {
@@ -118,8 +71,7 @@ pub fn decide_source(cur: &Cursor, config: Option<&Config>, decision: &mut Decis
         return;
     };
     decision.group = rule.group;
-    // Anything not explicitly `allow` is treated as `block`: fail closed.
-    if rule.smtp == SMTP_ALLOW {
+    if rule.allows() {
         if !malformed {
             decision.reason = Reason::Exempt;
         }
@@ -132,7 +84,7 @@ pub fn decide_source(cur: &Cursor, config: Option<&Config>, decision: &mut Decis
     let (family, l3, l4) = (decision.family, decision.l3, decision.l4);
     if is_relay(config, cur, family, l3) {
         if config.relay_interval_ns != 0
-            && is_connection_request(cur.tcp_flags(l4))
+            && cur.tcp_flags(l4).is_some_and(is_connection_request)
             && !relay_conforms(config, cur, family, l3)
         {
             enforce(config, decision, Reason::RateLimited);
@@ -143,8 +95,8 @@ pub fn decide_source(cur: &Cursor, config: Option<&Config>, decision: &mut Decis
     }
     enforce(config, decision, Reason::Blocked);
     decision.blocked_attempt = true;
-    if decision.verdict == VERDICT_DROP && config.reject() && can_reject(cur, l4) {
-        decision.verdict = VERDICT_REJECT;
+    if matches!(decision.verdict, Verdict::Drop) && config.reject() && can_reject(cur, l4) {
+        decision.verdict = Verdict::Reject;
     }
 }
 
@@ -154,23 +106,17 @@ fn enforce(config: &Config, decision: &mut Decision, reason: Reason) {
     if config.monitor() {
         decision.reason = Reason::Monitored;
     } else {
-        decision.verdict = VERDICT_DROP;
+        decision.verdict = Verdict::Drop;
         decision.reason = reason;
     }
-}
-
-/// A SYN opening a connection: SYN set, ACK and RST clear. A missing flags byte is not one.
-#[inline(always)]
-fn is_connection_request(flags: Option<u8>) -> bool {
-    flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN)
 }
 
 /// A reset needs the whole fixed TCP header (sequence number, data offset) in the frame.
 #[inline(always)]
 fn can_reject(cur: &Cursor, l4: usize) -> bool {
     cur.header::<TcpHeader>(l4).is_some_and(|tcp| {
-        tcp.offset_flags[0] >> 4 >= 5
-            && tcp.offset_flags[1] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+        (tcp.offset_flags[0] >> 4) as usize * 4 >= TCP_MIN_HEADER_LEN
+            && is_connection_request(tcp.offset_flags[1])
     })
 }
 
@@ -180,7 +126,7 @@ fn relay_conforms(config: &Config, cur: &Cursor, family: Family, l3: usize) -> b
     let Some(key) = source_key(cur, family, l3) else {
         return true;
     };
-    maps::relay_bucket_take(&key, config.relay_interval_ns, config.relay_tolerance_ns)
+    limit::relay_bucket_take(&key, config.relay_interval_ns, config.relay_tolerance_ns)
 }
 
 #[inline(always)]
@@ -231,17 +177,4 @@ fn is_relay(config: &Config, cur: &Cursor, family: Family, l3: usize) -> bool {
         }),
         Family::Other => false,
     }
-}
-
-/// Addresses are read as 16-bit words; the tries are keyed by the same bytes.
-#[inline(always)]
-pub fn v4_bytes(words: [u16; 2]) -> [u8; 4] {
-    // SAFETY: same size, both plain integers; the byte order is kept as read.
-    unsafe { core::mem::transmute(words) }
-}
-
-#[inline(always)]
-pub fn v6_bytes(words: [u16; 8]) -> [u8; 16] {
-    // SAFETY: as above.
-    unsafe { core::mem::transmute(words) }
 }

@@ -1,4 +1,5 @@
-//! Every map the program uses, declared in one place; names come from filter-common.
+//! Every map the program uses, declared in one place, with its accessors. Names, sizes
+//! and capacities are `filter_common::maps`' (the `#[map]` attribute needs literals).
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
@@ -9,10 +10,10 @@ use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, DEFAULT_PREFIX_CAPACITY, EVENTS_RING_BYTES,
     GROUP_STATS_ENTRIES, GroupName, IFINDEX_SLOTS_ENTRIES, InterfaceSlot, MAX_GROUPS,
     MAX_INTERFACES, OFFENDERS_ENTRIES, Offender, REASON_STATS_ENTRIES, RELAY_BUCKETS_ENTRIES,
-    SourceKey, SourceRule, gcra, group_counter_index, reason_counter_index,
+    SourceKey, SourceRule, group_counter_index, reason_counter_index,
 };
 
-use crate::decide::Decision;
+use crate::decision::Decision;
 
 #[map(name = "FILTER_CONFIG")]
 static FILTER_CONFIG: Array<Config> = Array::with_max_entries(2, 0);
@@ -119,33 +120,8 @@ pub fn coarse_now_ns() -> u64 {
 }
 
 #[map(name = "RELAY_BUCKETS")]
-static RELAY_BUCKETS: LruHashMap<SourceKey, u64> =
+pub static RELAY_BUCKETS: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(RELAY_BUCKETS_ENTRIES, 0);
-
-/// Takes a token from the source's relay bucket (see `filter_common::gcra`); false when
-/// it is empty. Two CPUs updating one bucket at once may both pass: the limit is a
-/// guard against floods, not an exact quota.
-#[inline(always)]
-pub fn relay_bucket_take(key: &SourceKey, interval: u64, tolerance: u64) -> bool {
-    let now = now_ns();
-    match RELAY_BUCKETS.get_ptr_mut(key) {
-        Some(tat) => match gcra(Some(unsafe { *tat }), now, interval, tolerance) {
-            Some(next) => {
-                // SAFETY: a value of the map, valid while the program runs.
-                unsafe { *tat = next };
-                true
-            }
-            None => false,
-        },
-        None => {
-            // A new source starts with a full bucket; if the insert fails (it cannot for
-            // an LRU map short of memory), the SYN still passes: fail open on the relay.
-            let next = gcra(None, now, interval, tolerance).unwrap_or(now);
-            let _ = RELAY_BUCKETS.insert(key, next, 0);
-            true
-        }
-    }
-}
 
 #[map(name = "OFFENDERS")]
 pub static OFFENDERS: LruHashMap<SourceKey, Offender> =
@@ -156,33 +132,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 /// The drop-event sampler's bucket (GCRA timestamp), shared by all CPUs.
 #[map(name = "EVENT_LIMIT")]
-static EVENT_LIMIT: Array<u64> = Array::with_max_entries(1, 0);
-
-/// True when the sampler lets one more drop event out now.
-#[inline(always)]
-pub fn event_token(config: &Config, now: u64) -> bool {
-    if config.event_interval_ns == 0 {
-        return false;
-    }
-    let Some(tat) = EVENT_LIMIT.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: the array's only value; a race between CPUs lets an extra event through.
-    let current = unsafe { *tat };
-    let stored = if current == 0 { None } else { Some(current) };
-    match gcra(
-        stored,
-        now,
-        config.event_interval_ns,
-        config.event_tolerance_ns,
-    ) {
-        Some(next) => {
-            unsafe { *tat = next };
-            true
-        }
-        None => false,
-    }
-}
+pub static EVENT_LIMIT: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch room for the decision of the frame being handled (see `act`).
 #[map(name = "DECISION_SCRATCH")]

@@ -2,14 +2,15 @@
 //! blocked source and sampled drop events, both off the pass path.
 
 use aya_ebpf::programs::XdpContext;
-use filter_common::{
-    ActionStat, Config, EVENT_OFFENDER, EVENT_SAMPLE, Event, Family, Offender, SourceKey,
-};
+use filter_common::{ActionStat, Config, Event, EventKind, Family, Offender, SourceKey};
 
 use crate::{
-    decide::{Decision, source_key},
+    cursor::Cursor,
+    decide::source_key,
+    decision::Decision,
+    headers::join,
+    limit,
     maps::{self, EVENTS, OFFENDERS},
-    parse::Cursor,
 };
 
 /// Records a dropped, rejected or monitored frame.
@@ -28,7 +29,7 @@ pub fn observe(ctx: &XdpContext, config: &Config, decision: &Decision) {
                 ctx,
                 &cur,
                 decision,
-                EVENT_OFFENDER,
+                EventKind::Offender,
                 [a, b, 0, 0],
                 destination,
                 ports,
@@ -41,7 +42,7 @@ pub fn observe(ctx: &XdpContext, config: &Config, decision: &Decision) {
     if config.event_interval_ns == 0 {
         return;
     }
-    if !maps::event_token(config, now) {
+    if !limit::event_token(config, now) {
         maps::count_action(ActionStat::EventsSuppressed);
         return;
     }
@@ -51,7 +52,7 @@ pub fn observe(ctx: &XdpContext, config: &Config, decision: &Decision) {
         ctx,
         &cur,
         decision,
-        EVENT_SAMPLE,
+        EventKind::Sample,
         source,
         destination,
         ports,
@@ -67,7 +68,7 @@ fn send(
     ctx: &XdpContext,
     cur: &Cursor,
     decision: &Decision,
-    kind: u32,
+    kind: EventKind,
     source: [u32; 4],
     destination: [u32; 4],
     [sport, dport]: [u16; 2],
@@ -85,10 +86,10 @@ fn send(
     };
     entry.write(Event {
         time_ns: now,
-        kind,
+        kind: kind as u32,
         ifindex: ctx.ingress_ifindex() as u32,
         family: decision.family as u32,
-        verdict: decision.verdict,
+        verdict: decision.verdict as u32,
         reason: decision.reason as u32,
         group: decision.group,
         source: as_bytes(source),
@@ -201,12 +202,6 @@ fn address(cur: &Cursor, family: Family, l3: usize, side: Side) -> [u32; 4] {
         }
         Family::Other => [0; 4],
     }
-}
-
-#[inline(always)]
-fn join(words: [u16; 2]) -> u32 {
-    // SAFETY: same size, plain integers; byte order kept as read.
-    unsafe { core::mem::transmute(words) }
 }
 
 #[inline(always)]

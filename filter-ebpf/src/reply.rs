@@ -3,19 +3,25 @@
 //! headers are not copied into the reply.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use filter_common::Family;
-
-use crate::{
-    decide::Decision,
-    parse::{
-        Cursor, EthernetHeader, IPPROTO_TCP, Ipv4Header, Ipv6Header, PppoeSession, TCP_ACK,
-        TCP_FIN, TCP_RST, TcpHeader,
+use filter_common::{
+    Family,
+    checksum::{fold, sum_words},
+    wire::{
+        IPPROTO_TCP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN as IPV6_LEN, TCP_ACK, TCP_FIN,
+        TCP_MIN_HEADER_LEN, TCP_RST,
     },
 };
 
-const IPV4_HEADER_LEN: u16 = 20;
-const IPV6_HEADER_LEN: u16 = 40;
-const TCP_HEADER_LEN: u16 = 20;
+use crate::{
+    cursor::Cursor,
+    decision::Decision,
+    headers::{EthernetHeader, Ipv4Header, Ipv6Header, PppoeSession, TcpHeader, join, split},
+};
+
+// The reply carries no IP options, extension headers or TCP options.
+const IPV4_HEADER_LEN: u16 = IPV4_MIN_HEADER_LEN as u16;
+const IPV6_HEADER_LEN: u16 = IPV6_LEN as u16;
+const TCP_HEADER_LEN: u16 = TCP_MIN_HEADER_LEN as u16;
 const REPLY_TTL: u8 = 64;
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 
@@ -176,34 +182,4 @@ fn write_tcp(cur: &Cursor, offset: usize, segment: &Segment, address_sum: u32) -
         (*tcp).checksum = fold(sum);
     }
     true
-}
-
-/// The one's-complement sum is the same in either byte order, so network-order words are
-/// summed as read and the checksum is stored as computed.
-#[inline(always)]
-fn sum_words<const N: usize>(words: &[u16; N]) -> u32 {
-    let mut sum = 0u32;
-    for word in words {
-        sum += *word as u32;
-    }
-    sum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-#[inline(always)]
-fn join(words: [u16; 2]) -> u32 {
-    // SAFETY: same size, plain integers; byte order kept as read.
-    unsafe { core::mem::transmute(words) }
-}
-
-#[inline(always)]
-fn split(value: u32) -> [u16; 2] {
-    // SAFETY: as above.
-    unsafe { core::mem::transmute(value) }
 }
