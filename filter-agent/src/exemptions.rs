@@ -561,10 +561,10 @@ mod rfc3339_option {
 mod tests {
     use std::net::IpAddr;
 
-    use filter_common::Reason;
+    use filter_common::{Reason, Verdict};
 
     use super::*;
-    use crate::model::{Verdict, judge_flow};
+    use crate::model::judge_flow;
 
     /// The lab policy's groups: residential and business-broadband block, business-ethernet
     /// (inside business-broadband) and leased-line allow.

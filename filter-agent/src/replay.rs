@@ -15,14 +15,13 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use filter_common::{Family, Reason};
+use filter_common::{Family, Reason, Verdict};
 use serde::{Serialize, Serializer};
 
 use crate::{
     capture::{self, Expected},
     dataplane::{Dataplane, KernelVerdict, MIN_FRAME_LEN},
     image::MapImage,
-    model::Verdict,
 };
 
 /// The largest frame BPF_PROG_TEST_RUN accepts for a non-multi-buffer XDP program
@@ -38,9 +37,9 @@ pub struct FrameVerdict {
     /// 1-based within its capture.
     pub index: usize,
     pub len: usize,
-    pub verdict: &'static str,
-    pub reason: &'static str,
-    pub family: &'static str,
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub family: Family,
     pub summary: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<&'static str>,
@@ -78,9 +77,9 @@ pub fn replay(image: &MapImage, captures: &[PathBuf]) -> Result<Vec<FrameVerdict
                 capture: path.clone(),
                 index: i + 1,
                 len: frame.len(),
-                verdict: kernel.verdict.name(),
-                reason: kernel.reason.name(),
-                family: kernel.family.name(),
+                verdict: kernel.verdict,
+                reason: kernel.reason,
+                family: kernel.family,
                 summary: capture::summarize(frame),
                 note,
                 reply: kernel.reply,
@@ -210,9 +209,12 @@ pub fn print_json(out: &mut impl Write, verdicts: &[FrameVerdict]) -> Result<()>
 
 /// Counts per verdict and reason.
 pub fn summary(verdicts: &[FrameVerdict]) -> String {
+    // By name, as the summary has always been sorted.
     let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for v in verdicts {
-        *counts.entry((v.verdict, v.reason)).or_default() += 1;
+        *counts
+            .entry((v.verdict.name(), v.reason.name()))
+            .or_default() += 1;
     }
     let mut text = format!("{} frames\n", verdicts.len());
     for ((verdict, reason), n) in counts {

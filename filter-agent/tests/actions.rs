@@ -14,11 +14,10 @@ use filter_agent::{
     dataplane::Dataplane,
     fixtures::{ExtHeader, Frame},
     image::{GroupInfo, MapImage, Smtp},
-    model::Verdict,
 };
 use filter_common::{
     ACTION_REJECT, ActionStat, Config, EVENT_OFFENDER, EVENT_SAMPLE, Event, Family, Reason,
-    SMTP_BLOCK, SourceKey, SourceRule, VERDICT_DROP, VERDICT_REJECT,
+    SMTP_BLOCK, SourceKey, SourceRule, VERDICT_DROP, VERDICT_REJECT, Verdict,
 };
 use ipnet::IpNet;
 

@@ -23,10 +23,10 @@ use filter_agent::{
         reject_corpus,
     },
     image::MapImage,
-    model::{Model, Verdict},
+    model::Model,
     policy,
 };
-use filter_common::{FLAG_MONITOR, REASON_COUNT, Reason};
+use filter_common::{FLAG_MONITOR, REASON_COUNT, Reason, Verdict};
 
 const RANDOM_FRAMES: usize = 12_000;
 

@@ -17,7 +17,7 @@ fn program_loads_with_btf_and_passes_arp() {
     arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
     let verdict = dataplane.judge(&arp).unwrap();
-    assert_eq!(verdict.verdict, filter_agent::model::Verdict::Pass);
+    assert_eq!(verdict.verdict, filter_common::Verdict::Pass);
     assert_eq!(verdict.reason, Reason::NotIp);
     assert_eq!(verdict.family, Family::Other);
 }

@@ -9,9 +9,10 @@ use filter_agent::{
     dataplane::Dataplane,
     fixtures::{CorpusFiles, REJECT_CORPUS, corpus_dir, expected_replies, reject_corpus},
     image::MapImage,
-    model::{self, Model, Verdict},
+    model::{self, Model},
     policy, replay,
 };
+use filter_common::Verdict;
 
 fn corpus_image() -> MapImage {
     policy_image("policy.yaml")
@@ -47,7 +48,7 @@ fn every_corpus_frame_gets_its_hand_judged_verdict_from_the_kernel() {
     for (frame, want) in frames.iter().zip(&expected) {
         let got = dataplane.judge(frame).unwrap();
         let verdict = got.verdict.name();
-        if verdict != want.verdict || got.reason.name() != want.reason || got.reply.is_some() {
+        if got.verdict != want.verdict || got.reason != want.reason || got.reply.is_some() {
             failures.push(format!(
                 "frame {} (expect line {}): want {} {}, kernel {} {}",
                 want.frame,
@@ -93,7 +94,7 @@ fn every_reject_corpus_frame_gets_its_verdict_and_its_reply_from_the_kernel() {
         let got = dataplane.judge(frame).unwrap();
         let by_model = model.judge_frame(&image, frame, 0);
         let verdict = got.verdict.name();
-        if verdict != want.verdict || got.reason.name() != want.reason {
+        if got.verdict != want.verdict || got.reason != want.reason {
             failures.push(format!(
                 "frame {} (expect line {}): want {} {}, kernel {} {}",
                 want.frame,
@@ -113,7 +114,7 @@ fn every_reject_corpus_frame_gets_its_verdict_and_its_reply_from_the_kernel() {
                 by_model.reason.name()
             ));
         }
-        let want_reply = (want.verdict == "reject").then(|| replies.next().unwrap());
+        let want_reply = (want.verdict == Verdict::Reject).then(|| replies.next().unwrap());
         if got.reply.as_ref() != want_reply || by_model.reply.as_ref() != want_reply {
             failures.push(format!(
                 "frame {}: reply differs\n  frame   {}\n  kernel  {}\n  builder {}\n  model   {}",
@@ -233,13 +234,8 @@ fn replay_prints_one_json_object_per_frame_in_capture_order() {
     assert_eq!(lines.len(), expected.len());
     for (line, want) in lines.iter().zip(&expected) {
         assert_eq!(line["frame"], want.frame);
-        assert_eq!(
-            line["verdict"],
-            want.verdict.as_str(),
-            "frame {}",
-            want.frame
-        );
-        assert_eq!(line["reason"], want.reason.as_str(), "frame {}", want.frame);
+        assert_eq!(line["verdict"], want.verdict.name(), "frame {}", want.frame);
+        assert_eq!(line["reason"], want.reason.name(), "frame {}", want.frame);
     }
 }
 

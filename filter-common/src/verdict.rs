@@ -56,7 +56,8 @@ macro_rules! wire_enum {
 
         impl core::fmt::Display for $name {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str(self.name())
+                // `pad`, so widths in format strings line tables up.
+                f.pad(self.name())
             }
         }
 

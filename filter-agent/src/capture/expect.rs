@@ -8,20 +8,17 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, anyhow, bail};
-use filter_common::Reason;
+use filter_common::{Reason, Verdict};
 
 /// One expectation: frame `frame` (1-based) gets `verdict` for `reason`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
     pub frame: usize,
-    pub verdict: String,
-    pub reason: String,
+    pub verdict: Verdict,
+    pub reason: Reason,
     /// 1-based line of the expect file, for error messages.
     pub line: usize,
 }
-
-/// The verdicts the kernel gives (`Verdict::name`).
-const VERDICTS: [&str; 3] = ["pass", "drop", "reject"];
 
 pub fn parse_expect(text: &str) -> anyhow::Result<Vec<Expected>> {
     let mut expected = Vec::new();
@@ -87,17 +84,18 @@ fn checked(frame: usize, verdict: &str, reason: &str, line: usize) -> anyhow::Re
     if frame == 0 {
         bail!("frame numbers start at 1");
     }
-    if !VERDICTS.contains(&verdict) {
-        bail!("verdict {verdict:?} is not one of pass, drop, reject");
-    }
-    if Reason::from_name(reason).is_none() {
+    let Some(verdict_value) = Verdict::from_name(verdict) else {
+        let names: Vec<&str> = Verdict::ALL.iter().map(|v| v.name()).collect();
+        bail!("verdict {verdict:?} is not one of {}", names.join(", "));
+    };
+    let Some(reason_value) = Reason::from_name(reason) else {
         let names: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
         bail!("unknown reason {reason:?} (one of {})", names.join(", "));
-    }
+    };
     Ok(Expected {
         frame,
-        verdict: verdict.to_string(),
-        reason: reason.to_string(),
+        verdict: verdict_value,
+        reason: reason_value,
         line,
     })
 }
@@ -109,8 +107,8 @@ mod tests {
     fn expected(frame: usize, verdict: &str, reason: &str, line: usize) -> Expected {
         Expected {
             frame,
-            verdict: verdict.into(),
-            reason: reason.into(),
+            verdict: Verdict::from_name(verdict).unwrap(),
+            reason: Reason::from_name(reason).unwrap(),
             line,
         }
     }

@@ -16,17 +16,19 @@ use aya::{
 };
 use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, FAMILY_COUNT, Family, GroupName,
-    InterfaceSlot, MAP_ACTION_STATS, MAP_CONFIG, MAP_CONFIG_SLOT, MAP_EVENT_LIMIT, MAP_EVENTS,
-    MAP_GROUP_NAMES, MAP_GROUP_STATS, MAP_IFINDEX_SLOTS, MAP_INTERFACE_SLOTS, MAP_OFFENDERS,
-    MAP_REASON_STATS, MAP_RELAY_BUCKETS, MAP_SOURCES_V4, MAP_SOURCES_V6, Offender,
-    PROGRAM_DROP_BASELINE, PROGRAM_FILTER, PROGRAM_PASS_BASELINE, REASON_COUNT, Reason, SourceKey,
-    SourceRule, reason_counter_index,
+    InterfaceSlot, MapSpec, Offender, PROGRAM_DROP_BASELINE, PROGRAM_FILTER, PROGRAM_PASS_BASELINE,
+    REASON_COUNT, Reason, SourceKey, SourceRule, Verdict,
+    maps::{
+        self, ACTION_STATS, CONFIG_SLOT, EVENTS, FILTER_CONFIG, GROUP_NAMES, GROUP_STATS,
+        IFINDEX_SLOTS, INTERFACE_SLOTS, OFFENDERS, REASON_STATS, SOURCES_V4, SOURCES_V6,
+    },
+    reason_counter_index,
 };
 
 pub use pins::{AttachedInterface, PinDir};
 pub use sync::SyncReport;
 
-use crate::{image::MapImage, model::Verdict};
+use crate::image::MapImage;
 
 /// The XDP object built by build.rs from the filter-ebpf crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/filter-ebpf"));
@@ -37,24 +39,6 @@ const MIN_PREFIX_CAPACITY: u32 = 65_536;
 
 /// Frames shorter than this never reach XDP (and BPF_PROG_TEST_RUN refuses them).
 pub const MIN_FRAME_LEN: usize = 14;
-
-/// Every map of the object, in the order they are pinned and checked.
-pub const MAP_NAMES: [&str; 14] = [
-    MAP_CONFIG,
-    MAP_CONFIG_SLOT,
-    MAP_SOURCES_V4,
-    MAP_SOURCES_V6,
-    MAP_GROUP_NAMES,
-    MAP_IFINDEX_SLOTS,
-    MAP_INTERFACE_SLOTS,
-    MAP_REASON_STATS,
-    MAP_GROUP_STATS,
-    MAP_RELAY_BUCKETS,
-    MAP_OFFENDERS,
-    MAP_EVENTS,
-    MAP_EVENT_LIMIT,
-    MAP_ACTION_STATS,
-];
 
 /// Capacity of each prefix trie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,23 +83,26 @@ impl Dataplane {
     /// Loads with every map pinned under `pins`: maps already pinned there are adopted
     /// (their contents and counters kept), missing ones are created and pinned.
     pub fn load_pinned(pins: &PinDir, capacity: Capacity) -> Result<Self> {
-        let paths: Vec<_> = MAP_NAMES.iter().map(|name| pins.map_path(name)).collect();
-        for (name, path) in MAP_NAMES.iter().zip(&paths) {
+        let paths: Vec<_> = maps::ALL
+            .iter()
+            .map(|map| pins.map_path(map.name))
+            .collect();
+        for (spec, path) in maps::ALL.iter().zip(&paths) {
             if path.exists() {
-                check_pinned_map(name, path)?;
+                check_pinned_map(spec, path)?;
             }
         }
         let mut loader = EbpfLoader::new();
-        for (name, path) in MAP_NAMES.iter().zip(&paths) {
-            loader.map_pin_path(name, path.as_path());
+        for (spec, path) in maps::ALL.iter().zip(&paths) {
+            loader.map_pin_path(spec.name, path.as_path());
         }
         Self::load_object(loader, capacity)
     }
 
     fn load_object(mut loader: EbpfLoader, capacity: Capacity) -> Result<Self> {
         let mut ebpf = loader
-            .map_max_entries(MAP_SOURCES_V4, capacity.sources_v4)
-            .map_max_entries(MAP_SOURCES_V6, capacity.sources_v6)
+            .map_max_entries(SOURCES_V4.name, capacity.sources_v4)
+            .map_max_entries(SOURCES_V6.name, capacity.sources_v6)
             .load(OBJECT)
             .context("loading the XDP object into the kernel")
             .map_err(explain_permission)?;
@@ -143,8 +130,8 @@ impl Dataplane {
     pub fn capacity(&self) -> Result<Capacity> {
         let max = |name: &str| -> Result<u32> { Ok(self.map(name)?.info()?.max_entries()) };
         Ok(Capacity {
-            sources_v4: max(MAP_SOURCES_V4)?,
-            sources_v6: max(MAP_SOURCES_V6)?,
+            sources_v4: max(SOURCES_V4.name)?,
+            sources_v6: max(SOURCES_V6.name)?,
         })
     }
 
@@ -171,15 +158,18 @@ impl Dataplane {
 
     fn config_slot(&self) -> Result<u32> {
         let slot: Array<&MapData, u32> =
-            Array::try_from(self.ebpf.map(MAP_CONFIG_SLOT).context("CONFIG_SLOT")?)?;
+            Array::try_from(self.ebpf.map(CONFIG_SLOT.name).context(CONFIG_SLOT.name)?)?;
         Ok(slot.get(&0, 0)? & 1)
     }
 
     /// The config the program reads now.
     pub fn live_config(&self) -> Result<Config> {
         let slot = self.config_slot()?;
-        let configs: Array<&MapData, Config> =
-            Array::try_from(self.ebpf.map(MAP_CONFIG).context("FILTER_CONFIG")?)?;
+        let configs: Array<&MapData, Config> = Array::try_from(
+            self.ebpf
+                .map(FILTER_CONFIG.name)
+                .context(FILTER_CONFIG.name)?,
+        )?;
         Ok(configs.get(&slot, 0)?)
     }
 
@@ -187,34 +177,35 @@ impl Dataplane {
     /// config or the new one, never a mix.
     fn switch_config(&mut self, config: &Config) -> Result<()> {
         let idle = self.config_slot()? ^ 1;
-        let mut configs: Array<&mut MapData, Config> = Array::try_from(self.map_mut(MAP_CONFIG)?)?;
+        let mut configs: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(FILTER_CONFIG.name)?)?;
         configs
             .set(idle, config, 0)
             .context("writing the idle config slot")?;
-        let mut slot: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_CONFIG_SLOT)?)?;
+        let mut slot: Array<&mut MapData, u32> = Array::try_from(self.map_mut(CONFIG_SLOT.name)?)?;
         slot.set(0, idle, 0)
             .context("switching the live config slot")?;
         Ok(())
     }
 
     fn sources_v4(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 4], SourceRule>> {
-        Ok(LpmTrie::try_from(self.map_mut(MAP_SOURCES_V4)?)?)
+        Ok(LpmTrie::try_from(self.map_mut(SOURCES_V4.name)?)?)
     }
 
     fn sources_v6(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], SourceRule>> {
-        Ok(LpmTrie::try_from(self.map_mut(MAP_SOURCES_V6)?)?)
+        Ok(LpmTrie::try_from(self.map_mut(SOURCES_V6.name)?)?)
     }
 
     fn ifindex_slots(&mut self) -> Result<Array<&mut MapData, u32>> {
-        Ok(Array::try_from(self.map_mut(MAP_IFINDEX_SLOTS)?)?)
+        Ok(Array::try_from(self.map_mut(IFINDEX_SLOTS.name)?)?)
     }
 
     fn interface_slots_map(&mut self) -> Result<Array<&mut MapData, InterfaceSlot>> {
-        Ok(Array::try_from(self.map_mut(MAP_INTERFACE_SLOTS)?)?)
+        Ok(Array::try_from(self.map_mut(INTERFACE_SLOTS.name)?)?)
     }
 
     fn group_names(&mut self) -> Result<Array<&mut MapData, GroupName>> {
-        Ok(Array::try_from(self.map_mut(MAP_GROUP_NAMES)?)?)
+        Ok(Array::try_from(self.map_mut(GROUP_NAMES.name)?)?)
     }
 
     fn program(&self, name: &str) -> Result<&Xdp> {
@@ -317,8 +308,11 @@ impl Dataplane {
     /// What the program did besides passing and dropping, summed over CPUs, indexed by
     /// `ActionStat as usize`.
     pub fn action_stats(&self) -> Result<[u64; ActionStat::ALL.len()]> {
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_ACTION_STATS).context("ACTION_STATS")?)?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(ACTION_STATS.name)
+                .context(ACTION_STATS.name)?,
+        )?;
         let mut totals = [0u64; ActionStat::ALL.len()];
         for stat in ActionStat::ALL {
             debug_assert!((stat as u32) < ACTION_STATS_ENTRIES);
@@ -331,7 +325,7 @@ impl Dataplane {
     /// sources make room for new ones).
     pub fn offenders(&self) -> Result<Vec<(SourceKey, Offender)>> {
         let map: HashMap<&MapData, SourceKey, Offender> =
-            HashMap::try_from(self.ebpf.map(MAP_OFFENDERS).context("OFFENDERS")?)?;
+            HashMap::try_from(self.ebpf.map(OFFENDERS.name).context(OFFENDERS.name)?)?;
         // An entry evicted between listing its key and reading it is skipped.
         Ok(map.iter().filter_map(|entry| entry.ok()).collect())
     }
@@ -360,7 +354,7 @@ impl Dataplane {
     /// One source's offender record, if the kernel holds one.
     pub fn offender(&self, key: &SourceKey) -> Result<Option<Offender>> {
         let map: HashMap<&MapData, SourceKey, Offender> =
-            HashMap::try_from(self.ebpf.map(MAP_OFFENDERS).context("OFFENDERS")?)?;
+            HashMap::try_from(self.ebpf.map(OFFENDERS.name).context(OFFENDERS.name)?)?;
         match map.get(key, 0) {
             Ok(record) => Ok(Some(record)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -371,7 +365,7 @@ impl Dataplane {
     /// Takes the events ring buffer for reading (sampled drops, offender alerts); `None`
     /// once taken.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(MAP_EVENTS)?;
+        let map = self.ebpf.take_map(EVENTS.name)?;
         RingBuf::try_from(map).ok()
     }
 
@@ -379,13 +373,13 @@ impl Dataplane {
     /// `reason_counter_index(0, family, reason)`.
     pub fn reason_counters(&self, slot: u32) -> Result<Vec<Counter>> {
         let per_slot = FAMILY_COUNT * REASON_COUNT;
-        self.summed_counters(MAP_REASON_STATS, slot * per_slot..(slot + 1) * per_slot)
+        self.summed_counters(REASON_STATS.name, slot * per_slot..(slot + 1) * per_slot)
     }
 
     /// One group's counters summed over CPUs, indexed by reason.
     pub fn group_counters(&self, group: u32) -> Result<Vec<Counter>> {
         self.summed_counters(
-            MAP_GROUP_STATS,
+            GROUP_STATS.name,
             group * REASON_COUNT..(group + 1) * REASON_COUNT,
         )
     }
@@ -411,7 +405,7 @@ impl Dataplane {
     fn reset_group_counters(&mut self, group: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut array: PerCpuArray<&mut MapData, Counter> =
-            PerCpuArray::try_from(self.map_mut(MAP_GROUP_STATS)?)?;
+            PerCpuArray::try_from(self.map_mut(GROUP_STATS.name)?)?;
         for reason in Reason::ALL {
             let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
             array.set(filter_common::group_counter_index(group, reason), zeros, 0)?;
@@ -438,24 +432,10 @@ fn read_fixed_name(bytes: &[u8]) -> String {
 
 /// A pinned map adopted by a new agent must have the layout this build expects; one
 /// left by another version is refused rather than misread.
-fn check_pinned_map(name: &str, path: &Path) -> Result<()> {
+fn check_pinned_map(spec: &MapSpec, path: &Path) -> Result<()> {
     let info = MapInfo::from_pin(path)
         .with_context(|| format!("reading the pinned map {}", path.display()))?;
-    let (key, value) = match name {
-        MAP_CONFIG => (4, size_of::<Config>()),
-        MAP_CONFIG_SLOT => (4, 4),
-        MAP_SOURCES_V4 => (8, size_of::<SourceRule>()),
-        MAP_SOURCES_V6 => (20, size_of::<SourceRule>()),
-        MAP_GROUP_NAMES => (4, size_of::<GroupName>()),
-        MAP_IFINDEX_SLOTS => (4, 4),
-        MAP_INTERFACE_SLOTS => (4, size_of::<InterfaceSlot>()),
-        MAP_RELAY_BUCKETS => (size_of::<SourceKey>(), 8),
-        MAP_OFFENDERS => (size_of::<SourceKey>(), size_of::<Offender>()),
-        MAP_EVENTS => (0, 0),
-        MAP_EVENT_LIMIT => (4, 8),
-        MAP_ACTION_STATS => (4, 8),
-        _ => (4, size_of::<Counter>()),
-    };
+    let (key, value) = (spec.key_size, spec.value_size);
     if info.key_size() as usize != key || info.value_size() as usize != value {
         bail!(
             "the pinned map {} has key/value sizes {}/{}, this build needs {key}/{value}: \

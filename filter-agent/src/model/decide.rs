@@ -3,9 +3,9 @@
 
 use std::net::IpAddr;
 
-use filter_common::{Family, Reason, SMTP_ALLOW, SourceRule};
+use filter_common::{Family, Reason, SourceKey, SourceRule, Verdict};
 
-use super::{Decision, RelayLimiter, Verdict, limit::source_key, lookup_relay, lookup_source};
+use super::{Decision, RelayLimiter, lookup_relay, lookup_source};
 use crate::image::MapImage;
 
 /// A well-formed TCP segment (or an abstract flow), as far as the decision reads it.
@@ -22,7 +22,7 @@ pub(super) struct Flow {
 
 /// Anything but an explicit `allow` blocks, so a corrupt rule can never let port 25 through.
 fn blocks(rule: SourceRule) -> bool {
-    rule.smtp != SMTP_ALLOW
+    !rule.allows()
 }
 
 /// The verdict for a frame the policy wants dropped: monitor mode only counts it.
@@ -63,7 +63,9 @@ pub(super) fn decide(
             decision.reason = Reason::Relay;
             decision.relay_prefix = Some(relay);
             // Only new connections are limited; the limiter ignores them without a limit.
-            if flow.connection_request && !limiter.admit(config, source_key(flow.source), now_ns) {
+            if flow.connection_request
+                && !limiter.admit(config, SourceKey::from_ip(flow.source), now_ns)
+            {
                 (decision.verdict, decision.reason) = enforce(image, Reason::RateLimited);
             }
         }

@@ -2,28 +2,9 @@
 //! address or an IPv6 /64), advanced by `filter_common::gcra`, the function the kernel
 //! program runs too. The clock is whatever the caller passes, so tests choose it.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::collections::HashMap;
 
-use filter_common::{Config, Family, SourceKey, gcra};
-
-/// Who a relay bucket (or an offender record) belongs to.
-pub fn source_key(addr: IpAddr) -> SourceKey {
-    let mut address = [0u8; 8];
-    let family = match addr {
-        IpAddr::V4(a) => {
-            address[..4].copy_from_slice(&a.octets());
-            Family::Ipv4
-        }
-        IpAddr::V6(a) => {
-            address.copy_from_slice(&a.octets()[..8]);
-            Family::Ipv6
-        }
-    };
-    SourceKey {
-        family: family as u32,
-        address,
-    }
-}
+use filter_common::{Config, SourceKey, gcra};
 
 /// The buckets of the relay limit: source -> theoretical arrival time (ns). Unlike the
 /// kernel's LRU map it never evicts; the tests stay far below its 65,536 entries.

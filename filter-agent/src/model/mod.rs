@@ -18,36 +18,16 @@ mod tests;
 
 use std::net::IpAddr;
 
-use filter_common::{Family, Reason};
+use filter_common::{Family, Reason, Verdict};
 use ipnet::IpNet;
 
 use crate::image::MapImage;
 use decide::Flow;
 use parse::Parsed;
 
-pub use limit::{RelayLimiter, source_key};
+pub use limit::RelayLimiter;
 pub use lpm::{lookup_relay, lookup_source};
 pub use reply::build_reply;
-
-/// What happens to the frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Pass,
-    Drop,
-    /// Dropped, and answered with a TCP RST+ACK sent back out of the interface (XDP_TX).
-    Reject,
-}
-
-impl Verdict {
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Drop => "drop",
-            Verdict::Reject => "reject",
-        }
-    }
-}
 
 /// The verdict on one frame and everything the counters and `explain` need about it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,31 +4,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use filter_common::{Family, Reason};
-
-const ETH_HEADER_LEN: usize = 14;
-const ETHERTYPE_OFFSET: usize = 12;
-const VLAN_TPIDS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
-const VLAN_TAG_LEN: usize = 4;
-const MAX_VLAN_TAGS: usize = 2;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
-/// 6-byte PPPoE header plus the 2-byte PPP protocol.
-const PPPOE_LEN: usize = 8;
-const PPP_IPV4: u16 = 0x0021;
-const PPP_IPV6: u16 = 0x0057;
-
-const IPV4_MIN_LEN: usize = 20;
-const IPV6_LEN: usize = 40;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_AH: u8 = 51;
-const IPV6_DEST_OPTS: u8 = 60;
-const IPV6_FRAGMENT_LEN: usize = 8;
-const MAX_EXT_HEADERS: usize = 8;
+use filter_common::{
+    Family, Reason,
+    wire::{
+        ETH_HEADER_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_OFFSET, ETHERTYPE_PPPOE_SESSION,
+        IPPROTO_TCP, IPV4_MIN_HEADER_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_HEADER_LEN, IPV6_HEADER_LEN,
+        MAX_IPV6_EXTENSION_HEADERS, MAX_VLAN_TAGS, PPP_IPV4, PPP_IPV6, PPPOE_HEADER_LEN,
+        TCP_MIN_HEADER_LEN, VLAN_TAG_LEN, ipv6_extension_len, is_connection_request,
+        is_ipv6_extension, is_vlan_tpid,
+    },
+};
 
 /// What parsing alone can tell about a frame.
 #[derive(Debug)]
@@ -67,17 +52,11 @@ pub struct Segment {
     pub full_header: bool,
 }
 
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-const TCP_MIN_LEN: usize = 20;
-
 impl Segment {
     /// SYN set, ACK and RST clear: a new connection, what the relay limit counts and
     /// `reject` answers. False when the flags are not inside the frame.
     pub fn is_connection_request(&self) -> bool {
-        self.flags
-            .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN)
+        self.flags.is_some_and(is_connection_request)
     }
 
     /// A connection request whose whole 20-byte header is inside the frame with a data
@@ -87,7 +66,7 @@ impl Segment {
             && self.is_connection_request()
             && self
                 .data_offset
-                .is_some_and(|words| usize::from(words) * 4 >= TCP_MIN_LEN)
+                .is_some_and(|words| usize::from(words) * 4 >= TCP_MIN_HEADER_LEN)
     }
 }
 
@@ -199,7 +178,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
             pppoe,
             flags: c.u8(l4.offset + 13),
             data_offset: c.u8(l4.offset + 12).map(|byte| byte >> 4),
-            full_header: c.has(l4.offset, TCP_MIN_LEN),
+            full_header: c.has(l4.offset, TCP_MIN_HEADER_LEN),
         },
     }
 }
@@ -221,7 +200,7 @@ fn link(c: &Cursor) -> Result<(Ip, usize, Option<usize>), Parsed> {
     };
     let mut offset = ETH_HEADER_LEN;
     let mut tags = 0;
-    while tags < MAX_VLAN_TAGS && VLAN_TPIDS.contains(&ethertype) {
+    while tags < MAX_VLAN_TAGS && is_vlan_tpid(ethertype) {
         // The inner EtherType is the tag's last two bytes, so reading it checks the tag.
         let Some(inner) = c.u16(offset + VLAN_TAG_LEN - 2) else {
             return Err(malformed);
@@ -233,10 +212,10 @@ fn link(c: &Cursor) -> Result<(Ip, usize, Option<usize>), Parsed> {
     match ethertype {
         ETHERTYPE_IPV4 => Ok((Ip::V4, offset, None)),
         ETHERTYPE_IPV6 => Ok((Ip::V6, offset, None)),
-        ETHERTYPE_PPPOE_SESSION => match c.u16(offset + PPPOE_LEN - 2) {
+        ETHERTYPE_PPPOE_SESSION => match c.u16(offset + PPPOE_HEADER_LEN - 2) {
             None => Err(malformed),
-            Some(PPP_IPV4) => Ok((Ip::V4, offset + PPPOE_LEN, Some(offset))),
-            Some(PPP_IPV6) => Ok((Ip::V6, offset + PPPOE_LEN, Some(offset))),
+            Some(PPP_IPV4) => Ok((Ip::V4, offset + PPPOE_HEADER_LEN, Some(offset))),
+            Some(PPP_IPV6) => Ok((Ip::V6, offset + PPPOE_HEADER_LEN, Some(offset))),
             Some(_) => Err(not_ip),
         },
         _ => Err(not_ip),
@@ -245,12 +224,12 @@ fn link(c: &Cursor) -> Result<(Ip, usize, Option<usize>), Parsed> {
 
 /// Step 2, IPv4. `None`: malformed. Total length is deliberately not checked.
 fn ipv4(c: &Cursor, l3: usize) -> Option<L4> {
-    if !c.has(l3, IPV4_MIN_LEN) {
+    if !c.has(l3, IPV4_MIN_HEADER_LEN) {
         return None;
     }
     let version_ihl = c.u8(l3)?;
     let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_LEN || !c.has(l3, header_len) {
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HEADER_LEN || !c.has(l3, header_len) {
         return None;
     }
     Some(L4 {
@@ -262,24 +241,21 @@ fn ipv4(c: &Cursor, l3: usize) -> Option<L4> {
 
 /// Step 2, IPv6, including the bounded extension-header walk. `None`: malformed.
 fn ipv6(c: &Cursor, l3: usize) -> Option<L4> {
-    if !c.has(l3, IPV6_LEN) || c.u8(l3)? >> 4 != 6 {
+    if !c.has(l3, IPV6_HEADER_LEN) || c.u8(l3)? >> 4 != 6 {
         return None;
     }
     let mut next = c.u8(l3 + 6)?;
-    let mut offset = l3 + IPV6_LEN;
+    let mut offset = l3 + IPV6_HEADER_LEN;
     let mut walked = 0;
-    while matches!(
-        next,
-        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DEST_OPTS | IPV6_AH
-    ) {
+    while is_ipv6_extension(next) {
         // The kernel's walk is bounded; a ninth header would escape it.
-        if walked == MAX_EXT_HEADERS {
+        if walked == MAX_IPV6_EXTENSION_HEADERS {
             return None;
         }
         walked += 1;
         let len = match next {
             IPV6_FRAGMENT => {
-                if !c.has(offset, IPV6_FRAGMENT_LEN) {
+                if !c.has(offset, IPV6_FRAGMENT_HEADER_LEN) {
                     return None;
                 }
                 if c.u16(offset + 2)? >> 3 > 0 {
@@ -287,13 +263,12 @@ fn ipv6(c: &Cursor, l3: usize) -> Option<L4> {
                     return Some(L4 {
                         protocol: c.u8(offset)?,
                         non_first_fragment: true,
-                        offset: offset + IPV6_FRAGMENT_LEN,
+                        offset: offset + IPV6_FRAGMENT_HEADER_LEN,
                     });
                 }
-                IPV6_FRAGMENT_LEN
+                IPV6_FRAGMENT_HEADER_LEN
             }
-            IPV6_AH => (usize::from(c.u8(offset + 1)?) + 2) * 4,
-            _ => (usize::from(c.u8(offset + 1)?) + 1) * 8,
+            _ => ipv6_extension_len(next, c.u8(offset + 1)?),
         };
         if !c.has(offset, len) {
             return None;

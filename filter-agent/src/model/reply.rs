@@ -5,16 +5,15 @@
 //! PPPoE, is copied from the original frame: MACs swapped, the PPPoE length set.
 
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader};
-use filter_common::Family;
+use filter_common::{
+    Family,
+    wire::{IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, TCP_FIN, TCP_MIN_HEADER_LEN},
+};
 
 use super::parse::Segment;
 
 /// Time to live / hop limit of a reply.
 pub const REPLY_TTL: u8 = 64;
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const TCP_HEADER_LEN: usize = 20;
-const TCP_FIN: u8 = 0x01;
 const PPP_PROTOCOL_LEN: u16 = 2;
 
 /// The reply to the connection request `frame`, whose headers `segment` locates; the
@@ -28,7 +27,7 @@ const PPP_PROTOCOL_LEN: u16 = 2;
 pub fn build_reply(frame: &[u8], family: Family, segment: &Segment) -> Vec<u8> {
     let Segment { l3, l4, pppoe, .. } = *segment;
     let be16 = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
-    let tcp = &frame[l4..l4 + TCP_HEADER_LEN];
+    let tcp = &frame[l4..l4 + TCP_MIN_HEADER_LEN];
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     let sequence = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -59,7 +58,7 @@ pub fn build_reply(frame: &[u8], family: Family, segment: &Segment) -> Vec<u8> {
             let ip = Ipv6Header {
                 traffic_class: 0,
                 flow_label: Ipv6FlowLabel::ZERO,
-                payload_length: TCP_HEADER_LEN as u16,
+                payload_length: TCP_MIN_HEADER_LEN as u16,
                 next_header: IpNumber::TCP,
                 hop_limit: REPLY_TTL,
                 source,
@@ -69,7 +68,7 @@ pub fn build_reply(frame: &[u8], family: Family, segment: &Segment) -> Vec<u8> {
                 .calc_checksum_ipv6(&ip, &[])
                 .expect("a bare TCP header fits");
             reply.extend_from_slice(&ip.to_bytes());
-            IPV6_HEADER_LEN + TCP_HEADER_LEN
+            IPV6_HEADER_LEN + TCP_MIN_HEADER_LEN
         }
         _ => {
             let mut destination = [0u8; 4];
@@ -77,7 +76,7 @@ pub fn build_reply(frame: &[u8], family: Family, segment: &Segment) -> Vec<u8> {
             let mut source = [0u8; 4];
             source.copy_from_slice(&frame[l3 + 16..l3 + 20]);
             let mut ip = Ipv4Header::new(
-                TCP_HEADER_LEN as u16,
+                TCP_MIN_HEADER_LEN as u16,
                 REPLY_TTL,
                 IpNumber::TCP,
                 source,
@@ -91,7 +90,7 @@ pub fn build_reply(frame: &[u8], family: Family, segment: &Segment) -> Vec<u8> {
                 .calc_checksum_ipv4(&ip, &[])
                 .expect("a bare TCP header fits");
             reply.extend_from_slice(&ip.to_bytes());
-            IPV4_HEADER_LEN + TCP_HEADER_LEN
+            IPV4_MIN_HEADER_LEN + TCP_MIN_HEADER_LEN
         }
     };
     reply.extend_from_slice(&reset.to_bytes());

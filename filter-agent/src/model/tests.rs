@@ -4,14 +4,16 @@ use std::borrow::Borrow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use filter_common::{
-    ACTION_REJECT, Config, FLAG_MONITOR, Family, Reason, SMTP_ALLOW, SMTP_BLOCK, SourceKey,
-    SourceRule,
+    Action, Config, FLAG_MONITOR, Family, Reason, Smtp, SourceKey, SourceRule, Verdict,
+    wire::{
+        ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_PPPOE_SESSION, IPPROTO_TCP, IPPROTO_UDP,
+        IPV6_NO_NEXT_HEADER,
+    },
 };
 use ipnet::IpNet;
 
 use super::{
-    Decision, Model, RelayLimiter, Verdict, judge_flow, judge_frame, lookup_relay, lookup_source,
-    reply_to, source_key,
+    Decision, Model, RelayLimiter, judge_flow, judge_frame, lookup_relay, lookup_source, reply_to,
 };
 use crate::image::MapImage;
 
@@ -33,17 +35,11 @@ fn v6(s: &str) -> Ipv6Addr {
 }
 
 fn block(group: u32) -> SourceRule {
-    SourceRule {
-        group,
-        smtp: SMTP_BLOCK,
-    }
+    SourceRule::new(group, Smtp::Block)
 }
 
 fn allow(group: u32) -> SourceRule {
-    SourceRule {
-        group,
-        smtp: SMTP_ALLOW,
-    }
+    SourceRule::new(group, Smtp::Allow)
 }
 
 /// Ports 25 and 587; a blocked /8 and /32 with an exempt /16 and /48 inside; one relay each.
@@ -100,13 +96,6 @@ fn relay6() -> Ipv6Addr {
 }
 
 // ---- frame builders -----------------------------------------------------------------
-
-const IPV4: u16 = 0x0800;
-const IPV6: u16 = 0x86dd;
-const PPPOE: u16 = 0x8864;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const NO_NEXT: u8 = 59;
 
 /// Ethernet header with `types[0]` as EtherType; each further entry becomes a 4-byte tag
 /// whose last two bytes are that type.
@@ -170,7 +159,7 @@ fn ipv4_packet(
 }
 
 fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    ipv4_packet(src, dst, TCP, 0, 0, &tcp(dport))
+    ipv4_packet(src, dst, IPPROTO_TCP, 0, 0, &tcp(dport))
 }
 
 fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, rest: &[u8]) -> Vec<u8> {
@@ -184,7 +173,7 @@ fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, rest: &[u8]) -> Vec<u8> {
 }
 
 fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
-    ipv6_packet(src, dst, TCP, &tcp(dport))
+    ipv6_packet(src, dst, IPPROTO_TCP, &tcp(dport))
 }
 
 fn frag6(next: u8, offset: u16, more: bool) -> Vec<u8> {
@@ -297,7 +286,7 @@ fn check_pass(frame: &[u8], reason: Reason, family: Family) {
 fn shorter_than_ethernet_is_malformed_without_family() {
     for len in [0, 1, 13] {
         check_malformed_sourceless(
-            &eth(&[IPV4], &tcp4(blocked4(), dst4(), 25))[..len],
+            &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25))[..len],
             Family::Other,
         );
     }
@@ -305,19 +294,25 @@ fn shorter_than_ethernet_is_malformed_without_family() {
 
 #[test]
 fn plain_ethernet() {
-    check_blocked(&eth(&[IPV4], &tcp4(blocked4(), dst4(), 25)), Family::Ipv4);
-    check_blocked(&eth(&[IPV6], &tcp6(blocked6(), dst6(), 25)), Family::Ipv6);
+    check_blocked(
+        &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25)),
+        Family::Ipv4,
+    );
+    check_blocked(
+        &eth(&[ETHERTYPE_IPV6], &tcp6(blocked6(), dst6(), 25)),
+        Family::Ipv6,
+    );
 }
 
 #[test]
 fn one_vlan_tag_of_each_tpid() {
     for tpid in [0x8100, 0x88a8, 0x9100] {
         check_blocked(
-            &eth(&[tpid, IPV4], &tcp4(blocked4(), dst4(), 25)),
+            &eth(&[tpid, ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25)),
             Family::Ipv4,
         );
         check_blocked(
-            &eth(&[tpid, IPV6], &tcp6(blocked6(), dst6(), 25)),
+            &eth(&[tpid, ETHERTYPE_IPV6], &tcp6(blocked6(), dst6(), 25)),
             Family::Ipv6,
         );
     }
@@ -327,9 +322,15 @@ fn one_vlan_tag_of_each_tpid() {
 fn qinq_with_each_tpid_pair() {
     for outer in [0x8100, 0x88a8, 0x9100] {
         for inner in [0x8100, 0x88a8, 0x9100] {
-            let frame = eth(&[outer, inner, IPV4], &tcp4(blocked4(), dst4(), 25));
+            let frame = eth(
+                &[outer, inner, ETHERTYPE_IPV4],
+                &tcp4(blocked4(), dst4(), 25),
+            );
             check_blocked(&frame, Family::Ipv4);
-            let frame = eth(&[outer, inner, IPV6], &tcp6(blocked6(), dst6(), 25));
+            let frame = eth(
+                &[outer, inner, ETHERTYPE_IPV6],
+                &tcp6(blocked6(), dst6(), 25),
+            );
             check_blocked(&frame, Family::Ipv6);
         }
     }
@@ -339,7 +340,7 @@ fn qinq_with_each_tpid_pair() {
 fn third_vlan_tag_is_not_ip() {
     for third in [0x8100, 0x88a8, 0x9100] {
         let frame = eth(
-            &[0x88a8, 0x8100, third, IPV4],
+            &[0x88a8, 0x8100, third, ETHERTYPE_IPV4],
             &tcp4(blocked4(), dst4(), 25),
         );
         check_pass(&frame, Reason::NotIp, Family::Other);
@@ -348,11 +349,14 @@ fn third_vlan_tag_is_not_ip() {
 
 #[test]
 fn truncated_vlan_tag_is_malformed_without_family() {
-    let one = eth(&[0x8100, IPV4], &tcp4(blocked4(), dst4(), 25));
+    let one = eth(&[0x8100, ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25));
     for len in 14..18 {
         check_malformed_sourceless(&one[..len], Family::Other);
     }
-    let two = eth(&[0x88a8, 0x8100, IPV4], &tcp4(blocked4(), dst4(), 25));
+    let two = eth(
+        &[0x88a8, 0x8100, ETHERTYPE_IPV4],
+        &tcp4(blocked4(), dst4(), 25),
+    );
     for len in 18..22 {
         check_malformed_sourceless(&two[..len], Family::Other);
     }
@@ -362,12 +366,18 @@ fn truncated_vlan_tag_is_malformed_without_family() {
 
 #[test]
 fn pppoe_session_ipv4_and_ipv6() {
-    let frame = eth(&[PPPOE], &pppoe(0x0021, &tcp4(blocked4(), dst4(), 25)));
+    let frame = eth(
+        &[ETHERTYPE_PPPOE_SESSION],
+        &pppoe(0x0021, &tcp4(blocked4(), dst4(), 25)),
+    );
     check_blocked(&frame, Family::Ipv4);
-    let frame = eth(&[PPPOE], &pppoe(0x0057, &tcp6(blocked6(), dst6(), 25)));
+    let frame = eth(
+        &[ETHERTYPE_PPPOE_SESSION],
+        &pppoe(0x0057, &tcp6(blocked6(), dst6(), 25)),
+    );
     check_blocked(&frame, Family::Ipv6);
     let frame = eth(
-        &[0x8100, PPPOE],
+        &[0x8100, ETHERTYPE_PPPOE_SESSION],
         &pppoe(0x0021, &tcp4(blocked4(), dst4(), 25)),
     );
     check_blocked(&frame, Family::Ipv4);
@@ -377,18 +387,24 @@ fn pppoe_session_ipv4_and_ipv6() {
 fn pppoe_header_fields_are_not_checked() {
     let mut session = pppoe(0x0021, &tcp4(blocked4(), dst4(), 25));
     session[..6].copy_from_slice(&[0xff; 6]);
-    check_blocked(&eth(&[PPPOE], &session), Family::Ipv4);
+    check_blocked(&eth(&[ETHERTYPE_PPPOE_SESSION], &session), Family::Ipv4);
 }
 
 #[test]
 fn pppoe_non_ip_protocol_is_not_ip() {
-    let frame = eth(&[PPPOE], &pppoe(0xc021, &tcp4(blocked4(), dst4(), 25)));
+    let frame = eth(
+        &[ETHERTYPE_PPPOE_SESSION],
+        &pppoe(0xc021, &tcp4(blocked4(), dst4(), 25)),
+    );
     check_pass(&frame, Reason::NotIp, Family::Other);
 }
 
 #[test]
 fn truncated_pppoe_is_malformed_without_family() {
-    let frame = eth(&[PPPOE], &pppoe(0x0021, &tcp4(blocked4(), dst4(), 25)));
+    let frame = eth(
+        &[ETHERTYPE_PPPOE_SESSION],
+        &pppoe(0x0021, &tcp4(blocked4(), dst4(), 25)),
+    );
     for len in 14..22 {
         check_malformed_sourceless(&frame[..len], Family::Other);
     }
@@ -405,10 +421,10 @@ fn pppoe_discovery_and_arp_are_not_ip() {
 
 #[test]
 fn family_follows_the_ethertype_not_the_version_nibble() {
-    let frame = eth(&[IPV4], &tcp6(blocked6(), dst6(), 25));
+    let frame = eth(&[ETHERTYPE_IPV4], &tcp6(blocked6(), dst6(), 25));
     assert_eq!(judge(&frame).family, Family::Ipv4);
     assert_eq!(judge(&frame).reason, Reason::Malformed);
-    let frame = eth(&[IPV6], &tcp4(blocked4(), dst4(), 25));
+    let frame = eth(&[ETHERTYPE_IPV6], &tcp4(blocked4(), dst4(), 25));
     assert_eq!(judge(&frame).family, Family::Ipv6);
     assert_eq!(judge(&frame).reason, Reason::Malformed);
 }
@@ -418,8 +434,8 @@ fn family_follows_the_ethertype_not_the_version_nibble() {
 #[test]
 fn ipv4_options_every_ihl() {
     for words in 1..=10 {
-        let packet = ipv4_packet(blocked4(), dst4(), TCP, words, 0, &tcp(25));
-        check_blocked(&eth(&[IPV4], &packet), Family::Ipv4);
+        let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, words, 0, &tcp(25));
+        check_blocked(&eth(&[ETHERTYPE_IPV4], &packet), Family::Ipv4);
     }
 }
 
@@ -427,18 +443,18 @@ fn ipv4_options_every_ihl() {
 fn ipv4_total_length_is_not_checked() {
     let mut packet = tcp4(blocked4(), dst4(), 25);
     packet[2..4].copy_from_slice(&[0, 0]);
-    check_blocked(&eth(&[IPV4], &packet), Family::Ipv4);
+    check_blocked(&eth(&[ETHERTYPE_IPV4], &packet), Family::Ipv4);
     packet[2..4].copy_from_slice(&[0xff, 0xff]);
-    check_blocked(&eth(&[IPV4], &packet), Family::Ipv4);
+    check_blocked(&eth(&[ETHERTYPE_IPV4], &packet), Family::Ipv4);
 }
 
 #[test]
 fn ipv4_shorter_than_20_bytes() {
     // The source ends at byte 16: it is still looked up.
-    check_malformed4(|src| eth(&[IPV4], &tcp4(src, dst4(), 25)[..16]));
-    check_malformed4(|src| eth(&[IPV4], &tcp4(src, dst4(), 25)[..19]));
+    check_malformed4(|src| eth(&[ETHERTYPE_IPV4], &tcp4(src, dst4(), 25)[..16]));
+    check_malformed4(|src| eth(&[ETHERTYPE_IPV4], &tcp4(src, dst4(), 25)[..19]));
     for len in [0, 15] {
-        let frame = eth(&[IPV4], &tcp4(blocked4(), dst4(), 25)[..len]);
+        let frame = eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25)[..len]);
         check_malformed_sourceless(&frame, Family::Ipv4);
     }
 }
@@ -449,7 +465,7 @@ fn ipv4_bad_version() {
         check_malformed4(|src| {
             let mut packet = tcp4(src, dst4(), 25);
             packet[0] = version << 4 | 5;
-            eth(&[IPV4], &packet)
+            eth(&[ETHERTYPE_IPV4], &packet)
         });
     }
 }
@@ -460,7 +476,7 @@ fn ipv4_ihl_below_5() {
         check_malformed4(|src| {
             let mut packet = tcp4(src, dst4(), 25);
             packet[0] = 0x40 | ihl;
-            eth(&[IPV4], &packet)
+            eth(&[ETHERTYPE_IPV4], &packet)
         });
     }
 }
@@ -468,8 +484,8 @@ fn ipv4_ihl_below_5() {
 #[test]
 fn ipv4_options_beyond_the_frame() {
     check_malformed4(|src| {
-        let packet = ipv4_packet(src, dst4(), TCP, 10, 0, &tcp(25));
-        eth(&[IPV4], &packet[..59])
+        let packet = ipv4_packet(src, dst4(), IPPROTO_TCP, 10, 0, &tcp(25));
+        eth(&[ETHERTYPE_IPV4], &packet[..59])
     });
 }
 
@@ -477,10 +493,10 @@ fn ipv4_options_beyond_the_frame() {
 
 #[test]
 fn ipv6_shorter_than_40_bytes() {
-    check_malformed6(|src| eth(&[IPV6], &tcp6(src, dst6(), 25)[..24]));
-    check_malformed6(|src| eth(&[IPV6], &tcp6(src, dst6(), 25)[..39]));
+    check_malformed6(|src| eth(&[ETHERTYPE_IPV6], &tcp6(src, dst6(), 25)[..24]));
+    check_malformed6(|src| eth(&[ETHERTYPE_IPV6], &tcp6(src, dst6(), 25)[..39]));
     for len in [0, 23] {
-        let frame = eth(&[IPV6], &tcp6(blocked6(), dst6(), 25)[..len]);
+        let frame = eth(&[ETHERTYPE_IPV6], &tcp6(blocked6(), dst6(), 25)[..len]);
         check_malformed_sourceless(&frame, Family::Ipv6);
     }
 }
@@ -491,7 +507,7 @@ fn ipv6_bad_version() {
         check_malformed6(|src| {
             let mut packet = tcp6(src, dst6(), 25);
             packet[0] = version << 4;
-            eth(&[IPV6], &packet)
+            eth(&[ETHERTYPE_IPV6], &packet)
         });
     }
 }
@@ -499,8 +515,8 @@ fn ipv6_bad_version() {
 #[test]
 fn ipv6_each_extension_header() {
     for kind in [0, 43, 44, 60, 51] {
-        let packet = ipv6_chain(blocked6(), dst6(), &[kind], TCP, &tcp(25));
-        check_blocked(&eth(&[IPV6], &packet), Family::Ipv6);
+        let packet = ipv6_chain(blocked6(), dst6(), &[kind], IPPROTO_TCP, &tcp(25));
+        check_blocked(&eth(&[ETHERTYPE_IPV6], &packet), Family::Ipv6);
     }
 }
 
@@ -508,11 +524,11 @@ fn ipv6_each_extension_header() {
 fn ipv6_ah_length_is_in_4_byte_units_plus_2() {
     for len_byte in [0u8, 1, 4, 255] {
         let mut ah = vec![0; (usize::from(len_byte) + 2) * 4];
-        ah[0] = TCP;
+        ah[0] = IPPROTO_TCP;
         ah[1] = len_byte;
         ah.extend(tcp(25));
         let packet = ipv6_packet(blocked6(), dst6(), 51, &ah);
-        check_blocked(&eth(&[IPV6], &packet), Family::Ipv6);
+        check_blocked(&eth(&[ETHERTYPE_IPV6], &packet), Family::Ipv6);
     }
 }
 
@@ -521,11 +537,11 @@ fn ipv6_options_length_is_in_8_byte_units_plus_1() {
     for kind in [0, 43, 60] {
         for len_byte in [0u8, 2, 255] {
             let mut header = vec![0; (usize::from(len_byte) + 1) * 8];
-            header[0] = TCP;
+            header[0] = IPPROTO_TCP;
             header[1] = len_byte;
             header.extend(tcp(25));
             let packet = ipv6_packet(blocked6(), dst6(), kind, &header);
-            check_blocked(&eth(&[IPV6], &packet), Family::Ipv6);
+            check_blocked(&eth(&[ETHERTYPE_IPV6], &packet), Family::Ipv6);
         }
     }
 }
@@ -533,10 +549,14 @@ fn ipv6_options_length_is_in_8_byte_units_plus_1() {
 #[test]
 fn ipv6_eight_extension_headers_are_walked() {
     let kinds = [0, 43, 60, 51, 44, 60, 43, 51];
-    let packet = ipv6_chain(blocked6(), dst6(), &kinds, TCP, &tcp(25));
-    check_blocked(&eth(&[IPV6], &packet), Family::Ipv6);
-    let packet = ipv6_chain(blocked6(), dst6(), &kinds, NO_NEXT, &[]);
-    check_pass(&eth(&[IPV6], &packet), Reason::NotTcp, Family::Ipv6);
+    let packet = ipv6_chain(blocked6(), dst6(), &kinds, IPPROTO_TCP, &tcp(25));
+    check_blocked(&eth(&[ETHERTYPE_IPV6], &packet), Family::Ipv6);
+    let packet = ipv6_chain(blocked6(), dst6(), &kinds, IPV6_NO_NEXT_HEADER, &[]);
+    check_pass(
+        &eth(&[ETHERTYPE_IPV6], &packet),
+        Reason::NotTcp,
+        Family::Ipv6,
+    );
 }
 
 #[test]
@@ -544,11 +564,16 @@ fn ipv6_ninth_extension_header_is_malformed() {
     for ninth in [0, 43, 44, 60, 51] {
         let mut kinds = vec![60; 8];
         kinds.push(ninth);
-        check_malformed6(|src| eth(&[IPV6], &ipv6_chain(src, dst6(), &kinds, TCP, &tcp(25))));
+        check_malformed6(|src| {
+            eth(
+                &[ETHERTYPE_IPV6],
+                &ipv6_chain(src, dst6(), &kinds, IPPROTO_TCP, &tcp(25)),
+            )
+        });
         // Even when the frame ends before the ninth header.
         check_malformed6(|src| {
-            let packet = ipv6_chain(src, dst6(), &kinds, TCP, &tcp(25));
-            eth(&[IPV6], &packet[..40 + 8 * 16])
+            let packet = ipv6_chain(src, dst6(), &kinds, IPPROTO_TCP, &tcp(25));
+            eth(&[ETHERTYPE_IPV6], &packet[..40 + 8 * 16])
         });
     }
 }
@@ -557,8 +582,8 @@ fn ipv6_ninth_extension_header_is_malformed() {
 fn ipv6_extension_header_too_short_to_read() {
     for kind in [0, 43, 60, 51] {
         check_malformed6(|src| {
-            let packet = ipv6_chain(src, dst6(), &[kind], TCP, &tcp(25));
-            eth(&[IPV6], &packet[..41])
+            let packet = ipv6_chain(src, dst6(), &[kind], IPPROTO_TCP, &tcp(25));
+            eth(&[ETHERTYPE_IPV6], &packet[..41])
         });
     }
 }
@@ -567,13 +592,13 @@ fn ipv6_extension_header_too_short_to_read() {
 fn ipv6_extension_header_beyond_the_frame() {
     for (kind, len) in [(0, 16), (43, 16), (60, 16), (51, 12), (44, 8)] {
         check_malformed6(|src| {
-            let packet = ipv6_chain(src, dst6(), &[kind], TCP, &tcp(25));
-            eth(&[IPV6], &packet[..40 + len - 1])
+            let packet = ipv6_chain(src, dst6(), &[kind], IPPROTO_TCP, &tcp(25));
+            eth(&[ETHERTYPE_IPV6], &packet[..40 + len - 1])
         });
         // Complete header, no ports: malformed at step 4 instead.
         check_malformed6(|src| {
-            let packet = ipv6_chain(src, dst6(), &[kind], TCP, &tcp(25));
-            eth(&[IPV6], &packet[..40 + len])
+            let packet = ipv6_chain(src, dst6(), &[kind], IPPROTO_TCP, &tcp(25));
+            eth(&[ETHERTYPE_IPV6], &packet[..40 + len])
         });
     }
 }
@@ -582,54 +607,90 @@ fn ipv6_extension_header_beyond_the_frame() {
 
 #[test]
 fn not_tcp() {
-    let packet = ipv4_packet(blocked4(), dst4(), UDP, 0, 0, &udp(25));
-    check_pass(&eth(&[IPV4], &packet), Reason::NotTcp, Family::Ipv4);
-    let packet = ipv6_packet(blocked6(), dst6(), UDP, &udp(25));
-    check_pass(&eth(&[IPV6], &packet), Reason::NotTcp, Family::Ipv6);
+    let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_UDP, 0, 0, &udp(25));
+    check_pass(
+        &eth(&[ETHERTYPE_IPV4], &packet),
+        Reason::NotTcp,
+        Family::Ipv4,
+    );
+    let packet = ipv6_packet(blocked6(), dst6(), IPPROTO_UDP, &udp(25));
+    check_pass(
+        &eth(&[ETHERTYPE_IPV6], &packet),
+        Reason::NotTcp,
+        Family::Ipv6,
+    );
     // Protocol is decided before the ports are read.
-    let packet = ipv4_packet(blocked4(), dst4(), UDP, 0, 0, &[]);
-    check_pass(&eth(&[IPV4], &packet), Reason::NotTcp, Family::Ipv4);
+    let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_UDP, 0, 0, &[]);
+    check_pass(
+        &eth(&[ETHERTYPE_IPV4], &packet),
+        Reason::NotTcp,
+        Family::Ipv4,
+    );
 }
 
 #[test]
 fn ipv4_fragments() {
     let more = 0x2000;
     // First fragment (offset 0, more fragments): judged normally.
-    let packet = ipv4_packet(blocked4(), dst4(), TCP, 0, more, &tcp(25));
-    check_blocked(&eth(&[IPV4], &packet), Family::Ipv4);
+    let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 0, more, &tcp(25));
+    check_blocked(&eth(&[ETHERTYPE_IPV4], &packet), Family::Ipv4);
     // The don't-fragment bit is not an offset.
-    let packet = ipv4_packet(blocked4(), dst4(), TCP, 0, 0x4000, &tcp(25));
-    check_blocked(&eth(&[IPV4], &packet), Family::Ipv4);
+    let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 0, 0x4000, &tcp(25));
+    check_blocked(&eth(&[ETHERTYPE_IPV4], &packet), Family::Ipv4);
     for word in [1, 185, more | 0x1fff] {
         // Non-first: no L4 bytes are needed.
-        let packet = ipv4_packet(blocked4(), dst4(), TCP, 0, word, &[]);
-        check_pass(&eth(&[IPV4], &packet), Reason::Fragment, Family::Ipv4);
-        let packet = ipv4_packet(blocked4(), dst4(), UDP, 0, word, &[1, 2]);
-        check_pass(&eth(&[IPV4], &packet), Reason::NotTcp, Family::Ipv4);
+        let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 0, word, &[]);
+        check_pass(
+            &eth(&[ETHERTYPE_IPV4], &packet),
+            Reason::Fragment,
+            Family::Ipv4,
+        );
+        let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_UDP, 0, word, &[1, 2]);
+        check_pass(
+            &eth(&[ETHERTYPE_IPV4], &packet),
+            Reason::NotTcp,
+            Family::Ipv4,
+        );
     }
 }
 
 #[test]
 fn ipv6_fragments() {
     // First fragment: the walk continues after it.
-    let mut rest = frag6(TCP, 0, true);
+    let mut rest = frag6(IPPROTO_TCP, 0, true);
     rest.extend(tcp(25));
     let packet = ipv6_packet(blocked6(), dst6(), 44, &rest);
-    check_blocked(&eth(&[IPV6], &packet), Family::Ipv6);
+    check_blocked(&eth(&[ETHERTYPE_IPV6], &packet), Family::Ipv6);
     for offset in [1, 185, 0x1fff] {
         // Non-first: the walk stops; nothing after the fragment header is read.
-        let packet = ipv6_packet(blocked6(), dst6(), 44, &frag6(TCP, offset, false));
-        check_pass(&eth(&[IPV6], &packet), Reason::Fragment, Family::Ipv6);
-        let packet = ipv6_packet(blocked6(), dst6(), 44, &frag6(UDP, offset, true));
-        check_pass(&eth(&[IPV6], &packet), Reason::NotTcp, Family::Ipv6);
+        let packet = ipv6_packet(blocked6(), dst6(), 44, &frag6(IPPROTO_TCP, offset, false));
+        check_pass(
+            &eth(&[ETHERTYPE_IPV6], &packet),
+            Reason::Fragment,
+            Family::Ipv6,
+        );
+        let packet = ipv6_packet(blocked6(), dst6(), 44, &frag6(IPPROTO_UDP, offset, true));
+        check_pass(
+            &eth(&[ETHERTYPE_IPV6], &packet),
+            Reason::NotTcp,
+            Family::Ipv6,
+        );
         // Its next header is the protocol even if it names another extension header.
         let packet = ipv6_packet(blocked6(), dst6(), 44, &frag6(60, offset, true));
-        check_pass(&eth(&[IPV6], &packet), Reason::NotTcp, Family::Ipv6);
+        check_pass(
+            &eth(&[ETHERTYPE_IPV6], &packet),
+            Reason::NotTcp,
+            Family::Ipv6,
+        );
         // Behind other extension headers.
         let mut rest = ext(0, 44);
-        rest.extend(frag6(TCP, offset, false));
+        rest.extend(frag6(IPPROTO_TCP, offset, false));
         let packet = ipv6_packet(blocked6(), dst6(), 0, &rest);
-        check_pass(&eth(&[IPV6], &packet), Reason::Fragment, Family::Ipv6);
+        check_pass(
+            &eth(&[ETHERTYPE_IPV6], &packet),
+            Reason::Fragment,
+            Family::Ipv6,
+        );
     }
 }
 
@@ -637,36 +698,40 @@ fn ipv6_fragments() {
 fn ipv6_non_first_fragment_as_eighth_header_ends_the_walk() {
     let mut kinds = vec![60; 7];
     kinds.push(44);
-    let mut packet = ipv6_chain(blocked6(), dst6(), &kinds, TCP, &[]);
+    let mut packet = ipv6_chain(blocked6(), dst6(), &kinds, IPPROTO_TCP, &[]);
     let frag = packet.len() - 8;
     packet[frag..].copy_from_slice(&frag6(0, 8, false));
-    check_pass(&eth(&[IPV6], &packet), Reason::NotTcp, Family::Ipv6);
+    check_pass(
+        &eth(&[ETHERTYPE_IPV6], &packet),
+        Reason::NotTcp,
+        Family::Ipv6,
+    );
 }
 
 // ---- 4. ports -----------------------------------------------------------------------
 
 #[test]
 fn frame_ending_right_after_the_ports() {
-    let packet = ipv4_packet(blocked4(), dst4(), TCP, 0, 0, &tcp(25)[..4]);
-    check_blocked(&eth(&[IPV4], &packet), Family::Ipv4);
-    let packet = ipv4_packet(blocked4(), dst4(), TCP, 2, 0, &tcp(25)[..4]);
-    check_blocked(&eth(&[IPV4], &packet), Family::Ipv4);
-    let packet = ipv6_packet(blocked6(), dst6(), TCP, &tcp(25)[..4]);
-    check_blocked(&eth(&[IPV6], &packet), Family::Ipv6);
-    let packet = ipv6_chain(blocked6(), dst6(), &[0, 51], TCP, &tcp(25)[..4]);
-    check_blocked(&eth(&[IPV6], &packet), Family::Ipv6);
+    let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 0, 0, &tcp(25)[..4]);
+    check_blocked(&eth(&[ETHERTYPE_IPV4], &packet), Family::Ipv4);
+    let packet = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 2, 0, &tcp(25)[..4]);
+    check_blocked(&eth(&[ETHERTYPE_IPV4], &packet), Family::Ipv4);
+    let packet = ipv6_packet(blocked6(), dst6(), IPPROTO_TCP, &tcp(25)[..4]);
+    check_blocked(&eth(&[ETHERTYPE_IPV6], &packet), Family::Ipv6);
+    let packet = ipv6_chain(blocked6(), dst6(), &[0, 51], IPPROTO_TCP, &tcp(25)[..4]);
+    check_blocked(&eth(&[ETHERTYPE_IPV6], &packet), Family::Ipv6);
 }
 
 #[test]
 fn truncated_ports() {
     for len in 0..4 {
         check_malformed4(|src| {
-            let packet = ipv4_packet(src, dst4(), TCP, 1, 0, &tcp(25)[..len]);
-            eth(&[IPV4], &packet)
+            let packet = ipv4_packet(src, dst4(), IPPROTO_TCP, 1, 0, &tcp(25)[..len]);
+            eth(&[ETHERTYPE_IPV4], &packet)
         });
         check_malformed6(|src| {
-            let packet = ipv6_chain(src, dst6(), &[43], TCP, &tcp(25)[..len]);
-            eth(&[IPV6], &packet)
+            let packet = ipv6_chain(src, dst6(), &[43], IPPROTO_TCP, &tcp(25)[..len]);
+            eth(&[ETHERTYPE_IPV6], &packet)
         });
     }
 }
@@ -675,32 +740,35 @@ fn truncated_ports() {
 fn unfiltered_port_passes_before_the_source_lookup() {
     for dport in [0, 24, 26, 80, 465, 65535] {
         check_pass(
-            &eth(&[IPV4], &tcp4(blocked4(), dst4(), dport)),
+            &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), dport)),
             Reason::Port,
             Family::Ipv4,
         );
         check_pass(
-            &eth(&[IPV6], &tcp6(blocked6(), dst6(), dport)),
+            &eth(&[ETHERTYPE_IPV6], &tcp6(blocked6(), dst6(), dport)),
             Reason::Port,
             Family::Ipv6,
         );
     }
-    check_blocked(&eth(&[IPV4], &tcp4(blocked4(), dst4(), 587)), Family::Ipv4);
+    check_blocked(
+        &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 587)),
+        Family::Ipv4,
+    );
 }
 
 // ---- 5. source and destination ------------------------------------------------------
 
 #[test]
 fn unmanaged_source() {
-    let frame = eth(&[IPV4], &tcp4(unmanaged4(), dst4(), 25));
+    let frame = eth(&[ETHERTYPE_IPV4], &tcp4(unmanaged4(), dst4(), 25));
     check_pass(&frame, Reason::Unmanaged, Family::Ipv4);
-    let frame = eth(&[IPV6], &tcp6(unmanaged6(), dst6(), 25));
+    let frame = eth(&[ETHERTYPE_IPV6], &tcp6(unmanaged6(), dst6(), 25));
     check_pass(&frame, Reason::Unmanaged, Family::Ipv6);
 }
 
 #[test]
 fn exempt_source() {
-    let d = judge(&eth(&[IPV4], &tcp4(exempt4(), dst4(), 25)));
+    let d = judge(&eth(&[ETHERTYPE_IPV4], &tcp4(exempt4(), dst4(), 25)));
     check(
         &d,
         Verdict::Pass,
@@ -710,13 +778,13 @@ fn exempt_source() {
     );
     assert_eq!(d.source_prefix, Some(net("10.1.0.0/16")));
     // Exemption wins before the relay lookup.
-    let d = judge(&eth(&[IPV6], &tcp6(exempt6(), relay6(), 25)));
+    let d = judge(&eth(&[ETHERTYPE_IPV6], &tcp6(exempt6(), relay6(), 25)));
     check(d, Verdict::Pass, Reason::Exempt, Family::Ipv6, EXEMPT_GROUP);
 }
 
 #[test]
 fn blocked_source() {
-    let d = judge(&eth(&[IPV4], &tcp4(blocked4(), dst4(), 25)));
+    let d = judge(&eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25)));
     check(
         &d,
         Verdict::Drop,
@@ -725,17 +793,23 @@ fn blocked_source() {
         BLOCK_GROUP,
     );
     assert_eq!(d.source_prefix, Some(net("10.0.0.0/8")));
-    let d = judge(&eth(&[IPV6], &tcp6(blocked6(), dst6(), 25)));
+    let d = judge(&eth(&[ETHERTYPE_IPV6], &tcp6(blocked6(), dst6(), 25)));
     assert_eq!(d.source_prefix, Some(net("2001:db8::/32")));
 }
 
 #[test]
 fn relay_destination() {
     for image in [image(), monitor_image()] {
-        let d = judge_frame(&image, &eth(&[IPV4], &tcp4(blocked4(), relay4(), 25)));
+        let d = judge_frame(
+            &image,
+            &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), relay4(), 25)),
+        );
         check(&d, Verdict::Pass, Reason::Relay, Family::Ipv4, BLOCK_GROUP);
         assert_eq!(d.relay_prefix, Some(net("203.0.113.0/24")));
-        let d = judge_frame(&image, &eth(&[IPV6], &tcp6(blocked6(), relay6(), 25)));
+        let d = judge_frame(
+            &image,
+            &eth(&[ETHERTYPE_IPV6], &tcp6(blocked6(), relay6(), 25)),
+        );
         check(&d, Verdict::Pass, Reason::Relay, Family::Ipv6, BLOCK_GROUP);
         assert_eq!(d.relay_prefix, Some(net("2001:db8:face::/48")));
     }
@@ -744,7 +818,10 @@ fn relay_destination() {
 #[test]
 fn monitor_mode() {
     let image = monitor_image();
-    let d = judge_frame(&image, &eth(&[IPV4], &tcp4(blocked4(), dst4(), 25)));
+    let d = judge_frame(
+        &image,
+        &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25)),
+    );
     check(
         d,
         Verdict::Pass,
@@ -752,7 +829,10 @@ fn monitor_mode() {
         Family::Ipv4,
         BLOCK_GROUP,
     );
-    let d = judge_frame(&image, &eth(&[IPV6], &tcp6(blocked6(), dst6(), 25)));
+    let d = judge_frame(
+        &image,
+        &eth(&[ETHERTYPE_IPV6], &tcp6(blocked6(), dst6(), 25)),
+    );
     check(
         d,
         Verdict::Pass,
@@ -761,9 +841,15 @@ fn monitor_mode() {
         BLOCK_GROUP,
     );
     // Only would-be drops change.
-    let d = judge_frame(&image, &eth(&[IPV4], &tcp4(exempt4(), dst4(), 25)));
+    let d = judge_frame(
+        &image,
+        &eth(&[ETHERTYPE_IPV4], &tcp4(exempt4(), dst4(), 25)),
+    );
     check(d, Verdict::Pass, Reason::Exempt, Family::Ipv4, EXEMPT_GROUP);
-    let d = judge_frame(&image, &eth(&[IPV4], &tcp4(unmanaged4(), dst4(), 25)));
+    let d = judge_frame(
+        &image,
+        &eth(&[ETHERTYPE_IPV4], &tcp4(unmanaged4(), dst4(), 25)),
+    );
     check(d, Verdict::Pass, Reason::Unmanaged, Family::Ipv4, 0);
 }
 
@@ -771,7 +857,10 @@ fn monitor_mode() {
 fn unknown_smtp_code_blocks() {
     let mut image = image();
     image.insert_source(net("10.9.0.0/16"), SourceRule { group: 3, smtp: 0 });
-    let d = judge_frame(&image, &eth(&[IPV4], &tcp4(blocked4(), dst4(), 25)));
+    let d = judge_frame(
+        &image,
+        &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25)),
+    );
     check(d, Verdict::Drop, Reason::Blocked, Family::Ipv4, 3);
 }
 
@@ -784,12 +873,12 @@ fn judge_flow_matches_judge_frame() {
     for image in [image(), monitor_image()] {
         for dport in [25, 80, 587] {
             for (src, dst) in sources4.iter().flat_map(|s| [(*s, dst4()), (*s, relay4())]) {
-                let frame = eth(&[IPV4], &tcp4(src, dst, dport));
+                let frame = eth(&[ETHERTYPE_IPV4], &tcp4(src, dst, dport));
                 let flow = judge_flow(&image, src.into(), dst.into(), dport);
                 assert_eq!(flow, judge_frame(&image, &frame));
             }
             for (src, dst) in sources6.iter().flat_map(|s| [(*s, dst6()), (*s, relay6())]) {
-                let frame = eth(&[IPV6], &tcp6(src, dst, dport));
+                let frame = eth(&[ETHERTYPE_IPV6], &tcp6(src, dst, dport));
                 let flow = judge_flow(&image, src.into(), dst.into(), dport);
                 assert_eq!(flow, judge_frame(&image, &frame));
             }
@@ -937,13 +1026,16 @@ fn limited_image(per_minute: u64, burst: u64) -> MapImage {
 fn segment4(src: Ipv4Addr, dst: Ipv4Addr, flags: u8) -> Vec<u8> {
     let mut t = tcp(25);
     t[13] = flags;
-    eth(&[IPV4], &ipv4_packet(src, dst, TCP, 0, 0, &t))
+    eth(
+        &[ETHERTYPE_IPV4],
+        &ipv4_packet(src, dst, IPPROTO_TCP, 0, 0, &t),
+    )
 }
 
 fn segment6(src: Ipv6Addr, dst: Ipv6Addr, flags: u8) -> Vec<u8> {
     let mut t = tcp(25);
     t[13] = flags;
-    eth(&[IPV6], &ipv6_packet(src, dst, TCP, &t))
+    eth(&[ETHERTYPE_IPV6], &ipv6_packet(src, dst, IPPROTO_TCP, &t))
 }
 
 #[track_caller]
@@ -967,14 +1059,14 @@ const LIMITED: (Verdict, Reason) = (Verdict::Drop, Reason::RateLimited);
 #[test]
 fn source_keys_are_the_ipv4_address_and_the_ipv6_64() {
     assert_eq!(
-        source_key(v4("100.64.1.2").into()),
+        SourceKey::from_ip(v4("100.64.1.2").into()),
         SourceKey {
             family: Family::Ipv4 as u32,
             address: [100, 64, 1, 2, 0, 0, 0, 0]
         }
     );
     assert_eq!(
-        source_key(v6("2001:db8:1:2:aaaa:bbbb:cccc:dddd").into()),
+        SourceKey::from_ip(v6("2001:db8:1:2:aaaa:bbbb:cccc:dddd").into()),
         SourceKey {
             family: Family::Ipv6 as u32,
             address: [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2]
@@ -982,8 +1074,8 @@ fn source_keys_are_the_ipv4_address_and_the_ipv6_64() {
     );
     // An IPv4 address and the IPv6 /64 with the same first bytes are different sources.
     assert_ne!(
-        source_key(v4("32.1.13.184").into()),
-        source_key(v6("2001:db8::1").into())
+        SourceKey::from_ip(v4("32.1.13.184").into()),
+        SourceKey::from_ip(v6("2001:db8::1").into())
     );
 }
 
@@ -1023,7 +1115,7 @@ fn limiter_passes_the_burst_then_one_per_interval() {
     );
     // The rejected SYNs moved nothing: the bucket is 3 intervals ahead of the last pass.
     assert_eq!(
-        model.limiter.tat(&source_key(blocked4().into())),
+        model.limiter.tat(&SourceKey::from_ip(blocked4().into())),
         Some(t0 + 80 * SECOND)
     );
 }
@@ -1107,7 +1199,7 @@ fn only_connection_requests_to_relays_from_block_groups_are_limited() {
             );
         }
     }
-    let port = eth(&[IPV4], &tcp4(blocked4(), relay4(), 80));
+    let port = eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), relay4(), 80));
     assert_eq!(model.judge_frame(&image, &port, 0).reason, Reason::Port);
     // Non-relay destinations are blocked as always, limit or not.
     let blocked = segment4(blocked4(), dst4(), 0x02);
@@ -1118,7 +1210,7 @@ fn only_connection_requests_to_relays_from_block_groups_are_limited() {
 #[test]
 fn rate_limited_is_monitored_in_monitor_mode_and_never_rejected() {
     let mut image = limited_image(1, 1);
-    image.config.action = ACTION_REJECT;
+    image.config.action = Action::Reject as u32;
     let syn = segment6(blocked6(), relay6(), 0x02);
     let mut model = Model::new();
     let limited = [
@@ -1145,7 +1237,7 @@ fn no_limit_means_no_buckets() {
     }
     assert!(model.limiter.is_empty());
     let mut limiter = RelayLimiter::new();
-    assert!(limiter.admit(&image.config, source_key(blocked4().into()), 0));
+    assert!(limiter.admit(&image.config, SourceKey::from_ip(blocked4().into()), 0));
     assert!(limiter.is_empty());
 }
 
@@ -1153,7 +1245,7 @@ fn no_limit_means_no_buckets() {
 
 fn reject_image() -> MapImage {
     let mut image = image();
-    image.config.action = ACTION_REJECT;
+    image.config.action = Action::Reject as u32;
     image
 }
 
@@ -1233,8 +1325,15 @@ fn tcp_with(seq: u32, flags: u8, words: u8, payload: &[u8]) -> Vec<u8> {
 fn reject_answers_a_blocked_syn_with_rst_ack() {
     let image = reject_image();
     let frame = eth(
-        &[IPV4],
-        &ipv4_packet(blocked4(), dst4(), TCP, 0, 0, &tcp_with(1000, 0x02, 5, &[])),
+        &[ETHERTYPE_IPV4],
+        &ipv4_packet(
+            blocked4(),
+            dst4(),
+            IPPROTO_TCP,
+            0,
+            0,
+            &tcp_with(1000, 0x02, 5, &[]),
+        ),
     );
     let d = judge_frame(&image, &frame);
     assert_eq!(
@@ -1245,8 +1344,8 @@ fn reject_answers_a_blocked_syn_with_rst_ack() {
     assert_eq!(reply_to(&frame), d.reply);
 
     let frame = eth(
-        &[IPV6],
-        &ipv6_packet(blocked6(), dst6(), TCP, &tcp_with(7, 0x02, 5, &[])),
+        &[ETHERTYPE_IPV6],
+        &ipv6_packet(blocked6(), dst6(), IPPROTO_TCP, &tcp_with(7, 0x02, 5, &[])),
     );
     let d = judge_frame(&image, &frame);
     assert_eq!((d.verdict, d.reason), (Verdict::Reject, Reason::Blocked));
@@ -1267,12 +1366,18 @@ fn reject_acknowledges_syn_fin_and_payload_with_wrapping() {
     ];
     for (seq, flags, words, payload, ack) in cases {
         let t = tcp_with(seq, flags, words, payload);
-        let frame = eth(&[IPV4], &ipv4_packet(blocked4(), dst4(), TCP, 2, 0, &t));
+        let frame = eth(
+            &[ETHERTYPE_IPV4],
+            &ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 2, 0, &t),
+        );
         let d = judge_frame(&image, &frame);
         assert_eq!(d.verdict, Verdict::Reject, "{seq} {flags:#x}");
         check_reply4(d.reply.as_ref().unwrap(), 14, blocked4(), dst4(), ack);
         // IPv6 with 28 bytes of extension headers (a 16-byte options header, a 12-byte AH).
-        let frame = eth(&[IPV6], &ipv6_chain(blocked6(), dst6(), &[60, 51], TCP, &t));
+        let frame = eth(
+            &[ETHERTYPE_IPV6],
+            &ipv6_chain(blocked6(), dst6(), &[60, 51], IPPROTO_TCP, &t),
+        );
         let d = judge_frame(&image, &frame);
         assert_eq!(d.verdict, Verdict::Reject, "{seq} {flags:#x}");
         check_reply6(d.reply.as_ref().unwrap(), 14, blocked6(), dst6(), ack);
@@ -1283,10 +1388,10 @@ fn reject_acknowledges_syn_fin_and_payload_with_wrapping() {
 fn reject_reads_the_payload_length_from_the_ip_header_saturating() {
     let image = reject_image();
     let t = tcp_with(50, 0x02, 5, b"");
-    let mut packet = ipv4_packet(blocked4(), dst4(), TCP, 1, 0, &t);
+    let mut packet = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 1, 0, &t);
     // Total length 1000: 1000 - 24 - 20 bytes of "payload", as the header claims.
     packet[2..4].copy_from_slice(&1000u16.to_be_bytes());
-    let d = judge_frame(&image, &eth(&[IPV4], &packet));
+    let d = judge_frame(&image, &eth(&[ETHERTYPE_IPV4], &packet));
     check_reply4(
         d.reply.as_ref().unwrap(),
         14,
@@ -1296,16 +1401,16 @@ fn reject_reads_the_payload_length_from_the_ip_header_saturating() {
     );
     // Total length 3: less than the headers, so no payload.
     packet[2..4].copy_from_slice(&3u16.to_be_bytes());
-    let d = judge_frame(&image, &eth(&[IPV4], &packet));
+    let d = judge_frame(&image, &eth(&[ETHERTYPE_IPV4], &packet));
     check_reply4(d.reply.as_ref().unwrap(), 14, blocked4(), dst4(), 51);
     // IPv6 payload length 10 with 16 bytes of extension headers: none either.
-    let mut packet = ipv6_chain(blocked6(), dst6(), &[0], TCP, &t);
+    let mut packet = ipv6_chain(blocked6(), dst6(), &[0], IPPROTO_TCP, &t);
     packet[4..6].copy_from_slice(&10u16.to_be_bytes());
-    let d = judge_frame(&image, &eth(&[IPV6], &packet));
+    let d = judge_frame(&image, &eth(&[ETHERTYPE_IPV6], &packet));
     check_reply6(d.reply.as_ref().unwrap(), 14, blocked6(), dst6(), 51);
     // IPv6 payload length 65535 after the 16 bytes: 65535 - 16 - 20.
     packet[4..6].copy_from_slice(&u16::MAX.to_be_bytes());
-    let d = judge_frame(&image, &eth(&[IPV6], &packet));
+    let d = judge_frame(&image, &eth(&[ETHERTYPE_IPV6], &packet));
     check_reply6(
         d.reply.as_ref().unwrap(),
         14,
@@ -1321,16 +1426,19 @@ fn reject_keeps_vlan_tags_and_pppoe_with_its_new_length() {
     let t = tcp_with(9, 0x02, 5, b"");
     // Two tags: link layer 22 bytes, copied but for the MACs.
     let frame = eth(
-        &[0x88a8, 0x8100, IPV4],
-        &ipv4_packet(blocked4(), dst4(), TCP, 3, 0, &t),
+        &[0x88a8, 0x8100, ETHERTYPE_IPV4],
+        &ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 3, 0, &t),
     );
     let reply = judge_frame(&image, &frame).reply.unwrap();
     check_reply4(&reply, 22, blocked4(), dst4(), 10);
     assert_eq!(&reply[12..22], &frame[12..22]);
     // PPPoE behind a tag: length 2 + 40, everything else of the session header kept.
     let frame = eth(
-        &[0x8100, PPPOE],
-        &pppoe(0x0021, &ipv4_packet(blocked4(), dst4(), TCP, 0, 0, &t)),
+        &[0x8100, ETHERTYPE_PPPOE_SESSION],
+        &pppoe(
+            0x0021,
+            &ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 0, 0, &t),
+        ),
     );
     let reply = judge_frame(&image, &frame).reply.unwrap();
     check_reply4(&reply, 26, blocked4(), dst4(), 10);
@@ -1338,8 +1446,8 @@ fn reject_keeps_vlan_tags_and_pppoe_with_its_new_length() {
     assert_eq!(u16::from_be_bytes([reply[22], reply[23]]), 42);
     assert_eq!(&reply[24..26], &[0x00, 0x21]);
     let frame = eth(
-        &[PPPOE],
-        &pppoe(0x0057, &ipv6_packet(blocked6(), dst6(), TCP, &t)),
+        &[ETHERTYPE_PPPOE_SESSION],
+        &pppoe(0x0057, &ipv6_packet(blocked6(), dst6(), IPPROTO_TCP, &t)),
     );
     let reply = judge_frame(&image, &frame).reply.unwrap();
     check_reply6(&reply, 22, blocked6(), dst6(), 10);
@@ -1354,7 +1462,10 @@ fn reject_drops_what_is_not_a_whole_connection_request() {
     let judge4 = |t: &[u8]| {
         let d = judge_frame(
             &image,
-            &eth(&[IPV4], &ipv4_packet(blocked4(), dst4(), TCP, 0, 0, t)),
+            &eth(
+                &[ETHERTYPE_IPV4],
+                &ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 0, 0, t),
+            ),
         );
         assert_eq!(d.reply.is_some(), d.verdict == Verdict::Reject);
         (d.verdict, d.reason)
@@ -1385,9 +1496,9 @@ fn reject_drops_what_is_not_a_whole_connection_request() {
     }
     assert_eq!(judge4(&syn[..20]).0, Verdict::Reject);
     // Malformed frames are dropped, never answered.
-    let mut bad = ipv4_packet(blocked4(), dst4(), TCP, 0, 0, &syn);
+    let mut bad = ipv4_packet(blocked4(), dst4(), IPPROTO_TCP, 0, 0, &syn);
     bad[0] = 0x44;
-    let d = judge_frame(&image, &eth(&[IPV4], &bad));
+    let d = judge_frame(&image, &eth(&[ETHERTYPE_IPV4], &bad));
     assert_eq!(
         (d.verdict, d.reason, d.reply),
         (Verdict::Drop, Reason::Malformed, None)
@@ -1423,7 +1534,7 @@ fn judge_flow_is_a_connection_request() {
     );
     // A fresh bucket: the relay passes even at the tightest limit.
     let mut image = limited_image(1, 1);
-    image.config.action = ACTION_REJECT;
+    image.config.action = Action::Reject as u32;
     let d = judge_flow(&image, blocked6().into(), relay6().into(), 25);
     assert_eq!((d.verdict, d.reason), PASS_RELAY);
 }
