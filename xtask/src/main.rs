@@ -1,4 +1,4 @@
-//! Project chores: `cargo xtask setup | test | demo | docs | bench | bench-agent | bench-live`.
+//! Project chores: `cargo xtask setup | test | deny | demo | docs | bench | bench-agent | bench-live`.
 //! xtask must build without the eBPF toolchain, because `setup` installs it.
 
 use std::{
@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (idempotent): nightly rust-src,
-    /// bpf-linker 0.13 built against nightly's LLVM, Debian packages.
+    /// bpf-linker 0.13 built against nightly's LLVM, cargo-deny, Debian packages.
     Setup,
     /// Set up, then run every test (kernel tests need root).
     Test {
@@ -27,6 +27,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check the dependency tree against deny.toml with cargo-deny: licenses, banned and
+    /// duplicate crates, sources, and RustSec advisories when their database can be fetched.
+    Deny,
     /// Set up, build, and run the lab: namespaces customers/router/internet, the agent on
     /// the router, real TCP connections from every customer type, a live policy change.
     Demo,
@@ -66,6 +69,8 @@ enum Task {
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Its rust-version is 1.88.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 /// iproute2 for the labs; nftables and ethtool for `bench-live` (the nftables setups,
 /// and offload settings and per-queue XDP counters of the veths).
 const DEBIAN_PACKAGES: &[&str] = &["iproute2", "nftables", "ethtool"];
@@ -81,6 +86,10 @@ fn main() -> Result<()> {
             let mut cmd = Command::new("cargo");
             cmd.args(["test", "--workspace"]).args(args);
             run(&mut cmd)
+        }
+        Task::Deny => {
+            ensure_cargo_deny()?;
+            deny()
         }
         Task::Demo => {
             setup()?;
@@ -158,6 +167,7 @@ fn workspace_root() -> PathBuf {
 fn setup() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_cargo_deny()?;
     ensure_debian_packages()
 }
 
@@ -220,6 +230,49 @@ fn ensure_bpf_linker() -> Result<()> {
         "--locked",
         "--force",
     ]))
+}
+
+fn ensure_cargo_deny() -> Result<()> {
+    if let Ok(version) = output(Command::new("cargo").args(["deny", "--version"]))
+        && version.contains(CARGO_DENY_VERSION)
+    {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-deny {CARGO_DENY_VERSION}");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+        "--locked",
+        "--force",
+    ]))
+}
+
+/// The advisory database is a git repository that cargo-deny clones from GitHub, which
+/// some machines (ours, CI) cannot reach, and we know of no package registry shipping a
+/// copy. Without it `cargo deny check` fails as a whole, so the other checks run on their
+/// own first, and the advisories are checked only once the database is fetched;
+/// otherwise one line says they were not, and why.
+fn deny() -> Result<()> {
+    run(Command::new("cargo").args(["deny", "check", "licenses", "bans", "sources"]))?;
+    let fetch = Command::new("cargo")
+        .args(["deny", "fetch", "db"])
+        .output()
+        .context("running cargo deny fetch db")?;
+    if !fetch.status.success() {
+        let stderr = String::from_utf8_lossy(&fetch.stderr);
+        let reason = stderr
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("no message")
+            .trim();
+        eprintln!(
+            "deny: advisories NOT checked, the advisory database could not be fetched: {reason}"
+        );
+        return Ok(());
+    }
+    run(Command::new("cargo").args(["deny", "check", "advisories"]))
 }
 
 fn ensure_debian_packages() -> Result<()> {
