@@ -107,10 +107,10 @@ impl ExemptionStore {
                 });
             }
         };
-        let corrupt = |e: serde_yaml::Error| {
+        let corrupt = |e: serde_saphyr::Error| {
             anyhow::anyhow!("{}: invalid exemptions file: {e}", path.display())
         };
-        let probe: VersionProbe = serde_yaml::from_str(&text).map_err(corrupt)?;
+        let probe: VersionProbe = from_yaml(&text).map_err(corrupt)?;
         if probe.version != VERSION {
             anyhow::bail!(
                 "{}: exemptions file version {} is not supported (this agent knows version {VERSION})",
@@ -118,7 +118,7 @@ impl ExemptionStore {
                 probe.version
             );
         }
-        let file: StateFile = serde_yaml::from_str(&text).map_err(corrupt)?;
+        let file: StateFile = from_yaml(&text).map_err(corrupt)?;
         for exemption in file.exemptions {
             let prefix = exemption.prefix;
             if store.items.insert(prefix, exemption).is_some() {
@@ -171,7 +171,13 @@ impl ExemptionStore {
             version: VERSION,
             exemptions: self.items.values().cloned().collect(),
         };
-        Ok(format!("{HEADER}{}", serde_yaml::to_string(&file)?))
+        // YAML 1.2 rules, as the file is read: timestamps need no quotes. No `%YAML` line
+        // either, so the header stays the file's first line.
+        let options = serde_saphyr::ser_options! { yaml_12: true, no_lang_directive: true };
+        Ok(format!(
+            "{HEADER}{}",
+            serde_saphyr::to_string_with_options(&file, options)?
+        ))
     }
 
     pub fn insert(&mut self, exemption: Exemption) -> Result<(), ExemptionError> {
@@ -243,6 +249,11 @@ impl ExemptionStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Reads YAML with the error on one line, as it goes into a log line.
+fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
 }
 
 /// Creates `path` afresh with mode 0640 (whatever the umask), writes `bytes` and syncs.
@@ -853,7 +864,7 @@ groups:
         assert!(text.contains("version: 1\n"), "{text}");
         assert!(text.contains("- prefix: 100.64.0.10/32\n"), "{text}");
         assert!(
-            text.contains("reason: 'ticket 4711: customer runs own MTA'\n"),
+            text.contains("reason: \"ticket 4711: customer runs own MTA\"\n"),
             "{text}"
         );
         assert!(text.contains("added_by: root\n"), "{text}");
@@ -893,6 +904,40 @@ exemptions:
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].expires_at, Some(at("2026-12-05T10:00:00Z")));
         assert_eq!(items[1].expires_at, None);
+    }
+
+    /// Byte for byte as the agent wrote it with serde_yaml, before serde-saphyr.
+    #[test]
+    fn file_written_by_earlier_agents_loads() {
+        let dir = TempDir::new("earlier");
+        let path = dir.0.join("exemptions.yaml");
+        fs::write(
+            &path,
+            "# Exemptions granted with `filter-agent exemptions add`; managed by the agent.
+version: 1
+exemptions:
+- prefix: 100.64.0.10/32
+  reason: 'ticket 4711: customer runs own MTA'
+  added_by: root
+  added_at: 2026-11-28T10:00:00Z
+  expires_at: 2026-12-05T10:00:00Z
+- prefix: 2001:db8:1000::/64
+  reason: it's 'null'
+  added_by: root
+  added_at: 2026-11-28T10:00:00Z
+  expires_at: null
+",
+        )
+        .unwrap();
+        let store = ExemptionStore::load(&path).unwrap();
+        let items: Vec<_> = store.iter().cloned().collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].reason, "ticket 4711: customer runs own MTA");
+        assert_eq!(items[0].expires_at, Some(at("2026-12-05T10:00:00Z")));
+        assert_eq!(items[1].reason, "it's 'null'");
+        assert_eq!(items[1].expires_at, None);
+        store.save().unwrap();
+        assert_eq!(ExemptionStore::load(&path).unwrap(), store);
     }
 
     #[test]
@@ -948,7 +993,7 @@ exemptions:
             "{e}"
         );
         assert!(e.contains("100.64.0.10/24 has host bits set"), "{e}");
-        assert!(e.contains("line 3 column"), "{e}");
+        assert!(e.ends_with(" at line 3, column 13"), "{e}");
         let e = error("version: 1\nexemptions: [\n");
         assert!(
             e.starts_with(&format!("{name}: invalid exemptions file: ")),

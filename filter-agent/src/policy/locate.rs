@@ -1,12 +1,11 @@
 //! A YAML tree that remembers where every node came from.
 //!
-//! serde_yaml reports positions only for its own errors, so the policy is read into this
-//! tree and validated by hand: every semantic error can then point at its line and column.
+//! Serde reports positions only for the first error, so the policy is read into this tree
+//! and validated by hand: every semantic error can then point at its line and column.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use granit_parser::{Event, Marker, Parser, ScalarStyle, Span, SpannedEventReceiver};
 
 /// A 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,7 +16,7 @@ pub struct Pos {
 
 impl From<Marker> for Pos {
     fn from(mark: Marker) -> Self {
-        // yaml-rust2 counts lines from 1 but columns from 0.
+        // The parser counts lines from 1 but columns from 0.
         Pos {
             line: mark.line(),
             column: mark.col() + 1,
@@ -78,7 +77,7 @@ pub fn parse_yaml(source: &str) -> Result<Vec<Node>, (Pos, String)> {
     let mut builder = Builder::default();
     Parser::new_from_str(source)
         .load(&mut builder, true)
-        .map_err(|e| (Pos::from(*e.marker()), e.info().to_string()))?;
+        .map_err(|e| (Pos::from(*e.marker()), e.info()))?;
     Ok(builder.documents)
 }
 
@@ -107,7 +106,7 @@ impl Builder {
                 None => *pending = Some(node),
                 Some(key) => {
                     let mut value = node;
-                    // An empty value is reported at the line after it; its key is where it is.
+                    // An empty value has no place of its own; its key is where it is.
                     if value.is_null() && value.scalar() == Some("") {
                         value.pos = key.pos;
                     }
@@ -118,12 +117,18 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, event: Event, mark: Marker) {
-        let pos = Pos::from(mark);
+impl<'input> SpannedEventReceiver<'input> for Builder {
+    fn on_event(&mut self, event: Event<'input>, span: Span) {
+        let pos = Pos::from(span.start);
         match event {
             Event::Scalar(text, style, anchor, _) => {
-                let plain = style == TScalarStyle::Plain;
+                let plain = style == ScalarStyle::Plain;
+                // The parser reads an empty value as `~`; it is kept empty, as written.
+                let text = if span.is_empty() {
+                    String::new()
+                } else {
+                    text.into_owned()
+                };
                 self.finish(
                     Node {
                         pos,
@@ -132,8 +137,10 @@ impl MarkedEventReceiver for Builder {
                     anchor,
                 );
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(pos, anchor, Vec::new())),
-            Event::MappingStart(anchor, _) => {
+            Event::SequenceStart(_, anchor, _) => {
+                self.stack.push(Frame::Seq(pos, anchor, Vec::new()))
+            }
+            Event::MappingStart(_, anchor, _) => {
                 self.stack.push(Frame::Map(pos, anchor, Vec::new(), None));
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -147,7 +154,7 @@ impl MarkedEventReceiver for Builder {
                     ),
                     Some(Frame::Map(pos, anchor, entries, _)) => (
                         Node {
-                            // The parser marks a block mapping after its first key.
+                            // A mapping is where its first key is, also a flow mapping after its `{`.
                             pos: entries.first().map_or(pos, |e| e.key.pos),
                             value: Value::Map(entries),
                         },
@@ -169,11 +176,9 @@ impl MarkedEventReceiver for Builder {
                 });
                 self.finish(node, 0);
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            // Stream and document bounds; anchor names, comments and unresolved aliases are
+            // only reported when asked for.
+            _ => {}
         }
     }
 }
