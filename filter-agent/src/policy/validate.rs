@@ -854,7 +854,8 @@ fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
     candidates
         .iter()
-        .map(|&c| (distance(&word, c), c))
+        // Optimal string alignment: a swap of neighbours, the commonest typo, is one edit.
+        .map(|&c| (strsim::osa_distance(&word, c), c))
         .filter(|&(d, c)| {
             let common = word
                 .chars()
@@ -865,29 +866,4 @@ fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         })
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
-}
-
-/// Edit distance counting a swap of neighbours as one edit, the commonest typo.
-fn distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
 }
