@@ -23,6 +23,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{GroupInfo, MapImage, Smtp};
+use crate::policy::{self, PrefixError};
 
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/filter-agent/exemptions.yaml";
 
@@ -316,29 +317,21 @@ pub fn parse_request(
 
 /// `ADDRESS/LENGTH` with the host bits clear, or a bare address as a /32 or /128: the
 /// prefix of an exemption as the operator types it (also for `remove`), read as strictly
-/// as the policy reads its own.
+/// as the policy reads its own, by the same parser; only the wording is for the CLI.
 pub fn parse_prefix(text: &str) -> Result<IpNet, ExemptionError> {
-    let (address, length) = match text.split_once('/') {
-        Some((address, length)) => (address, Some(length)),
-        None => (text, None),
-    };
-    let Ok(address) = address.parse::<std::net::IpAddr>() else {
-        return refuse(format!(
-            "{text:?} is not an IP prefix (expected ADDRESS/LENGTH, e.g. 100.64.0.10/32)"
-        ));
-    };
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let net = length
-        .map_or(Some(max), |l| l.parse::<u8>().ok())
-        .and_then(|length| IpNet::new(address, length).ok());
-    match net {
-        None => refuse(format!("{text}: the prefix length must be 0 to {max}")),
-        Some(net) if net.addr() != net.network() => refuse(format!(
-            "{text} has host bits set; did you mean {}?",
-            net.trunc()
-        )),
-        Some(net) => Ok(net),
-    }
+    policy::parse_prefix(text).map_err(|e| {
+        ExemptionError(match e {
+            PrefixError::NotAddress => format!(
+                "{text:?} is not an IP prefix (expected ADDRESS/LENGTH, e.g. 100.64.0.10/32)"
+            ),
+            PrefixError::Length { max } => {
+                format!("{text}: the prefix length must be 0 to {max}")
+            }
+            PrefixError::HostBits(network) => {
+                format!("{text} has host bits set; did you mean {network}?")
+            }
+        })
+    })
 }
 
 fn expiry_after(now: SystemTime, text: &str) -> Result<SystemTime, ExemptionError> {

@@ -16,6 +16,7 @@ mod tests;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
+pub use prefix::{PrefixError, parse_prefix};
 pub use schema::{
     Action, DEFAULT_EVENTS_PER_SECOND, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders,
     Policy, RelayLimit, VERSION, XdpMode,
