@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod replay;
+pub mod rfc3339;

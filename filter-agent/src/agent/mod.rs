@@ -5,7 +5,6 @@
 
 pub mod events;
 mod handler;
-pub mod rfc3339;
 mod state;
 
 use std::{

@@ -27,7 +27,7 @@ use crate::{
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReloadResult {
     pub ok: bool,
-    #[serde(with = "super::rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub at: SystemTime,
     pub message: String,
 }
