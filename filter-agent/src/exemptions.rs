@@ -46,10 +46,10 @@ pub struct Exemption {
     /// The user who asked, from the peer credentials of the CLI's connection.
     pub added_by: String,
     /// Whole seconds, as written to the state file.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub added_at: SystemTime,
     /// Whole seconds; `None`: until removed.
-    #[serde(with = "rfc3339_option", default)]
+    #[serde(with = "crate::rfc3339::option", default)]
     pub expires_at: Option<SystemTime>,
 }
 
@@ -516,48 +516,6 @@ mod strict_prefix {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
         let text = String::deserialize(deserializer)?;
         super::parse_prefix(&text).map_err(Error::custom)
-    }
-}
-
-/// `SystemTime` as an RFC 3339 UTC timestamp in whole seconds.
-mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_seconds(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_rfc3339(&text)
-            .map_err(|e| Error::custom(format!("{text:?} is not an RFC 3339 UTC time: {e}")))
-    }
-}
-
-/// `Option<SystemTime>` as an RFC 3339 timestamp or null.
-mod rfc3339_option {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        t: &Option<SystemTime>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => super::rfc3339::serialize(t, serializer),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<SystemTime>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrapped(#[serde(with = "super::rfc3339")] SystemTime);
-        Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|Wrapped(t)| t))
     }
 }
 
