@@ -10,20 +10,19 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use filter_testkit::{
+    agent::{AgentOptions, AgentProcess},
+    bench::{median, stale_runs},
+    ip, netns, signals,
+    temp::TempDir,
+};
 use serde::Serialize;
-
-mod support;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_filter-agent");
 const NETNS_PREFIX: &str = "fa-bench-agent-";
@@ -53,27 +52,6 @@ const QUICK: Plan = Plan {
     replay_frames: 10_000,
     replay_runs: 1,
 };
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn sh(args: &[&str]) -> Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 /// A policy of `size` prefixes: 80 % IPv4 /24s in two block groups, 20 % IPv6 /48s in an
 /// allow group. `changed`: residential loses its first prefix and leased-line gains
@@ -118,23 +96,26 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
 /// The namespace, pin path, socket and files of this run; dropping it removes them.
 struct Bench {
     pid: u32,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Bench {
     fn new() -> Result<Bench> {
-        let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("filter-agent-bench-agent-{pid}"));
-        std::fs::create_dir_all(&dir)?;
-        let bench = Bench { pid, dir };
-        sh(&["ip", "netns", "add", &bench.netns()])?;
+        let bench = Bench {
+            pid: std::process::id(),
+            dir: TempDir::new("bench-agent")?,
+        };
         let ns = bench.netns();
-        sh(&[
-            "ip", "-n", &ns, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
-        ])?;
-        sh(&["ip", "-n", &ns, "link", "set", "bench0", "up"])?;
-        sh(&["ip", "-n", &ns, "link", "set", "bench1", "up"])?;
+        ip::batch(None, &format!("netns add {ns}"))?;
+        ip::batch(
+            Some(&ns),
+            "link add bench0 type veth peer name bench1\nlink set bench0 up\nlink set bench1 up\n",
+        )?;
         Ok(bench)
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn netns(&self) -> String {
@@ -146,7 +127,7 @@ impl Bench {
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("control.sock")
+        self.dir().join("control.sock")
     }
 
     fn detach(pin_path: &str) {
@@ -161,13 +142,7 @@ impl Bench {
 
     fn remove(pid: u32) {
         Self::detach(&format!("{PIN_PREFIX}{pid}"));
-        let ns = format!("{NETNS_PREFIX}{pid}");
-        if Path::new("/run/netns").join(&ns).exists() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        netns::delete(&format!("{NETNS_PREFIX}{pid}"));
     }
 
     /// Removes what runs killed without a chance to clean up left behind.
@@ -176,7 +151,7 @@ impl Bench {
             ("/run/netns", NETNS_PREFIX),
             ("/sys/fs/bpf", PIN_PREFIX.trim_start_matches("/sys/fs/bpf/")),
         ];
-        for pid in support::stale_runs(&places) {
+        for pid in stale_runs(&places) {
             eprintln!("removing the namespace and pins left by bench-agent run {pid}");
             Self::remove(pid);
         }
@@ -186,126 +161,54 @@ impl Bench {
 impl Drop for Bench {
     fn drop(&mut self) {
         Self::remove(self.pid);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A running agent and its log lines.
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    started: Instant,
+/// `filter-agent run` on `policy` in the bench's namespace, with its files.
+fn start_agent(bench: &Bench, policy: &Path) -> Result<AgentProcess> {
+    AgentProcess::spawn(&AgentOptions {
+        binary: AGENT.into(),
+        netns: netns::path(&bench.netns()),
+        policy: policy.to_owned(),
+        pin_path: bench.pin_path().into(),
+        socket: bench.socket(),
+        state_file: bench.dir().join("exemptions.yaml"),
+        args: Vec::new(),
+        log_filter: Some("info"),
+        own_process_group: false,
+    })
 }
 
-impl Agent {
-    fn start(bench: &Bench, policy: &Path) -> Result<Agent> {
-        let started = Instant::now();
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", bench.netns()))
-            .arg(AGENT)
-            .args(["run", "--pin-path", &bench.pin_path(), "--policy"])
-            .arg(policy)
-            .arg("--socket")
-            .arg(bench.socket())
-            .arg("--state-file")
-            .arg(bench.dir.join("exemptions.yaml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting filter-agent")?;
-        let (tx, lines) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Ok(Agent {
-            child,
-            lines,
-            started,
-        })
-    }
+/// The agent's next log line that contains `needle`.
+fn next_line(agent: &mut AgentProcess, needle: &str, timeout: Duration) -> Result<String> {
+    agent.read_until(timeout, &format!("log {needle:?}"), |line| {
+        line.contains(needle).then(|| line.to_owned())
+    })
+}
 
-    /// The agent's pid: `nsenter` execs it, so it is the child itself.
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if STOP.load(Ordering::SeqCst) {
-                bail!("interrupted");
-            }
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if Instant::now() >= deadline {
-                        bail!("no {needle:?} from the agent within {timeout:?}");
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait()?;
-                    bail!("the agent exited ({status}) while we waited for {needle:?}");
-                }
-            }
+/// Waits until the agent watches its policy file: it sets up the watcher and then its
+/// signal handlers just after logging "enforcing"; a SIGHUP handler means both are in.
+fn wait_ready(agent: &AgentProcess) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (libc::SIGHUP - 1)) != 0 {
+            return Ok(());
         }
-    }
-
-    /// Waits until the agent watches its policy file: it sets up the watcher and then its
-    /// signal handlers just after logging "enforcing"; a SIGHUP handler means both are in.
-    fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-            let caught = status
-                .lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(0);
-            if caught & (1 << (libc::SIGHUP - 1)) != 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("the agent did not install a SIGHUP handler within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if Instant::now() >= deadline {
+            bail!("the agent did not install a SIGHUP handler within 30 s");
         }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.pid() as i32, signal) };
-    }
-
-    fn stop(mut self) -> Result<()> {
-        self.signal(libc::SIGTERM);
-        self.child.wait()?;
-        Ok(())
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
+/// How long a stopping agent may take before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
@@ -382,10 +285,7 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench-agent needs root (namespaces, XDP)");
     }
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
-    }
+    signals::install(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     Bench::remove_stale();
     let bench = Bench::new()?;
     let report = Report {
@@ -407,7 +307,7 @@ fn main() -> Result<()> {
 }
 
 fn startup(bench: &Bench, size: usize, runs: usize) -> Result<Startup> {
-    let path = bench.dir.join(format!("policy-{size}.yaml"));
+    let path = bench.dir().join(format!("policy-{size}.yaml"));
     let text = policy(size, "bench0", false);
     std::fs::write(&path, &text)?;
     let mut times = Vec::new();
@@ -416,12 +316,12 @@ fn startup(bench: &Bench, size: usize, runs: usize) -> Result<Startup> {
     for run in 0..runs {
         // Each run starts from nothing: no pinned maps to adopt.
         Bench::detach(&bench.pin_path());
-        let mut agent = Agent::start(bench, &path)?;
-        let line = agent.wait_for("enforcing after", Duration::from_secs(600))?;
-        let elapsed = agent.started.elapsed();
+        let mut agent = start_agent(bench, &path)?;
+        let line = next_line(&mut agent, "enforcing after", Duration::from_secs(600))?;
+        let elapsed = agent.started().elapsed();
         peak = peak.max(status_kib(agent.pid(), "VmHWM:")?);
         rss = rss.max(status_kib(agent.pid(), "VmRSS:")?);
-        agent.stop()?;
+        agent.stop(STOP_TIMEOUT)?;
         times.push(ms(elapsed));
         reported.push(
             line.split("enforcing after ")
@@ -443,10 +343,10 @@ fn startup(bench: &Bench, size: usize, runs: usize) -> Result<Startup> {
     Ok(Startup {
         prefixes: size,
         runs,
-        time_to_enforcement_ms: median(&mut times),
+        time_to_enforcement_ms: median(&times),
         time_to_enforcement_min_ms: lo,
         time_to_enforcement_max_ms: hi,
-        agent_reported_ms: median(&mut reported),
+        agent_reported_ms: median(&reported),
         peak_rss_kib: peak,
         rss_kib: rss,
         policy_file_bytes: text.len(),
@@ -455,13 +355,13 @@ fn startup(bench: &Bench, size: usize, runs: usize) -> Result<Startup> {
 
 fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
     let size = plan.change_prefixes;
-    let path = bench.dir.join("policy-change.yaml");
+    let path = bench.dir().join("policy-change.yaml");
     let texts = [policy(size, "bench0", false), policy(size, "bench0", true)];
     std::fs::write(&path, &texts[0])?;
     Bench::detach(&bench.pin_path());
-    let mut agent = Agent::start(bench, &path)?;
-    agent.wait_for("enforcing after", Duration::from_secs(600))?;
-    agent.wait_ready()?;
+    let mut agent = start_agent(bench, &path)?;
+    next_line(&mut agent, "enforcing after", Duration::from_secs(600))?;
+    wait_ready(&agent)?;
     let mut times = Vec::new();
     let mut reported = Vec::new();
     let mut summary = String::new();
@@ -469,12 +369,12 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
     for change in 0..plan.changes {
         // Alternate: move the prefix, then move it back; each is a one-prefix change. The
         // file is replaced as editors do (write, rename); the agent's watcher reloads it.
-        let tmp = bench.dir.join(".policy-change.yaml.tmp");
+        let tmp = bench.dir().join(".policy-change.yaml.tmp");
         std::fs::write(&tmp, &texts[(change + 1) % 2])?;
         let replaced = Instant::now();
         std::fs::rename(&tmp, &path)?;
-        summary = agent.wait_for("generation=", Duration::from_secs(120))?;
-        let done = agent.wait_for("reload done in", Duration::from_secs(120))?;
+        summary = next_line(&mut agent, "generation=", Duration::from_secs(120))?;
+        let done = next_line(&mut agent, "reload done in", Duration::from_secs(120))?;
         let elapsed = replaced.elapsed();
         times.push(ms(elapsed));
         reported.push(
@@ -533,7 +433,7 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
         }
     }
     let peak = status_kib(agent.pid(), "VmHWM:")?;
-    agent.stop()?;
+    agent.stop(STOP_TIMEOUT)?;
     Bench::detach(&bench.pin_path());
     let report = summary
         .split_whitespace()
@@ -550,14 +450,14 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
     Ok(Change {
         prefixes: size,
         changes: plan.changes,
-        time_ms: median(&mut times),
+        time_ms: median(&times),
         time_min_ms: lo,
         time_max_ms: hi,
-        agent_reported_ms: median(&mut reported),
+        agent_reported_ms: median(&reported),
         map_operations: operations,
         report,
-        exemption_add_ms: median(&mut add_times),
-        exemption_remove_ms: median(&mut remove_times),
+        exemption_add_ms: median(&add_times),
+        exemption_remove_ms: median(&remove_times),
         peak_rss_kib: peak,
     })
 }
@@ -568,10 +468,10 @@ fn replay(bench: &Bench, plan: &Plan) -> Result<Replay> {
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/policy.yaml");
     let mut rng = fastrand::Rng::with_seed(6);
     let frames: Vec<Vec<u8>> = (0..plan.replay_frames)
-        .map(|_| filter_agent::fixtures::random_frame(&mut rng))
+        .map(|_| filter_testkit::random::random_frame(&mut rng))
         .collect();
-    let capture = bench.dir.join("replay.pcap");
-    let one = bench.dir.join("replay-one.pcap");
+    let capture = bench.dir().join("replay.pcap");
+    let one = bench.dir().join("replay-one.pcap");
     filter_agent::capture::write_pcap_to(std::fs::File::create(&capture)?, &frames)?;
     filter_agent::capture::write_pcap_to(std::fs::File::create(&one)?, &frames[..1])?;
     let time = |path: &Path| -> Result<f64> {
@@ -595,9 +495,7 @@ fn replay(bench: &Bench, plan: &Plan) -> Result<Replay> {
     let mut totals = Vec::new();
     let mut startups = Vec::new();
     for run in 0..plan.replay_runs {
-        if STOP.load(Ordering::SeqCst) {
-            bail!("interrupted");
-        }
+        signals::check()?;
         startups.push(time(&one)?);
         totals.push(time(&capture)?);
         eprintln!(
@@ -609,8 +507,8 @@ fn replay(bench: &Bench, plan: &Plan) -> Result<Replay> {
             startups[run]
         );
     }
-    let total = median(&mut totals);
-    let startup = median(&mut startups);
+    let total = median(&totals);
+    let startup = median(&startups);
     let frames = plan.replay_frames as f64;
     Ok(Replay {
         frames: plan.replay_frames,

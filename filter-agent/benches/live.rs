@@ -32,13 +32,10 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    fs::File,
     io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -50,7 +47,6 @@ use aya::{
 };
 use filter_agent::{
     dataplane::{Capacity, Dataplane, PinDir},
-    fixtures::Frame,
     image::{GroupInfo, MapImage, Smtp},
     policy::XdpMode,
 };
@@ -58,13 +54,15 @@ use filter_common::{
     Config, Family, PROGRAM_DROP_BASELINE, PROGRAM_PASS_BASELINE, Reason, SMTP_BLOCK, SourceRule,
     reason_counter_index,
 };
+use filter_testkit::{
+    bench::{median, stale_runs},
+    frames::Frame,
+    ip,
+    lab::{RELAY_V4, RELAY_V6, REMOTE_V4, ROUTER_CUSTOMER_V4, ROUTER_INTERNET_V4},
+    netns, signals,
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
-
-#[path = "../tests/lab/ip.rs"]
-mod ip_batch;
-use ip_batch::ip;
-mod support;
 
 /// The traffic generator and sink, built by build.rs from filter-ebpf's `bench_sender` bin.
 static SENDER_OBJECT: &[u8] =
@@ -105,12 +103,6 @@ const RECEIVE_CPU: usize = 1;
 /// The flood's source, inside the restricted 100.64.0.0/10 of every policy size.
 const SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 2);
 const RESTRICTED: &str = "100.64.0.0/10";
-/// A host in the internet namespace; not a relay.
-const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
-const RELAY_V4: &str = "203.0.113.25/32";
-const RELAY_V6: &str = "2001:db8:ffff::25/128";
-const ROUTER_CUSTOMER: &str = "169.254.0.1/32";
-const ROUTER_INTERNET: &str = "203.0.113.1/24";
 
 /// Locally administered MACs, fixed so frames and neighbour entries need no lookups.
 const MAC_CUSTOMER: [u8; 6] = [0x02, 0xb1, 0, 0, 0, 0x01];
@@ -120,19 +112,6 @@ const MAC_INTERNET: [u8; 6] = [0x02, 0xb1, 0, 0, 0, 0x04];
 
 const NS_PREFIX: &str = "blive";
 const PIN_PREFIX: &str = "/sys/fs/bpf/bench-live-";
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn check_stop() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -256,7 +235,7 @@ impl Bed {
         for ns in [c, r, i] {
             run(Command::new("ip").args(["netns", "add", ns]))?;
         }
-        ip(
+        ip::batch(
             None,
             &format!(
                 "link add {bc} netns {c} address {} type veth peer name {br} netns {r} address {}\n\
@@ -287,21 +266,21 @@ impl Bed {
                 (&format!("net.ipv4.conf.{br}.rp_filter"), "0"),
             ],
         )?;
-        ip(Some(c), &format!("link set lo up\nlink set {bc} up\n"))?;
-        ip(
+        ip::batch(Some(c), &format!("link set lo up\nlink set {bc} up\n"))?;
+        ip::batch(
             Some(r),
             &format!(
                 "link set lo up\nlink set {br} up\nlink set {bo} up\n\
-                 addr add {ROUTER_CUSTOMER} dev {br}\n\
-                 addr add {ROUTER_INTERNET} dev {bo}\n\
+                 addr add {ROUTER_CUSTOMER_V4}/32 dev {br}\n\
+                 addr add {ROUTER_INTERNET_V4}/24 dev {bo}\n\
                  route add {RESTRICTED} dev {br}\n\
-                 neigh replace {REMOTE} lladdr {} dev {bo} nud permanent\n",
+                 neigh replace {REMOTE_V4} lladdr {} dev {bo} nud permanent\n",
                 mac(MAC_INTERNET)
             ),
         )?;
-        ip(
+        ip::batch(
             Some(i),
-            &format!("link set lo up\nlink set {bi} up\naddr add {REMOTE}/24 dev {bi}\n"),
+            &format!("link set lo up\nlink set {bi} up\naddr add {REMOTE_V4}/24 dev {bi}\n"),
         )?;
         // Segmentation offload on a sending veth keeps its skbs off the peer's NAPI ring;
         // GRO on a receiving veth gives it a NAPI instance even without XDP.
@@ -312,23 +291,13 @@ impl Bed {
         Ok(())
     }
 
-    fn netns_path(ns: &str) -> PathBuf {
-        Path::new("/run/netns").join(ns)
-    }
-
     fn pin_dir(&self) -> PathBuf {
         PathBuf::from(format!("{PIN_PREFIX}{}", self.pid))
     }
 
     fn remove(pid: u32) {
         for suffix in ["c", "r", "i"] {
-            let ns = format!("{NS_PREFIX}{pid}-{suffix}");
-            if Self::netns_path(&ns).exists() {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", &ns])
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            netns::delete(&format!("{NS_PREFIX}{pid}-{suffix}"));
         }
         let pins = PathBuf::from(format!("{PIN_PREFIX}{pid}"));
         if pins.exists()
@@ -344,7 +313,7 @@ impl Bed {
             ("/run/netns", NS_PREFIX),
             ("/sys/fs/bpf", PIN_PREFIX.trim_start_matches("/sys/fs/bpf/")),
         ];
-        for pid in support::stale_runs(&places) {
+        for pid in stale_runs(&places) {
             eprintln!("removing namespaces and pins left by bench-live run {pid}");
             Self::remove(pid);
         }
@@ -375,12 +344,9 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `nsenter --net=/run/netns/NS PROGRAM ...`: the namespace's network, the host's mounts.
+/// `PROGRAM` in network namespace `ns`, with the host's mounts.
 fn in_ns(ns: &str, program: &str) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", Bed::netns_path(ns).display()))
-        .arg(program);
-    cmd
+    netns::command(&netns::path(ns), program)
 }
 
 fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
@@ -412,14 +378,7 @@ fn set_threaded(ns: &str, interface: &str) -> Result<()> {
 
 /// Moves the calling thread into network namespace `ns`.
 fn enter_netns(ns: &str) -> Result<()> {
-    let path = Bed::netns_path(ns);
-    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: setns on a valid fd; changes only this thread's network namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setns {}", path.display()));
-    }
-    Ok(())
+    netns::enter(&netns::path(ns))
 }
 
 /// Pins thread or process `pid` (0: the calling thread) to one CPU.
@@ -605,7 +564,7 @@ fn map_image(prefixes: &[IpNet]) -> Result<MapImage> {
         image.insert_source(prefix, rule);
     }
     image
-        .set_relays(&[RELAY_V4.parse()?, RELAY_V6.parse()?])
+        .set_relays(&[RELAY_V4.into(), RELAY_V6.into()])
         .map_err(|_| anyhow::anyhow!("too many relays"))?;
     Ok(image)
 }
@@ -769,7 +728,7 @@ impl Generator {
 
     /// The frame bench_sender writes into every live frame.
     fn set_traffic(&mut self, traffic: Traffic) -> Result<()> {
-        let mut frame = Frame::tcp(IpAddr::V4(SOURCE), IpAddr::V4(REMOTE), traffic.port())
+        let mut frame = Frame::tcp(IpAddr::V4(SOURCE), REMOTE_V4, traffic.port())
             .syn()
             .build();
         frame[0..6].copy_from_slice(&MAC_ROUTER_CUSTOMER);
@@ -1176,17 +1135,6 @@ fn check(setup: Setup, traffic: Traffic, s: &Sample) -> Result<(), String> {
     Ok(())
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn min_max(values: &[f64]) -> (f64, f64) {
     values
         .iter()
@@ -1265,10 +1213,7 @@ fn main() -> Result<()> {
     if std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
         bail!("bench-live needs 2 CPUs: one sends, one receives");
     }
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
-    }
+    signals::install(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     Bed::remove_stale();
     let bed = Bed::new();
     bed.build().context("building the namespaces")?;
@@ -1308,7 +1253,7 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
     let mut dataplanes = BTreeMap::new();
     let mut slots = BTreeMap::new();
     for &size in plan.sizes {
-        check_stop()?;
+        signals::check()?;
         let prefixes = restricted_prefixes(size);
         let t = Instant::now();
         let mut dataplane = Dataplane::load_with(&map_image(&prefixes)?)?;
@@ -1348,7 +1293,7 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
                     .collect();
                 rng.shuffle(&mut setups);
                 for setup in setups {
-                    check_stop()?;
+                    signals::check()?;
                     let sample = router
                         .measure(setup, size, traffic, plan)
                         .with_context(|| {
@@ -1464,7 +1409,7 @@ fn report(rows: &[Row], plan: &Plan, json: bool) -> Result<()> {
             "machine": machine(),
             "repetitions": plan.repetitions,
             "frames_per_run": plan.frames,
-            "frame": format!("{FRAME_LEN}-byte Ethernet/IPv4 TCP SYN from {SOURCE} to {REMOTE}"),
+            "frame": format!("{FRAME_LEN}-byte Ethernet/IPv4 TCP SYN from {SOURCE} to {REMOTE_V4}"),
             "input": "BPF_PROG_TEST_RUN live frames redirected out of a veth (xdp_frames in the router veth's NAPI ring)",
             "rx_ns_per_packet": "router NAPI thread run time (schedstat) / packets taken off the router veth's ring; median over repetitions",
             "max_mpps": "1000 / rx_ns_per_packet: packets per second one receive CPU handles on this path",

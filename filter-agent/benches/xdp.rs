@@ -10,10 +10,13 @@ use std::{
 use anyhow::Result;
 use filter_agent::{
     dataplane::Dataplane,
-    fixtures::Frame,
     image::{GroupInfo, MapImage, Smtp},
 };
 use filter_common::{ACTION_REJECT, Config, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use filter_testkit::{
+    frames::Frame,
+    lab::{RELAY_V4, REMOTE_V4},
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
@@ -28,8 +31,6 @@ const BLOCKED_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 2);
 const EXEMPT_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 200, 9);
 /// Outside every generated prefix (they all lie in 1.0.0.0-99.255.255.255).
 const UNMANAGED_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const RELAY_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 25);
-const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 const CUSTOMER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 5);
 const REMOTE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xeeee, 0, 0, 0, 0, 9);
 
@@ -56,7 +57,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "ipv4 tcp/443",
-            frame: tcp(v4(BLOCKED_V4), v4(REMOTE_V4), 443),
+            frame: tcp(v4(BLOCKED_V4), REMOTE_V4, 443),
             smtp: false,
             reject_policy: false,
             drops: false,
@@ -70,28 +71,28 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "tcp/25 unmanaged",
-            frame: tcp(v4(UNMANAGED_V4), v4(REMOTE_V4), 25),
+            frame: tcp(v4(UNMANAGED_V4), REMOTE_V4, 25),
             smtp: true,
             reject_policy: false,
             drops: false,
         },
         Case {
             name: "tcp/25 blocked",
-            frame: tcp(v4(BLOCKED_V4), v4(REMOTE_V4), 25),
+            frame: tcp(v4(BLOCKED_V4), REMOTE_V4, 25),
             smtp: true,
             reject_policy: false,
             drops: true,
         },
         Case {
             name: "tcp/25 relay",
-            frame: tcp(v4(BLOCKED_V4), v4(RELAY_V4), 25),
+            frame: tcp(v4(BLOCKED_V4), RELAY_V4, 25),
             smtp: true,
             reject_policy: false,
             drops: false,
         },
         Case {
             name: "tcp/25 exempt",
-            frame: tcp(v4(EXEMPT_V4), v4(REMOTE_V4), 25),
+            frame: tcp(v4(EXEMPT_V4), REMOTE_V4, 25),
             smtp: true,
             reject_policy: false,
             drops: false,
@@ -100,7 +101,7 @@ fn cases() -> Vec<Case> {
         // that takes the rate-limited drop path.
         Case {
             name: "tcp/25 rate-limited",
-            frame: tcp(v4(BLOCKED_V4), v4(RELAY_V4), 25),
+            frame: tcp(v4(BLOCKED_V4), RELAY_V4, 25),
             smtp: true,
             reject_policy: true,
             drops: true,
@@ -109,7 +110,7 @@ fn cases() -> Vec<Case> {
         // which later runs would judge. Each sample is the mean of single runs instead.
         Case {
             name: "tcp/25 reject",
-            frame: tcp(v4(BLOCKED_V4), v4(REMOTE_V4), 25),
+            frame: tcp(v4(BLOCKED_V4), REMOTE_V4, 25),
             smtp: true,
             reject_policy: true,
             drops: true,
@@ -155,9 +156,7 @@ fn policy(size: usize, reject: bool) -> MapImage {
     image.insert_source("100.64.0.0/10".parse().unwrap(), block);
     image.insert_source("100.64.200.0/24".parse().unwrap(), allow);
     image.insert_source("2001:db8:1000::/36".parse().unwrap(), block);
-    image
-        .set_relays(&["203.0.113.25/32".parse().unwrap()])
-        .unwrap();
+    image.set_relays(&[RELAY_V4.into()]).unwrap();
     let mut rng = fastrand::Rng::with_seed(25);
     while image.source_count() < size {
         let rule = if rng.u8(..10) == 0 { allow } else { block };

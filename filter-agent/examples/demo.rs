@@ -5,7 +5,7 @@
 //! demo PATH_TO_filter-agent      (as root; `cargo xtask demo` builds both and runs this)
 //! ```
 //!
-//! Builds the lab of `tests/lab/mod.rs` (customers -> router -> internet), starts
+//! Builds the lab of `filter_testkit::lab` (customers -> router -> internet), starts
 //! `filter-agent run` in the router namespace, connects from every customer type to a
 //! remote MTA and to the ISP relay, and checks each outcome against what the policy says.
 //! Then it edits the policy file live (an exemption, then an invalid edit the agent must
@@ -13,23 +13,20 @@
 //!
 //! Exit status: 0 every attempt matched the policy, 1 a mismatch or an error, 130 Ctrl-C.
 
-#[path = "../tests/lab/mod.rs"]
-mod lab;
-
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use filter_agent::{explain::explain, image::MapImage, policy};
-use lab::{Customer, Lab, Listener, Ns, Outcome};
+use filter_testkit::{
+    agent::{AgentOptions, AgentProcess},
+    lab::{self, Customer, Lab, Listener, Ns, Outcome},
+    signals::{self, interrupted},
+    temp::TempDir,
+};
 
 const LAB_PREFIX: &str = "demo";
 const PIN_PATH: &str = "/sys/fs/bpf/filter-agent-demo";
@@ -47,7 +44,7 @@ const EXEMPT_V6: &str = "2001:db8:1000::10/128";
 const INVALID_V4: &str = "100.64.0.10/24";
 
 fn main() -> ExitCode {
-    install_signal_handlers();
+    signals::install(&[libc::SIGINT, libc::SIGTERM]);
     let binary = match std::env::args_os().nth(1) {
         Some(path) if std::env::args_os().len() == 2 => PathBuf::from(path),
         _ => {
@@ -76,14 +73,17 @@ fn main() -> ExitCode {
         }
     };
     let mut agent: Option<Agent> = None;
-    let dir = std::env::temp_dir().join(format!("filter-agent-demo-{}", std::process::id()));
-    let result = demo(&lab, &binary, &dir, &mut agent);
+    let dir = TempDir::new("demo");
+    let result = match &dir {
+        Ok(dir) => demo(&lab, &binary, dir.path(), &mut agent),
+        Err(err) => Err(anyhow::anyhow!("creating the demo's directory: {err}")),
+    };
 
     heading("Teardown");
     let (teardown, log) = teardown(&lab, &binary, agent.take());
     let namespaces: Vec<String> = Ns::ALL.iter().map(|&ns| lab.netns_name(ns)).collect();
     drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     println!("  removed the lab namespaces ({})", namespaces.join(", "));
 
     if let Some(signal) = interrupted() {
@@ -121,9 +121,8 @@ fn demo(lab: &Lab, binary: &Path, dir: &Path, agent_slot: &mut Option<Agent>) ->
         "  {customers} --veth-- {router} [XDP on {}] --veth-- {internet}",
         lab.router_customer_if()
     );
-    check_interrupt()?;
+    signals::check()?;
 
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let policy_file = dir.join("lab.yaml");
     let base_yaml = lab.policy_yaml();
     let base = compile(&base_yaml)?;
@@ -151,7 +150,7 @@ fn demo(lab: &Lab, binary: &Path, dir: &Path, agent_slot: &mut Option<Agent>) ->
         lab::RELAY_V4,
         lab::RELAY_V6
     );
-    check_interrupt()?;
+    signals::check()?;
 
     heading("Agent");
     if Path::new(PIN_PATH).exists() {
@@ -288,7 +287,7 @@ fn attempts(lab: &Lab, image: &MapImage, customers: &[Customer]) -> Result<(usiz
             s.spawn(|| attempt.outcome = lab.connect(attempt.src, attempt.dst, CONNECT_TIMEOUT));
         }
     });
-    check_interrupt()?;
+    signals::check()?;
     print_table(&plan);
     Ok((
         plan.iter().filter(|a| !a.matches()).count(),
@@ -411,12 +410,8 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // The agent process.
 
-struct Agent {
-    child: Child,
-    lines: Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: JoinHandle<()>,
-}
+/// The agent, its lines shown as the demo reads them.
+struct Agent(AgentProcess);
 
 /// After a policy change: `true` once the agent has applied it, `false` once refused.
 fn reload_outcome(line: &str) -> Option<bool> {
@@ -431,57 +426,24 @@ fn reload_outcome(line: &str) -> Option<bool> {
 
 impl Agent {
     fn start(lab: &Lab, binary: &Path, policy_file: &Path) -> Result<Agent> {
-        let mut cmd = lab.command_in(Ns::Router, binary);
         // Its own socket and state file beside the policy: the demo must not touch a
         // real agent's on the same machine.
         let dir = policy_file
             .parent()
             .expect("the policy lies in the demo's directory");
-        cmd.arg("run")
-            .arg("--policy")
-            .arg(policy_file)
-            .args(["--pin-path", PIN_PATH])
-            .arg("--socket")
-            .arg(dir.join("control.sock"))
-            .arg("--state-file")
-            .arg(dir.join("exemptions.yaml"))
-            .env("RUST_LOG", "info")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Ctrl-C at the terminal reaches the demo only; the demo stops the agent.
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches only the child's own state. If
-        // the demo is killed outright, the agent gets SIGTERM rather than running on.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().context("starting filter-agent run (nsenter)")?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = std::sync::mpsc::channel();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            })
-        };
-        Ok(Agent {
-            child,
-            lines,
-            log,
-            reader,
-        })
+        Ok(Agent(AgentProcess::spawn(&AgentOptions {
+            binary: binary.to_owned(),
+            netns: lab.netns_path(Ns::Router),
+            policy: policy_file.to_owned(),
+            pin_path: PIN_PATH.into(),
+            socket: dir.join("control.sock"),
+            state_file: dir.join("exemptions.yaml"),
+            args: Vec::new(),
+            log_filter: Some("info"),
+            // Ctrl-C at the terminal reaches the demo only; the demo stops the agent. If
+            // the demo is killed outright, the agent gets SIGTERM rather than running on.
+            own_process_group: true,
+        })?))
     }
 
     /// Shows the agent's lines until `done` returns something for one, and returns that.
@@ -492,65 +454,33 @@ impl Agent {
         what: &str,
         done: impl Fn(&str) -> Option<T>,
     ) -> Result<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            check_interrupt()?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("the agent did not {what} within {timeout:?}");
-            }
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
-                Ok(line) => {
-                    println!("  agent | {}", without_timestamp(&line));
-                    if let Some(value) = done(&line) {
-                        return Ok(value);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait()?;
-                    bail!("the agent exited ({status}) before it would {what}");
-                }
-            }
-        }
+        self.0.read_until(timeout, what, |line| {
+            println!("  agent | {}", without_timestamp(line));
+            done(line)
+        })
     }
 
     /// SIGTERM, then SIGKILL if it has not stopped in time; returns the whole log.
     fn stop(mut self) -> (Result<()>, Vec<String>) {
         let result = self.terminate();
-        let _ = self.reader.join();
-        for line in self.lines.try_iter() {
+        for line in self.0.unread_lines() {
             println!("  agent | {}", without_timestamp(&line));
         }
-        if let (Ok(true), Ok(Some(status))) = (&result, self.child.try_wait()) {
+        if let (Ok(true), Ok(Some(status))) = (&result, self.0.try_wait()) {
             println!("  agent stopped ({status})");
         }
-        let log = std::mem::take(&mut *self.log.lock().unwrap());
-        (result.map(|_| ()), log)
+        (result.map(|_| ()), self.0.log())
     }
 
     /// Returns whether the agent was still running (and has now stopped on SIGTERM).
     fn terminate(&mut self) -> Result<bool> {
-        if let Some(status) = self.child.try_wait()? {
+        if let Some(status) = self.0.try_wait()? {
             println!("  the agent had already exited ({status})");
             return Ok(false);
         }
         println!("  SIGTERM to the agent (it leaves the filter attached)");
-        // SAFETY: plain syscall; the pid is our unreaped child, so it cannot be reused.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        self.child.wait()?;
-        bail!("the agent ignored SIGTERM for {STOP_TIMEOUT:?}; killed it")
+        self.0.stop(STOP_TIMEOUT)?;
+        Ok(true)
     }
 }
 
@@ -600,42 +530,7 @@ fn teardown(lab: &Lab, binary: &Path, agent: Option<Agent>) -> (Result<()>, Vec<
 }
 
 // ---------------------------------------------------------------------------------------
-// Signals and output.
-
-/// The signal that interrupted the demo (SIGINT or SIGTERM), or 0.
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    SIGNAL.store(signal, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe;
-        // SA_RESTART keeps blocking calls elsewhere from failing with EINTR.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-}
-
-fn interrupted() -> Option<i32> {
-    match SIGNAL.load(Ordering::SeqCst) {
-        0 => None,
-        signal => Some(signal),
-    }
-}
-
-fn check_interrupt() -> Result<()> {
-    match interrupted() {
-        Some(signal) => bail!("interrupted by signal {signal}"),
-        None => Ok(()),
-    }
-}
+// Output.
 
 fn heading(title: &str) {
     println!("\n== {title}");

@@ -9,7 +9,6 @@ pub mod dataplane;
 pub mod docs;
 pub mod exemptions;
 pub mod explain;
-pub mod fixtures;
 pub mod image;
 pub mod metrics;
 pub mod model;

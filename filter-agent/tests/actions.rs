@@ -12,19 +12,17 @@ use std::{
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use filter_agent::{
     dataplane::Dataplane,
-    fixtures::{ExtHeader, Frame},
     image::{GroupInfo, MapImage, Smtp},
 };
 use filter_common::{
     ACTION_REJECT, ActionStat, Config, EVENT_OFFENDER, EVENT_SAMPLE, Event, Family, Reason,
     SMTP_BLOCK, SourceKey, SourceRule, VERDICT_DROP, VERDICT_REJECT, Verdict,
 };
+use filter_testkit::{
+    frames::{ExtHeader, Frame},
+    lab::{RELAY_V4, RELAY_V6, REMOTE_V4, REMOTE_V6},
+};
 use ipnet::IpNet;
-
-const RELAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 25);
-const RELAY_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x25);
-const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
-const REMOTE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 9);
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -54,7 +52,7 @@ fn image(config: impl FnOnce(&mut Config)) -> MapImage {
     };
     image.insert_source("100.64.0.0/10".parse().unwrap(), rule);
     image.insert_source("2001:db8:1000::/36".parse().unwrap(), rule);
-    let relays: Vec<IpNet> = vec![IpAddr::V4(RELAY).into(), IpAddr::V6(RELAY_V6).into()];
+    let relays: Vec<IpNet> = vec![RELAY_V4.into(), RELAY_V6.into()];
     image.set_relays(&relays).unwrap();
     image
 }
@@ -84,7 +82,7 @@ fn relay_limit_passes_a_burst_then_limits_and_refills_per_customer() {
         c.relay_interval_ns = interval;
         c.relay_tolerance_ns = 2 * interval;
     }));
-    let relay = IpAddr::V4(RELAY);
+    let relay = RELAY_V4;
     let customer = v4(100, 64, 0, 10);
     for attempt in 1..=3 {
         assert_eq!(
@@ -121,7 +119,7 @@ fn relay_limit_counts_ipv6_customers_per_64() {
         c.relay_interval_ns = interval;
         c.relay_tolerance_ns = interval;
     }));
-    let relay = IpAddr::V6(RELAY_V6);
+    let relay = RELAY_V6;
     let same_64 = [
         v6([0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 1]),
         v6([0x2001, 0xdb8, 0x1000, 0, 0xffff, 0, 0, 2]),
@@ -139,8 +137,8 @@ fn reject_answers_blocked_syns_with_a_valid_reset_under_every_encapsulation() {
     let dataplane = load(&image(|c| c.action = ACTION_REJECT));
     let customer = v4(100, 64, 0, 10);
     let customer_v6 = v6([0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x10]);
-    let remote = IpAddr::V4(REMOTE);
-    let remote_v6 = IpAddr::V6(REMOTE_V6);
+    let remote = REMOTE_V4;
+    let remote_v6 = REMOTE_V6;
     let base = |src, dst| {
         Frame::tcp(src, dst, 25)
             .syn()
@@ -296,7 +294,7 @@ fn blocked_attempts_build_offender_records_events_and_one_alert() {
         );
     }
     // Passing traffic leaves no trace.
-    let relay = IpAddr::V4(RELAY);
+    let relay = RELAY_V4;
     assert_eq!(outcome(&dataplane, &syn(customer, relay)), PASS_RELAY);
 
     let offenders = dataplane.offenders().unwrap();
@@ -356,7 +354,7 @@ fn drop_events_are_rate_limited_in_the_kernel() {
         c.event_interval_ns = Duration::from_secs(60).as_nanos() as u64;
         c.event_tolerance_ns = c.event_interval_ns;
     }));
-    let frame = syn(v4(100, 64, 0, 10), IpAddr::V4(REMOTE));
+    let frame = syn(v4(100, 64, 0, 10), REMOTE_V4);
     for _ in 0..50 {
         assert_eq!(
             outcome(&dataplane, &frame),

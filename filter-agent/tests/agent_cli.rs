@@ -2,46 +2,32 @@
 //! at once and persist, expiry, permissions, a control socket that survives bad requests,
 //! and metrics that move with traffic. Needs root.
 
-mod agent_process;
-mod lab;
-
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr},
     os::unix::net::UnixStream,
     process::Command,
     time::Duration,
 };
 
-use agent_process::{AgentProcess, BINARY, Scratch};
-use lab::{LEASED_LINE, Lab, Ns, Outcome, REMOTE_V4, REMOTE_V6, RESIDENTIAL};
+use filter_testkit::{
+    agent::{AgentProcess, Scratch, ok},
+    lab::{self, LEASED_LINE, Lab, Outcome, REMOTE_V4, REMOTE_V6, RESIDENTIAL, at},
+    metrics_text::{sample, scrape},
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
 
 const CONNECT: Duration = Duration::from_millis(700);
-
-fn at(addr: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(addr, port)
-}
 
 fn start(lab: &Lab, extra: &[&str]) -> (Scratch, AgentProcess, Vec<lab::Listener>) {
     let listeners = vec![
         lab.listen(at(REMOTE_V4, 25)).unwrap(),
         lab.listen(at(REMOTE_V6, 25)).unwrap(),
     ];
-    let scratch = Scratch::new(lab);
+    let scratch = Scratch::new(lab, BINARY);
     scratch.write_policy(&lab.policy_yaml());
-    let agent = AgentProcess::start(lab, &scratch, extra);
+    let agent = scratch.start_agent(lab, extra);
     (scratch, agent, listeners)
-}
-
-fn ok(output: std::process::Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 fn residential_v4(lab: &Lab) -> Outcome {
@@ -147,7 +133,7 @@ fn exemptions_survive_kill_9_and_expire_on_time() {
         "3s",
     ]));
     agent.kill9();
-    let agent = AgentProcess::start(&lab, &scratch, &[]);
+    let agent = scratch.start_agent(&lab, &[]);
     let list = ok(scratch.cli(&["exemptions", "list"]));
     assert!(
         list.contains("100.64.0.10/32") && list.contains("kept"),
@@ -172,30 +158,19 @@ fn exemptions_survive_kill_9_and_expire_on_time() {
     assert!(!list.contains("2001:db8:1000::10"), "{list}");
 }
 
-/// Runs the CLI as user nobody (group nogroup).
-fn as_nobody(scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BINARY])
-        .args(args)
-        .arg("--socket")
-        .arg(scratch.socket())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn users_without_permission_cannot_change_exemptions() {
     let lab = Lab::create().unwrap();
     // nogroup may connect and read; only root may write.
     let (scratch, _agent, _listeners) = start(&lab, &["--socket-group", "nogroup"]);
     // The scratch dir must be searchable for nobody to reach the socket.
-    let mut perms = std::fs::metadata(&scratch.dir).unwrap().permissions();
+    let mut perms = std::fs::metadata(scratch.dir()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&scratch.dir, perms).unwrap();
+    std::fs::set_permissions(scratch.dir(), perms).unwrap();
     ok(scratch.cli(&["exemptions", "add", "100.64.0.20/32", "--reason", "before"]));
     let state_before = std::fs::read(scratch.state_file()).unwrap();
 
-    let read = as_nobody(&scratch, &["exemptions", "list"]);
+    let read = scratch.cli_as_nobody(&["exemptions", "list"]);
     assert!(
         read.status.success(),
         "{}",
@@ -205,7 +180,7 @@ fn users_without_permission_cannot_change_exemptions() {
         &["exemptions", "add", "100.64.0.10/32", "--reason", "sneaky"][..],
         &["exemptions", "remove", "100.64.0.20/32"][..],
     ] {
-        let output = as_nobody(&scratch, args);
+        let output = scratch.cli_as_nobody(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("permission denied"), "{stderr}");
@@ -218,13 +193,10 @@ fn users_without_permission_cannot_change_exemptions() {
 fn users_outside_the_socket_group_cannot_even_connect() {
     let lab = Lab::create().unwrap();
     let (scratch, _agent, _listeners) = start(&lab, &[]);
-    let mut perms = std::fs::metadata(&scratch.dir).unwrap().permissions();
+    let mut perms = std::fs::metadata(scratch.dir()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&scratch.dir, perms).unwrap();
-    let output = as_nobody(
-        &scratch,
-        &["exemptions", "add", "100.64.0.10/32", "--reason", "x"],
-    );
+    std::fs::set_permissions(scratch.dir(), perms).unwrap();
+    let output = scratch.cli_as_nobody(&["exemptions", "add", "100.64.0.10/32", "--reason", "x"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
@@ -282,39 +254,6 @@ fn bad_requests_get_errors_and_the_agent_keeps_enforcing_and_answering() {
         Outcome::Connected
     );
     assert_eq!(agent.count("ERROR"), 0, "{}", agent.log().join("\n"));
-}
-
-/// One sample's value, from OpenMetrics text: `name{labels} value`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .unwrap()
-                .parse::<f64>()
-                .expect("a number")
-        })
-        .sum()
-}
-
-fn scrape(lab: &Lab, port: u16) -> String {
-    lab.in_netns(Ns::Router, || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    })
-    .unwrap()
 }
 
 #[test]

@@ -1,8 +1,5 @@
 //! The agent end to end: real kernel, real TCP, in network namespaces each test creates
-//! and removes (see tests/lab). Needs root.
-
-mod agent_process;
-mod lab;
+//! and removes (see filter_testkit::lab). Needs root.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -18,16 +15,21 @@ use filter_agent::{
     image::MapImage,
 };
 
-use agent_process::{AgentProcess, BINARY, Scratch, attached_program};
-use lab::{
-    BUSINESS_BROADBAND, BUSINESS_ETHERNET, LEASED_LINE, Lab, Ns, Outcome, RELAY_V4, RELAY_V6,
-    REMOTE_V4, REMOTE_V6, RESIDENTIAL, UNMANAGED,
+use filter_testkit::{
+    agent::{AgentProcess, Scratch},
+    lab::{
+        self, BUSINESS_BROADBAND, BUSINESS_ETHERNET, LEASED_LINE, Lab, Ns, Outcome, RELAY_V4,
+        RELAY_V6, REMOTE_V4, REMOTE_V6, RESIDENTIAL, UNMANAGED, at,
+    },
 };
+
+const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
 
 /// Long enough for a connection through the lab (milliseconds), short enough that a
 /// dropped SYN does not slow the tests down.
 const CONNECT: Duration = Duration::from_millis(700);
 const RELOAD: Duration = Duration::from_secs(10);
+const STOP: Duration = Duration::from_secs(10);
 
 /// Sets its flag when dropped, also while unwinding from a failed assertion.
 struct StopOnDrop<'a>(&'a AtomicBool);
@@ -36,10 +38,6 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-fn at(addr: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(addr, port)
 }
 
 /// Listeners on the remote MTA (25, 465, 587) and the relay (25), both families.
@@ -60,9 +58,9 @@ fn listeners(lab: &Lab) -> Vec<lab::Listener> {
 }
 
 fn start(lab: &Lab) -> (Scratch, AgentProcess) {
-    let scratch = Scratch::new(lab);
+    let scratch = Scratch::new(lab, BINARY);
     scratch.write_policy(&lab.policy_yaml());
-    let agent = AgentProcess::start(lab, &scratch, &[]);
+    let agent = scratch.start_agent(lab, &[]);
     (scratch, agent)
 }
 
@@ -197,13 +195,13 @@ fn kill_9_keeps_enforcing_and_a_restarted_agent_adopts_without_a_gap() {
     let _listeners = listeners(&lab);
     let (scratch, agent) = start(&lab);
     let interface = lab.router_customer_if().to_string();
-    let first = attached_program(&lab, &interface).expect("filter attached");
+    let first = lab.attached_program(&interface).expect("filter attached");
     expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
     let blocked_before = blocked_count(&scratch);
 
     agent.kill9();
     assert_eq!(
-        attached_program(&lab, &interface),
+        lab.attached_program(&interface),
         Some(first),
         "the program must stay attached"
     );
@@ -218,16 +216,16 @@ fn kill_9_keeps_enforcing_and_a_restarted_agent_adopts_without_a_gap() {
         let sampler = scope.spawn(|| {
             let mut gaps = 0;
             while !restarted.load(Ordering::Relaxed) {
-                if attached_program(&lab, &interface).is_none() {
+                if lab.attached_program(&interface).is_none() {
                     gaps += 1;
                 }
             }
             gaps
         });
-        let second_agent = AgentProcess::start(&lab, &scratch, &[]);
+        let second_agent = scratch.start_agent(&lab, &[]);
         restarted.store(true, Ordering::Relaxed);
         let gaps = sampler.join().unwrap();
-        let second = attached_program(&lab, &interface).expect("filter attached");
+        let second = lab.attached_program(&interface).expect("filter attached");
         assert_ne!(
             second, first,
             "the restarted agent swaps in its own program"
@@ -298,24 +296,24 @@ fn an_invalid_policy_written_over_a_running_one_is_refused_and_the_old_one_enfor
 #[test]
 fn an_invalid_policy_at_start_attaches_nothing_and_exits_1() {
     let lab = Lab::create().unwrap();
-    let scratch = Scratch::new(&lab);
+    let scratch = Scratch::new(&lab, BINARY);
     scratch.write_policy(&lab.policy_yaml().replace("ports: [25]", "ports: [0]"));
-    let mut agent = AgentProcess::spawn(&lab, &scratch, &[]);
+    let mut agent = scratch.spawn_agent(&lab, &[]);
     assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(1));
     let log = agent.log().join("\n");
     assert!(
         log.contains("nothing attached") && log.contains("port"),
         "{log}"
     );
-    assert_eq!(attached_program(&lab, lab.router_customer_if()), None);
+    assert_eq!(lab.attached_program(lab.router_customer_if()), None);
 }
 
 #[test]
 fn a_second_agent_on_the_same_pins_is_refused_and_detach_removes_the_filter() {
     let lab = Lab::create().unwrap();
     let _listeners = listeners(&lab);
-    let (scratch, agent) = start(&lab);
-    let mut second = AgentProcess::spawn(&lab, &scratch, &[]);
+    let (scratch, mut agent) = start(&lab);
+    let mut second = scratch.spawn_agent(&lab, &[]);
     assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(1));
     assert!(
         second.count("already running") == 1,
@@ -331,9 +329,9 @@ fn a_second_agent_on_the_same_pins_is_refused_and_detach_removes_the_filter() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));
-    assert_eq!(agent.stop(), Some(0));
+    assert_eq!(agent.stop(STOP).unwrap().code(), Some(0));
     assert!(
-        attached_program(&lab, lab.router_customer_if()).is_some(),
+        lab.attached_program(lab.router_customer_if()).is_some(),
         "stopping keeps the filter"
     );
     expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
@@ -343,7 +341,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_detach_removes_the_filter() {
         "{}",
         String::from_utf8_lossy(&detached.stderr)
     );
-    assert_eq!(attached_program(&lab, lab.router_customer_if()), None);
+    assert_eq!(lab.attached_program(lab.router_customer_if()), None);
     assert!(!scratch.pin_path.exists());
     expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::Connected);
 }
@@ -368,9 +366,9 @@ fn reject_refuses_blocked_connections_at_once_where_drop_lets_them_time_out() {
         })
         .unwrap()
         .expect("a pass-only XDP program on the customer veth");
-    let scratch = Scratch::new(&lab);
+    let scratch = Scratch::new(&lab, BINARY);
     scratch.write_policy(&lab.policy_yaml().replace("action: drop", "action: reject"));
-    let agent = AgentProcess::start(&lab, &scratch, &[]);
+    let mut agent = scratch.start_agent(&lab, &[]);
     let patience = Duration::from_secs(3);
     for (src, remote, relay) in [
         (RESIDENTIAL.v4, REMOTE_V4, RELAY_V4),
@@ -388,11 +386,11 @@ fn reject_refuses_blocked_connections_at_once_where_drop_lets_them_time_out() {
         expect(&lab, src, at(relay, 25), Outcome::Connected);
         expect(&lab, src, at(remote, 587), Outcome::Connected);
     }
-    assert_eq!(agent.stop(), Some(0));
+    assert_eq!(agent.stop(STOP).unwrap().code(), Some(0));
 
     // The same attempt under `action: drop` gets no answer at all.
     scratch.write_policy(&lab.policy_yaml());
-    let _agent = AgentProcess::start(&lab, &scratch, &[]);
+    let _agent = scratch.start_agent(&lab, &[]);
     let started = Instant::now();
     let timeout = Duration::from_secs(2);
     assert_eq!(

@@ -3,29 +3,25 @@
 //! crossing the threshold, drop events as structured log lines, the kernel's event rate
 //! limit, and the counters and metrics of all of it. Needs root.
 
-mod agent_process;
-mod lab;
-
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    process::Command,
     time::{Duration, Instant, SystemTime},
 };
 
-use agent_process::{AgentProcess, BINARY, Scratch};
-use lab::{LEASED_LINE, Lab, Ns, Outcome, RELAY_V4, REMOTE_V4, REMOTE_V6, RESIDENTIAL};
+use filter_testkit::{
+    agent::{AgentProcess, Scratch, ok},
+    lab::{LEASED_LINE, Lab, Ns, Outcome, RELAY_V4, REMOTE_V4, REMOTE_V6, RESIDENTIAL, at},
+    metrics_text::{sample, scrape},
+};
 use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
 
 /// A blocked SYN is dropped, so every attempt times out; one SYN each (the first
 /// retransmission would come after a second).
 const ATTEMPT: Duration = Duration::from_millis(300);
 const WAIT: Duration = Duration::from_secs(10);
-
-fn at(addr: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(addr, port)
-}
 
 /// The lab policy with `extra` top-level keys after the port list.
 fn policy(lab: &Lab, extra: &str) -> String {
@@ -36,21 +32,10 @@ fn policy(lab: &Lab, extra: &str) -> String {
 }
 
 fn start(lab: &Lab, extra_policy: &str, args: &[&str]) -> (Scratch, AgentProcess) {
-    let scratch = Scratch::new(lab);
+    let scratch = Scratch::new(lab, BINARY);
     scratch.write_policy(&policy(lab, extra_policy));
-    let agent = AgentProcess::start(lab, &scratch, args);
+    let agent = scratch.start_agent(lab, args);
     (scratch, agent)
-}
-
-fn ok(output: std::process::Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 fn json(output: std::process::Output) -> Value {
@@ -76,45 +61,6 @@ fn event_lines(agent: &AgentProcess, kind: &str) -> Vec<BTreeMap<String, String>
         .filter(|l| l.contains(&needle))
         .map(|l| fields(l))
         .collect()
-}
-
-/// One sample's value, from OpenMetrics text: `name{labels} value`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
-fn scrape(lab: &Lab, port: u16) -> String {
-    lab.in_netns(Ns::Router, || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
-    })
-    .unwrap()
-}
-
-/// Runs the CLI as user nobody (group nogroup).
-fn as_nobody(scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BINARY])
-        .args(args)
-        .arg("--socket")
-        .arg(scratch.socket())
-        .output()
-        .unwrap()
 }
 
 /// Allowed connections (no offence, no drop event) in both families, which also settle
@@ -309,10 +255,10 @@ fn a_repeat_offender_is_logged_once_listed_and_counted() {
     assert_eq!(refused.status.code(), Some(2));
 
     // Readable by the socket's group, like the other read commands.
-    let mut perms = std::fs::metadata(&scratch.dir).unwrap().permissions();
+    let mut perms = std::fs::metadata(scratch.dir()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&scratch.dir, perms).unwrap();
-    let read = as_nobody(&scratch, &["offenders", "--json"]);
+    std::fs::set_permissions(scratch.dir(), perms).unwrap();
+    let read = scratch.cli_as_nobody(&["offenders", "--json"]);
     assert!(
         read.status.success(),
         "{}",
@@ -432,7 +378,7 @@ fn a_repeat_offender_is_logged_once_listed_and_counted() {
 
     // A restarted agent knows who is over the threshold from the kernel's records.
     drop(agent);
-    let agent = AgentProcess::start(&lab, &scratch, &["--metrics", &metrics_addr]);
+    let agent = scratch.start_agent(&lab, &["--metrics", &metrics_addr]);
     let status = json(scratch.cli(&["status", "--json"]));
     assert_eq!(status["counters"]["offenders_over_threshold"], 1);
     assert_eq!(event_lines(&agent, "offender").len(), 0);
@@ -471,9 +417,9 @@ fn drop_events_are_rate_limited_in_the_kernel() {
     ];
     // `reject`, so that resets are counted too (and no SYN is retransmitted).
     let policy_text = "events:\n  per_second: 2\n";
-    let scratch = Scratch::new(&lab);
+    let scratch = Scratch::new(&lab, BINARY);
     scratch.write_policy(&policy(&lab, policy_text).replace("action: drop", "action: reject"));
-    let agent = AgentProcess::start(&lab, &scratch, &[]);
+    let agent = scratch.start_agent(&lab, &[]);
     warm_up(&lab);
     let status = json(scratch.cli(&["status", "--json"]));
     assert_eq!(status["policy"]["action"], "reject");

@@ -16,17 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use filter_agent::{
-    dataplane::Dataplane,
-    fixtures::{
-        REJECT_CORPUS, all_truncations, corpus, corpus_dir, customer_segment, random_frame,
-        reject_corpus,
-    },
-    image::MapImage,
-    model::Model,
-    policy,
-};
+use filter_agent::{dataplane::Dataplane, image::MapImage, model::Model, policy, replay::hex};
 use filter_common::{FLAG_MONITOR, REASON_COUNT, Reason, Verdict};
+use filter_testkit::{
+    corpus::{REJECT_CORPUS, corpus, corpus_dir, reject_corpus},
+    random::{all_truncations, customer_segment, random_frame},
+};
 
 const RANDOM_FRAMES: usize = 12_000;
 
@@ -121,10 +116,6 @@ fn compare(image: &MapImage, frames: &[Vec<u8>]) -> (Vec<String>, Tally) {
         ));
     }
     (problems, tally)
-}
-
-fn hex(frame: &[u8]) -> String {
-    frame.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn assert_agree(image: &MapImage, frames: &[Vec<u8>], what: &str) -> Tally {

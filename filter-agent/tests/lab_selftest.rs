@@ -1,12 +1,12 @@
 //! Checks the network-namespace lab itself, with no filter attached. Needs root.
 
-mod lab;
-
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lab::{CUSTOMERS, Lab, Ns, Outcome, RELAY_V4, RELAY_V6, REMOTE_V4, REMOTE_V6};
+use filter_testkit::lab::{
+    self, CUSTOMERS, Lab, Ns, Outcome, RELAY_V4, RELAY_V6, REMOTE_V4, REMOTE_V6,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -7,12 +7,16 @@ use std::process::Command;
 use filter_agent::{
     capture::{parse_expect, read_frames},
     dataplane::Dataplane,
-    fixtures::{CorpusFiles, REJECT_CORPUS, corpus_dir, expected_replies, reject_corpus},
     image::MapImage,
     model::{self, Model},
-    policy, replay,
+    policy,
+    replay::{self, hex},
 };
 use filter_common::Verdict;
+use filter_testkit::{
+    corpus::{CorpusFiles, REJECT_CORPUS, corpus_dir, expected_replies, reject_corpus},
+    temp::TempDir,
+};
 
 fn corpus_image() -> MapImage {
     policy_image("policy.yaml")
@@ -23,16 +27,6 @@ fn policy_image(name: &str) -> MapImage {
         .expect("the corpus policy is valid")
         .policy
         .compile()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    replay::hex(bytes)
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("filter-agent-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -148,13 +142,13 @@ fn replay_reports_the_replies_and_writes_them_to_a_pcap() {
         parse_expect(&std::fs::read_to_string(corpus_dir().join(files.expect)).unwrap()).unwrap();
     assert!(replay::mismatches(&verdicts, &expected, &corpus_dir().join(files.expect)).is_empty());
 
-    let dir = temp_dir("replies");
-    let path = dir.join("replies.pcap");
+    let dir = TempDir::new("replies").unwrap();
+    let path = dir.path().join("replies.pcap");
     let written = replay::write_replies(&path, &verdicts).unwrap();
     let stored = std::fs::read(corpus_dir().join(files.replies.unwrap())).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), stored, "{}", path.display());
     assert_eq!(written, read_frames(&path).unwrap().len());
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(dir);
 
     let mut json = Vec::new();
     replay::print_json(&mut json, &verdicts).unwrap();
@@ -261,9 +255,8 @@ fn replay_expect_passes_on_the_corpus_and_lists_each_mismatch() {
         "\n2 pass exempt",
         1,
     );
-    let dir = std::env::temp_dir().join(format!("filter-agent-expect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad_expect = dir.join("flipped.expect");
+    let dir = TempDir::new("expect").unwrap();
+    let bad_expect = dir.path().join("flipped.expect");
     std::fs::write(&bad_expect, flipped).unwrap();
     let bad = replay_command()
         .arg("--expect")
@@ -271,7 +264,7 @@ fn replay_expect_passes_on_the_corpus_and_lists_each_mismatch() {
         .arg(&pcap)
         .output()
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(dir);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1), "{stderr}");
     assert!(
@@ -287,9 +280,8 @@ fn replay_expect_passes_on_the_corpus_and_lists_each_mismatch() {
 
 #[test]
 fn replay_refuses_an_invalid_policy_with_its_location() {
-    let dir = std::env::temp_dir().join(format!("filter-agent-badpolicy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let policy = dir.join("bad.yaml");
+    let dir = TempDir::new("badpolicy").unwrap();
+    let policy = dir.path().join("bad.yaml");
     std::fs::write(
         &policy,
         "version: 1\ngroups:\n  - name: r\n    smtp: block\n    prefixes: [10.0.0.1/8]\n",
@@ -302,7 +294,7 @@ fn replay_refuses_an_invalid_policy_with_its_location() {
         .arg(corpus_dir().join("corpus.pcap"))
         .output()
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("bad.yaml:5:"), "{stderr}");

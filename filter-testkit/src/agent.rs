@@ -1,75 +1,137 @@
-//! A `filter-agent run` process inside a lab's router namespace, with its log captured
-//! line by line so tests can wait for events.
-#![allow(dead_code)]
+//! A `filter-agent run` process in a network namespace, with its log captured line by line,
+//! for the end-to-end tests, the demo and the agent benchmark; and [`Scratch`], the files of
+//! one lab test's agent.
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use crate::lab::{Lab, Ns};
+use anyhow::{Context, bail};
 
-pub const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
+use crate::{
+    lab::{Lab, Ns},
+    signals,
+    temp::TempDir,
+};
 
+/// How to start `filter-agent run`.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// The filter-agent binary (in filter-agent's tests `env!("CARGO_BIN_EXE_filter-agent")`).
+    pub binary: PathBuf,
+    /// The network namespace it runs in (`/run/netns/NAME`), entered with
+    /// [`crate::netns::command`].
+    pub netns: PathBuf,
+    pub policy: PathBuf,
+    pub pin_path: PathBuf,
+    pub socket: PathBuf,
+    pub state_file: PathBuf,
+    /// Arguments after those.
+    pub args: Vec<String>,
+    /// `RUST_LOG` for the agent; `None` leaves the caller's.
+    pub log_filter: Option<&'static str>,
+    /// A process group of its own, so that Ctrl-C at a terminal reaches only the caller
+    /// (which then stops the agent); the agent also gets SIGTERM if the caller dies.
+    pub own_process_group: bool,
+}
+
+/// A running agent. Dropping it kills the process if it still runs.
 pub struct AgentProcess {
     child: Child,
+    started: Instant,
+    /// Every line so far.
     log: Arc<Mutex<Vec<String>>>,
+    /// The lines [`AgentProcess::read_until`] has not read yet.
+    lines: Receiver<String>,
+    reader: Option<JoinHandle<()>>,
 }
 
 impl AgentProcess {
-    /// Starts `filter-agent run` in the router namespace with the scratch's policy, pins,
-    /// control socket and state file, and waits until it enforces.
-    pub fn start(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> AgentProcess {
-        let agent = Self::spawn(lab, scratch, extra);
-        agent.wait_for("enforcing after", Duration::from_secs(30));
-        agent
-    }
-
-    pub fn spawn(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> AgentProcess {
-        let mut child = lab
-            .command_in(Ns::Router, BINARY)
-            .arg("run")
+    pub fn spawn(options: &AgentOptions) -> anyhow::Result<AgentProcess> {
+        let mut cmd = crate::netns::command(&options.netns, &options.binary);
+        cmd.arg("run")
             .arg("--policy")
-            .arg(scratch.policy())
+            .arg(&options.policy)
             .arg("--pin-path")
-            .arg(&scratch.pin_path)
+            .arg(&options.pin_path)
             .arg("--socket")
-            .arg(scratch.socket())
+            .arg(&options.socket)
             .arg("--state-file")
-            .arg(scratch.state_file())
-            .args(extra)
+            .arg(&options.state_file)
+            .args(&options.args)
+            // Log lines as on a terminal, with timestamps, whoever runs this.
             .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start filter-agent");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+            .stderr(Stdio::piped());
+        if let Some(filter) = options.log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
+        if options.own_process_group {
+            cmd.process_group(0);
+            // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
-        });
-        AgentProcess { child, log }
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().context("starting filter-agent run (nsenter)")?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            })
+        };
+        Ok(AgentProcess {
+            child,
+            started,
+            log,
+            lines,
+            reader: Some(reader),
+        })
     }
 
+    /// The agent's pid: `nsenter` execs it, so it is the child itself.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Just before the process was started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
 
+    /// Lines of the log so far that contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.log().iter().filter(|l| l.contains(needle)).count()
     }
 
-    /// Waits until `needle` has appeared `n` times; panics with the log on timeout.
+    /// Waits until `needle` has appeared `n` times in the log; panics with the log on
+    /// timeout.
     pub fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.count(needle) < n {
@@ -87,28 +149,67 @@ impl AgentProcess {
         self.wait_for_nth(needle, 1, timeout);
     }
 
-    /// Waits for the process to exit by itself; returns its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+    /// Reads the lines after those read before until `matches` returns something for one,
+    /// and returns that. Fails on timeout, when the agent exits, and on a signal
+    /// [`signals::install`]ed by the caller. `what` completes "the agent did not ...".
+    pub fn read_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut matches: impl FnMut(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the log reader drain.
-                std::thread::sleep(Duration::from_millis(50));
-                return status.code();
+            signals::check()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("the agent did not {what} within {timeout:?}");
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "the agent did not exit; its log:\n{}",
-                    self.log().join("\n")
-                );
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    if let Some(value) = matches(&line) {
+                        return Ok(value);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!("the agent exited ({status}) before it would {what}");
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+    /// Once the agent has exited: the lines [`AgentProcess::read_until`] has not read.
+    pub fn unread_lines(&mut self) -> Vec<String> {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.lines.try_iter().collect()
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code. Panics with the log
+    /// on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        match self.exited_within(timeout).unwrap() {
+            Some(status) => status.code(),
+            None => panic!(
+                "the agent did not exit; its log:\n{}",
+                self.log().join("\n")
+            ),
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2); the pid is our unreaped child, so it cannot be reused.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
     }
 
     /// SIGKILL: the agent gets no chance to clean up.
@@ -117,52 +218,115 @@ impl AgentProcess {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM and wait.
-    pub fn stop(mut self) -> Option<i32> {
+    /// SIGTERM, and SIGKILL (with an error) if it has not exited within `timeout`.
+    pub fn stop(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         self.signal(libc::SIGTERM);
-        self.wait_exit(Duration::from_secs(10))
+        if let Some(status) = self.exited_within(timeout)? {
+            return Ok(status);
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        bail!("the agent ignored SIGTERM for {timeout:?}; killed it")
+    }
+
+    fn exited_within(&mut self, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // Let the log reader drain.
+                std::thread::sleep(Duration::from_millis(50));
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
-/// A pin path and policy file private to one test; detaches and removes both on drop.
+/// A pin path, policy file, control socket and state file private to one lab test;
+/// detaches and removes them all on drop.
 pub struct Scratch {
-    pub dir: PathBuf,
+    binary: PathBuf,
+    dir: TempDir,
     pub pin_path: PathBuf,
 }
 
 impl Scratch {
-    pub fn new(lab: &Lab) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("filter-agent-{}", lab.prefix()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// `binary`: the filter-agent binary, for the agent and the CLI.
+    pub fn new(lab: &Lab, binary: impl Into<PathBuf>) -> Scratch {
         Scratch {
-            dir,
+            binary: binary.into(),
+            dir: TempDir::new(lab.prefix()).unwrap(),
             pin_path: PathBuf::from(format!("/sys/fs/bpf/filter-agent-{}", lab.prefix())),
         }
     }
 
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn policy(&self) -> PathBuf {
-        self.dir.join("policy.yaml")
+        self.dir().join("policy.yaml")
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("control.sock")
+        self.dir().join("control.sock")
     }
 
     pub fn state_file(&self) -> PathBuf {
-        self.dir.join("state/exemptions.yaml")
+        self.dir().join("state/exemptions.yaml")
+    }
+
+    /// Starts `filter-agent run` in the router namespace on these files (and `extra`
+    /// arguments), and waits until it enforces.
+    pub fn start_agent(&self, lab: &Lab, extra: &[&str]) -> AgentProcess {
+        let agent = self.spawn_agent(lab, extra);
+        agent.wait_for("enforcing after", Duration::from_secs(30));
+        agent
+    }
+
+    /// Starts `filter-agent run` as [`Scratch::start_agent`] does, without waiting.
+    pub fn spawn_agent(&self, lab: &Lab, extra: &[&str]) -> AgentProcess {
+        AgentProcess::spawn(&AgentOptions {
+            binary: self.binary.clone(),
+            netns: lab.netns_path(Ns::Router),
+            policy: self.policy(),
+            pin_path: self.pin_path.clone(),
+            socket: self.socket(),
+            state_file: self.state_file(),
+            args: extra.iter().map(|a| a.to_string()).collect(),
+            log_filter: None,
+            own_process_group: false,
+        })
+        .expect("start filter-agent")
     }
 
     /// Runs the CLI (on the host) against this test's agent.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BINARY)
-            .args(args)
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.against_socket(Command::new(&self.binary), args)
+    }
+
+    /// Runs the CLI as user nobody (group nogroup) against this test's agent.
+    pub fn cli_as_nobody(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&self.binary);
+        self.against_socket(cmd, args)
+    }
+
+    fn against_socket(&self, mut cli: Command, args: &[&str]) -> Output {
+        cli.args(args)
             .arg("--socket")
             .arg(self.socket())
             .output()
@@ -171,13 +335,13 @@ impl Scratch {
 
     /// Replaces the policy file the way editors do: write a temporary file, rename it.
     pub fn write_policy(&self, text: &str) {
-        let tmp = self.dir.join(".policy.yaml.tmp");
+        let tmp = self.dir().join(".policy.yaml.tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, self.policy()).unwrap();
     }
 
-    pub fn detach(&self) -> std::process::Output {
-        Command::new(BINARY)
+    pub fn detach(&self) -> Output {
+        Command::new(&self.binary)
             .arg("detach")
             .arg("--pin-path")
             .arg(&self.pin_path)
@@ -191,18 +355,17 @@ impl Drop for Scratch {
         if self.pin_path.exists() {
             let _ = self.detach();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// The XDP program id attached to `interface` in the router namespace, if any.
-pub fn attached_program(lab: &Lab, interface: &str) -> Option<u32> {
-    let out = lab
-        .command_in(Ns::Router, "ip")
-        .args(["-d", "link", "show", "dev", interface])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let at = text.find("prog/xdp id ")? + "prog/xdp id ".len();
-    text[at..].split_whitespace().next()?.parse().ok()
+/// The stdout of a CLI run that must have succeeded; panics with both streams otherwise.
+pub fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }

@@ -1,4 +1,5 @@
-//! Shared by the benchmarks that build namespaces and pins named after their pid.
+//! What the benchmarks share: finding the namespaces and pins of killed earlier runs
+//! (each run names them after its pid), and medians.
 
 use std::path::Path;
 
@@ -26,4 +27,16 @@ pub fn stale_runs(places: &[(&str, &str)]) -> Vec<u32> {
     pids.dedup();
     pids.retain(|&pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
     pids
+}
+
+/// The median of `values` (the mean of the middle two for an even count); not empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }

@@ -1,5 +1,4 @@
-//! `ip -batch`, shared by the test lab and the live benchmark (`benches/live.rs`
-//! includes this file by path).
+//! `ip -batch`, for the test lab and the live benchmark's namespaces.
 
 use std::{
     io::Write,
@@ -9,7 +8,7 @@ use std::{
 use anyhow::{Context, bail};
 
 /// Runs `ip [-n NS] -batch -` with `commands` (one per line) on stdin.
-pub fn ip(netns: Option<&str>, commands: &str) -> anyhow::Result<()> {
+pub fn batch(netns: Option<&str>, commands: &str) -> anyhow::Result<()> {
     let mut cmd = Command::new("ip");
     if let Some(ns) = netns {
         cmd.args(["-n", ns]);

@@ -7,22 +7,18 @@
 //!  customer type               203.0.113.1, 2001:db8:ffff::1    2001:db8:ffff::9/::25
 //! ```
 //!
-//! Used by the end-to-end tests (`mod lab;`) and the demo
-//! (`#[path = "../tests/lab/mod.rs"] mod lab;`), so it uses nothing test-only. Needs root
-//! and iproute2's `ip`; `command_in` also needs `nsenter` (util-linux).
+//! Used by the end-to-end tests and the demo. Needs root and iproute2's `ip`; `command_in`
+//! also needs `nsenter` (util-linux).
 //!
 //! Socket work happens in-process: a short-lived thread joins the namespace with
 //! `setns(2)` and creates the socket there; a socket stays in the namespace it was
 //! created in, whichever thread uses it later.
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -30,9 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-#[path = "ip.rs"]
-mod ip_batch;
-use ip_batch::ip;
+use crate::{ip, netns};
 
 /// The remote MTA (any host on the internet that is not a relay).
 pub const REMOTE_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
@@ -52,7 +46,7 @@ pub const ROUTER_INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0,
 /// The interface name `policies/lab.yaml` carries; [`Lab::policy_yaml`] replaces it.
 pub const POLICY_PLACEHOLDER_IF: &str = "lab-rcust";
 /// `policies/lab.yaml`, embedded so tests and the demo need no path at run time.
-pub const POLICY_TEMPLATE: &str = include_str!("../../../policies/lab.yaml");
+const POLICY_TEMPLATE: &str = include_str!("../../policies/lab.yaml");
 
 /// One customer type: one IPv4 and one IPv6 source address in the customers namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +106,11 @@ pub const CUSTOMERS: [Customer; 5] = [
     LEASED_LINE,
     UNMANAGED,
 ];
+
+/// `addr:port`, for the many connection targets of the lab tests.
+pub fn at(addr: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr, port)
+}
 
 /// What the router routes back into the customer link (covers every customer address).
 const CUSTOMER_ROUTES: [&str; 8] = [
@@ -221,17 +220,9 @@ impl Lab {
         &self.router_customer_if
     }
 
-    pub fn router_internet_if(&self) -> &str {
-        &self.router_internet_if
-    }
-
     /// The customers' end of the customer link.
     pub fn customer_if(&self) -> &str {
         &self.customer_if
-    }
-
-    pub fn internet_if(&self) -> &str {
-        &self.internet_if
     }
 
     pub fn netns_name(&self, ns: Ns) -> String {
@@ -240,37 +231,38 @@ impl Lab {
 
     /// `/run/netns/NAME`, as `ip netns add` creates it.
     pub fn netns_path(&self, ns: Ns) -> PathBuf {
-        PathBuf::from("/run/netns").join(self.netns_name(ns))
+        netns::path(&self.netns_name(ns))
     }
 
-    /// `nsenter --net=/run/netns/NAME PROGRAM`: runs in the namespace but keeps the host's
-    /// mount namespace, so /sys/fs/bpf (pinned maps and links) stays visible.
-    /// (`ip netns exec` and `ip -n` remount /sys and hide it.)
+    /// `PROGRAM` in namespace `ns`, with the host's mounts (see [`netns::command`]).
     pub fn command_in(&self, ns: Ns, program: impl AsRef<OsStr>) -> Command {
-        let mut net = std::ffi::OsString::from("--net=");
-        net.push(self.netns_path(ns));
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(net).arg(program);
-        cmd
+        netns::command(&self.netns_path(ns), program)
     }
 
     /// Runs `f` on a thread that has joined namespace `ns`; sockets it creates live there.
     pub fn in_netns<T: Send>(&self, ns: Ns, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
         let path = self.netns_path(ns);
-        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         std::thread::scope(|s| {
             s.spawn(move || {
-                // SAFETY: plain syscall on a valid fd; it only changes this thread's
-                // network namespace, and the thread ends with `f`.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let e = std::io::Error::last_os_error();
-                    return Err(anyhow::anyhow!("setns({}): {e}", path.display()));
-                }
+                // The thread ends with `f`, and its namespace with it.
+                netns::enter(&path)?;
                 Ok(f())
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+
+    /// The id of the XDP program attached to `interface` in the router namespace, if any.
+    pub fn attached_program(&self, interface: &str) -> Option<u32> {
+        let out = self
+            .command_in(Ns::Router, "ip")
+            .args(["-d", "link", "show", "dev", interface])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let at = text.find("prog/xdp id ")? + "prog/xdp id ".len();
+        text[at..].split_whitespace().next()?.parse().ok()
     }
 
     /// A TCP listener in the internet namespace (port 0 picks a free port). Each accepted
@@ -332,7 +324,7 @@ impl Lab {
     fn build(&self) -> anyhow::Result<()> {
         let [cust_ns, router_ns, inet_ns] = Ns::ALL.map(|ns| self.netns_name(ns));
         for ns in [&cust_ns, &router_ns, &inet_ns] {
-            ip(None, &format!("netns add {ns}"))?;
+            ip::batch(None, &format!("netns add {ns}"))?;
         }
         let (cust, rcust, rnet, net) = (
             &self.customer_if,
@@ -340,7 +332,7 @@ impl Lab {
             &self.router_internet_if,
             &self.internet_if,
         );
-        ip(
+        ip::batch(
             None,
             &format!(
                 "link add {cust} netns {cust_ns} type veth peer name {rcust} netns {router_ns}\n\
@@ -378,7 +370,7 @@ impl Lab {
         }
         batch += &format!("route add default via {ROUTER_CUSTOMER_V4} dev {cust} onlink\n");
         batch += &format!("route add default via {ROUTER_CUSTOMER_V6} dev {cust}\n");
-        ip(Some(&cust_ns), &batch)?;
+        ip::batch(Some(&cust_ns), &batch)?;
 
         let mut batch = format!(
             "link set lo up\nlink set {rcust} up\nlink set {rnet} up\n\
@@ -390,7 +382,7 @@ impl Lab {
         for prefix in CUSTOMER_ROUTES {
             batch += &format!("route add {prefix} dev {rcust}\n");
         }
-        ip(Some(&router_ns), &batch)?;
+        ip::batch(Some(&router_ns), &batch)?;
 
         let mut batch = format!("link set lo up\nlink set {net} up\n");
         for a in [REMOTE_V4, RELAY_V4] {
@@ -401,7 +393,7 @@ impl Lab {
         }
         batch += &format!("route add default via {ROUTER_INTERNET_V4}\n");
         batch += &format!("route add default via {ROUTER_INTERNET_V6}\n");
-        ip(Some(&inet_ns), &batch)?;
+        ip::batch(Some(&inet_ns), &batch)?;
         Ok(())
     }
 
@@ -418,15 +410,7 @@ impl Lab {
 
     fn delete_namespaces(&self) {
         for ns in Ns::ALL {
-            if self.netns_path(ns).exists() {
-                let _ = Command::new("ip")
-                    .args(["netns", "del"])
-                    .arg(self.netns_name(ns))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            netns::delete(&self.netns_name(ns));
         }
     }
 }
