@@ -25,8 +25,6 @@ use serde::{Deserialize, Serialize};
 use crate::image::{GroupInfo, MapImage, Smtp};
 use crate::policy::{self, PrefixError};
 
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/filter-agent/exemptions.yaml";
-
 /// The only state file version this agent reads and writes.
 const VERSION: u32 = 1;
 /// Longest reason, in characters: it is a ticket reference, not a record.

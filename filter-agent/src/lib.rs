@@ -3,10 +3,9 @@
 pub mod agent;
 pub mod capture;
 pub mod cli;
-pub mod client;
 pub mod control;
 pub mod dataplane;
-pub mod docs;
+pub mod defaults;
 pub mod exemptions;
 pub mod explain;
 pub mod image;

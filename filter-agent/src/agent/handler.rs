@@ -20,7 +20,7 @@ use super::{
     state::{Agent, group_label},
 };
 use crate::{
-    control::{ControlError, DEFAULT_TOP_OFFENDERS, Handler, Peer, Request},
+    control::{ControlError, Handler, Peer, Request, protocol::DEFAULT_TOP_OFFENDERS},
     dataplane::Dataplane,
     exemptions, explain,
     image::Smtp,

@@ -5,6 +5,7 @@
 
 pub mod events;
 mod handler;
+mod options;
 mod state;
 
 use std::{
@@ -25,16 +26,14 @@ use tokio::{
 };
 
 use crate::{
-    cli::RunArgs,
     control,
     dataplane::{Capacity, Dataplane, PinDir},
     exemptions::ExemptionStore,
     metrics,
     policy::{self, Policy},
 };
+pub use options::AgentOptions;
 use state::{Agent, ReloadResult};
-
-pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/filter-agent";
 
 /// Debounce for file events: editors write, rename and chmod in a burst.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -42,7 +41,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// signals (the ring holds about 3,000).
 const EVENT_BATCH: usize = 512;
 
-pub fn run(options: RunArgs) -> Result<()> {
+pub fn run(options: AgentOptions) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -95,7 +94,7 @@ fn check_interfaces(policy: &Policy) -> Result<()> {
     Ok(())
 }
 
-async fn run_async(options: RunArgs) -> Result<()> {
+async fn run_async(options: AgentOptions) -> Result<()> {
     let started = Instant::now();
     let (policy, sha256) = load_policy(&options.policy).with_context(|| {
         format!(

@@ -1,8 +1,10 @@
-//! Command-line definitions; `main.rs` only dispatches.
+//! Command-line definitions; `run` dispatches them.
 
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{agent::AgentOptions, control::protocol::DEFAULT_TOP_OFFENDERS, defaults};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,7 +37,7 @@ Logging: RUST_LOG=debug for more detail; one event per line.")]
     Status {
         #[arg(long)]
         json: bool,
-        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
     /// Packets and bytes per reason, family, group and interface; with rates when watching.
@@ -48,7 +50,7 @@ Logging: RUST_LOG=debug for more detail; one event per line.")]
         /// Refresh every SECONDS and show rates since the previous round.
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
-        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
     /// The sources with the most blocked attempts, most likely infected first: the abuse
@@ -65,18 +67,18 @@ estimate of the distinct destinations tried (linear counting over a 64-bit sketc
 close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
     Offenders {
         /// List this many sources.
-        #[arg(long, value_name = "N", default_value_t = crate::control::DEFAULT_TOP_OFFENDERS, value_parser = parse_top)]
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP_OFFENDERS, value_parser = parse_top)]
         top: usize,
         #[arg(long)]
         json: bool,
-        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
     /// Per-customer permission to send on port 25 (the abuse desk's tool).
     Exemptions {
         #[command(subcommand)]
         command: ExemptionsCommand,
-        #[arg(long, global = true, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, global = true, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
     /// Write shell completions (bash, zsh, fish) and man pages into DIR.
@@ -88,7 +90,7 @@ close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
     /// Remove the filter from every interface and delete its pinned maps.
     #[command(after_help = "Example:\n  filter-agent detach --pin-path /sys/fs/bpf/filter-agent")]
     Detach {
-        #[arg(long, value_name = "DIR", default_value = crate::agent::DEFAULT_PIN_PATH)]
+        #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH)]
         pin_path: PathBuf,
     },
     /// Validate a policy file and print its warnings; no root needed.
@@ -140,7 +142,7 @@ exits with status 1.")]
     Explain {
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
-        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
         #[arg(long, value_name = "ADDR")]
         src: IpAddr,
@@ -160,10 +162,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
     /// Where maps and links are pinned (bpffs is mounted there if needed).
-    #[arg(long, value_name = "DIR", default_value = crate::agent::DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH)]
     pub pin_path: PathBuf,
     /// The control socket the CLI talks to (mode 0660, owner root).
-    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
     pub socket: PathBuf,
     /// Group of the control socket: its members may read status, stats, exemptions and
     /// offenders.
@@ -173,11 +175,34 @@ pub struct RunArgs {
     #[arg(long, value_name = "GROUP")]
     pub writers_group: Option<String>,
     /// Where exemptions granted from the CLI are kept across restarts.
-    #[arg(long, value_name = "FILE", default_value = crate::exemptions::DEFAULT_STATE_FILE)]
+    #[arg(long, value_name = "FILE", default_value = defaults::STATE_FILE)]
     pub state_file: PathBuf,
     /// Serve Prometheus/OpenMetrics metrics on ADDR:PORT (path /metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl From<RunArgs> for AgentOptions {
+    fn from(args: RunArgs) -> AgentOptions {
+        let RunArgs {
+            policy,
+            pin_path,
+            socket,
+            socket_group,
+            writers_group,
+            state_file,
+            metrics,
+        } = args;
+        AgentOptions {
+            policy,
+            pin_path,
+            socket,
+            socket_group,
+            writers_group,
+            state_file,
+            metrics,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,16 +1,18 @@
+//! What each subcommand does: parse the command line, dispatch, map the outcome to the
+//! exit status.
+
 use std::{io, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use filter_agent::{
-    agent, capture,
-    cli::{Cli, Command, ExemptionsCommand, Format},
-    client,
-    control::Request,
-    docs, explain, policy, replay,
-};
 
-fn main() -> ExitCode {
+use super::{
+    args::{Cli, Command, ExemptionsCommand, Format},
+    manpages, render,
+};
+use crate::{agent, capture, control::Request, explain, policy, replay};
+
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
@@ -39,11 +41,11 @@ fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(options) => {
             agent::init_logging();
-            agent::run(options)?;
+            agent::run(options.into())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, socket } => {
-            client::status(&socket, json)?;
+            render::status(&socket, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats {
@@ -51,22 +53,22 @@ fn run(command: Command) -> Result<ExitCode> {
             watch,
             socket,
         } => {
-            client::stats(&socket, json, watch)?;
+            render::stats(&socket, json, watch)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Offenders { top, json, socket } => {
-            client::offenders(&socket, top, json)?;
+            render::offenders(&socket, top, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exemptions { command, socket } => {
             match command {
-                ExemptionsCommand::List { json } => client::exemptions_list(&socket, json)?,
+                ExemptionsCommand::List { json } => render::exemptions_list(&socket, json)?,
                 ExemptionsCommand::Add {
                     prefix,
                     reason,
                     expires,
                     until,
-                } => client::exemptions_change(
+                } => render::exemptions_change(
                     &socket,
                     Request::ExemptionsAdd {
                         prefix,
@@ -76,13 +78,13 @@ fn run(command: Command) -> Result<ExitCode> {
                     },
                 )?,
                 ExemptionsCommand::Remove { prefix } => {
-                    client::exemptions_change(&socket, Request::ExemptionsRemove { prefix })?
+                    render::exemptions_change(&socket, Request::ExemptionsRemove { prefix })?
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Docs { dir } => {
-            for file in docs::generate(<Cli as clap::CommandFactory>::command(), &dir)? {
+            for file in manpages::generate(<Cli as clap::CommandFactory>::command(), &dir)? {
                 println!("{}", file.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -184,7 +186,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     let image = load_policy(&policy)?.compile();
                     explain::explain(&image, src, dst, dport)
                 }
-                None => serde_json::from_value(client::call(
+                None => serde_json::from_value(render::call(
                     &socket,
                     &Request::Explain { src, dst, dport },
                 )?)?,

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 
-use super::{PROTOCOL_VERSION, Reply, Request, encode_request, sys};
+use super::{
+    protocol::{PROTOCOL_VERSION, Reply, Request, encode_request},
+    sys,
+};
 
 /// Long enough for a large policy's map writes, short enough that a stuck agent is noticed.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);

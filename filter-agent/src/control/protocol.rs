@@ -1,6 +1,6 @@
-//! The control socket: how the CLI talks to the running agent, which is the only writer of
-//! the maps. One request per connection over a Unix stream socket: the client writes one
-//! JSON object and a newline, the server writes one JSON reply and closes.
+//! What crosses the control socket. One request per connection over a Unix stream
+//! socket: the client writes one JSON object and a newline, the server writes one JSON
+//! reply and closes.
 //!
 //! ```text
 //! -> {"version":1,"command":"exemptions-add","prefix":"192.0.2.7/32","reason":"ticket 42","expires":"2h","until":null}
@@ -8,22 +8,12 @@
 //! <- {"version":1,"ok":false,"error":"permission denied: ...","kind":"permission-denied"}
 //! ```
 
-mod client;
-mod server;
-mod sys;
-#[cfg(test)]
-mod testing;
-
 use std::{fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use client::request;
-pub use server::{Handler, Peer, Permissions, bind, group_id, serve};
-
 pub const PROTOCOL_VERSION: u32 = 1;
-pub const DEFAULT_SOCKET: &str = "/run/filter-agent/control.sock";
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// One request per connection: the client writes one JSON object and a newline, the server
@@ -112,7 +102,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn success(result: Value) -> Reply {
+    pub(super) fn success(result: Value) -> Reply {
         Reply {
             version: PROTOCOL_VERSION,
             ok: true,
@@ -122,7 +112,7 @@ impl Reply {
         }
     }
 
-    fn failure(error: &ControlError) -> Reply {
+    pub(super) fn failure(error: &ControlError) -> Reply {
         Reply {
             version: PROTOCOL_VERSION,
             ok: false,
@@ -168,7 +158,7 @@ impl std::error::Error for ControlError {}
 /// Parses one request, checking in the order that gives the most useful error: JSON, then
 /// the version (a newer client's fields mean nothing here), then the command, then its
 /// fields.
-fn parse_request(bytes: &[u8]) -> Result<Request, ControlError> {
+pub(super) fn parse_request(bytes: &[u8]) -> Result<Request, ControlError> {
     let bad = |message: String| ControlError::BadRequest(message);
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed request: {e}")))?;
@@ -232,7 +222,7 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 /// The request as written on the wire, newline included.
-fn encode_request(request: &Request) -> Vec<u8> {
+pub(super) fn encode_request(request: &Request) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(&Envelope {
         version: PROTOCOL_VERSION,
         request,

@@ -22,7 +22,10 @@ use tokio::{
     time::timeout,
 };
 
-use super::{ControlError, MAX_REQUEST_BYTES, Reply, Request, parse_request, sys};
+use super::{
+    protocol::{ControlError, MAX_REQUEST_BYTES, Reply, Request, parse_request},
+    sys,
+};
 
 /// A client that has connected has this long to send its whole request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -356,7 +359,10 @@ async fn read_request(reader: impl AsyncRead + Unpin) -> Result<Vec<u8>, Control
 mod tests {
     use super::*;
     use crate::control::testing::TempDir;
-    use crate::control::{ErrorKind, PROTOCOL_VERSION, encode_request, request};
+    use crate::control::{
+        protocol::{ErrorKind, PROTOCOL_VERSION, encode_request},
+        request,
+    };
     use serde_json::json;
     use std::{os::unix::fs::MetadataExt, path::PathBuf, sync::Mutex};
 

@@ -1,0 +1,22 @@
+//! What `filter-agent run` needs to know; the CLI's arguments convert into it, so the
+//! agent does not depend on the command line.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// The policy file; watched, and re-read on SIGHUP.
+    pub policy: PathBuf,
+    /// Where maps and links are pinned.
+    pub pin_path: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Group of the control socket: its members may read.
+    pub socket_group: Option<String>,
+    /// Members of this group may also change exemptions.
+    pub writers_group: Option<String>,
+    /// Where CLI exemptions are kept across restarts.
+    pub state_file: PathBuf,
+    /// Where to serve metrics, if at all.
+    pub metrics: Option<SocketAddr>,
+}

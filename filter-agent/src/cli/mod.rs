@@ -1,0 +1,9 @@
+//! The command line: `args` defines it (clap), `run` dispatches, `render` shows the
+//! agent's replies, `manpages` writes man pages and completions.
+
+pub mod args;
+pub mod manpages;
+pub mod render;
+mod run;
+
+pub use run::main;

@@ -1,0 +1,14 @@
+//! The control socket: how the CLI talks to the running agent, which is the only writer of
+//! the maps. `protocol` is what crosses it (typed requests and replies), `server` the
+//! agent's side, `client` the CLI's.
+
+mod client;
+pub mod protocol;
+mod server;
+mod sys;
+#[cfg(test)]
+mod testing;
+
+pub use client::request;
+pub use protocol::{ControlError, ErrorKind, PROTOCOL_VERSION, Reply, Request};
+pub use server::{Handler, Peer, Permissions, bind, group_id, serve};
