@@ -226,7 +226,6 @@ impl ExemptionStore {
         self.items.values().filter_map(|e| e.expires_at).min()
     }
 
-    #[cfg(test)]
     pub fn get(&self, prefix: IpNet) -> Option<&Exemption> {
         self.items.get(&prefix)
     }

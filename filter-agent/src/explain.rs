@@ -2,62 +2,13 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use filter_common::Config;
-use ipnet::IpNet;
-use serde::Serialize;
+use filter_common::{Action, Verdict};
 
 use crate::{
+    control::protocol::{Explanation, RelayLimit},
     image::{MapImage, Smtp},
     model,
 };
-
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct Explanation {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub dport: u16,
-    pub verdict: String,
-    pub reason: String,
-    /// The longest source prefix over all groups, with its group.
-    pub source_prefix: Option<IpNet>,
-    pub group: Option<String>,
-    pub smtp: Option<Smtp>,
-    pub relay_prefix: Option<IpNet>,
-    pub port_filtered: bool,
-    pub monitor: bool,
-    /// The policy's action, "drop" or "reject" (an older agent sends none: drop).
-    #[serde(default = "drop_action")]
-    pub action: String,
-    /// The relay limit, when the policy sets one.
-    #[serde(default)]
-    pub relay_limit: Option<RelayLimitView>,
-}
-
-/// The relay limit as `relay_limit:` writes it, recovered from the compiled config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RelayLimitView {
-    pub syn_per_minute: u64,
-    pub burst: u64,
-}
-
-impl RelayLimitView {
-    fn from_config(config: &Config) -> Option<Self> {
-        let interval = config.relay_interval_ns;
-        if interval == 0 {
-            return None;
-        }
-        // 60 s / interval, to the nearest: the interval was rounded down from it.
-        let per_minute = (60_000_000_000 + interval / 2) / interval;
-        Some(RelayLimitView {
-            syn_per_minute: per_minute,
-            burst: config.relay_tolerance_ns / interval + 1,
-        })
-    }
-}
-
-fn drop_action() -> String {
-    "drop".to_string()
-}
 
 pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explanation {
     let decision = model::judge_flow(image, src, dst, dport);
@@ -67,8 +18,9 @@ pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explan
         src,
         dst,
         dport,
-        verdict: decision.verdict.name().to_string(),
-        reason: decision.reason.name().to_string(),
+        // The model's verdict spelt as the wire's, until the model uses the wire's type.
+        verdict: Verdict::from_name(decision.verdict.name()).expect("the same three names"),
+        reason: decision.reason,
         source_prefix: matched.map(|(prefix, _)| prefix),
         group: group.map(|g| g.name.clone()),
         smtp: group.map(|g| g.smtp),
@@ -76,12 +28,11 @@ pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explan
         port_filtered: image.config.port_filtered(dport),
         monitor: image.config.monitor(),
         action: if image.config.reject() {
-            "reject"
+            Action::Reject
         } else {
-            "drop"
-        }
-        .to_string(),
-        relay_limit: RelayLimitView::from_config(&image.config),
+            Action::Drop
+        },
+        relay_limit: RelayLimit::of(&image.config),
     }
 }
 
@@ -133,7 +84,7 @@ impl Explanation {
                 limit.syn_per_minute, limit.burst
             );
         }
-        if self.action == "reject" && blocked && self.relay_prefix.is_none() {
+        if self.action == Action::Reject && blocked && self.relay_prefix.is_none() {
             let action = if self.monitor {
                 "reject, but monitor mode sends no resets"
             } else {
@@ -154,6 +105,8 @@ impl Explanation {
 
 #[cfg(test)]
 mod tests {
+    use filter_common::Reason;
+
     use super::*;
     use crate::policy;
 
@@ -175,11 +128,8 @@ mod tests {
     fn reject_is_explained_for_blocked_syns() {
         let image = image("action: reject\n");
         let e = explain(&image, ip("100.64.9.9"), ip("203.0.113.9"), 25);
-        assert_eq!(
-            (e.verdict.as_str(), e.reason.as_str()),
-            ("reject", "blocked")
-        );
-        assert_eq!(e.action, "reject");
+        assert_eq!((e.verdict, e.reason), (Verdict::Reject, Reason::Blocked));
+        assert_eq!(e.action, Action::Reject);
         let text = e.render();
         assert!(text.contains("verdict   reject blocked\n"), "{text}");
         assert!(
@@ -196,10 +146,7 @@ mod tests {
             assert!(!text.contains("action "), "{text}");
         }
         let drop = explain(&self::image(""), ip("100.64.9.9"), ip("203.0.113.9"), 25);
-        assert_eq!(
-            (drop.verdict.as_str(), drop.action.as_str()),
-            ("drop", "drop")
-        );
+        assert_eq!((drop.verdict, drop.action), (Verdict::Drop, Action::Drop));
         assert!(!drop.render().contains("action "));
     }
 
@@ -207,10 +154,10 @@ mod tests {
     fn the_relay_limit_is_explained_for_blocked_sources_to_relays() {
         let image = image("relay_limit: { syn_per_minute: 7, burst: 3 }\n");
         let e = explain(&image, ip("100.64.9.9"), ip("203.0.113.25"), 25);
-        assert_eq!((e.verdict.as_str(), e.reason.as_str()), ("pass", "relay"));
+        assert_eq!((e.verdict, e.reason), (Verdict::Pass, Reason::Relay));
         assert_eq!(
             e.relay_limit,
-            Some(RelayLimitView {
+            Some(RelayLimit {
                 syn_per_minute: 7,
                 burst: 3
             })
@@ -248,7 +195,7 @@ mod tests {
         let object = json.as_object_mut().unwrap();
         object.remove("action");
         object.remove("relay_limit");
-        let back: Explanation = serde_json::from_value(json).unwrap();
-        assert_eq!((back.action.as_str(), back.relay_limit), ("drop", None));
+        let back: Explanation = serde_json::from_str(&json.to_string()).unwrap();
+        assert_eq!((back.action, back.relay_limit), (Action::Drop, None));
     }
 }

@@ -46,7 +46,7 @@ pub struct Snapshot {
 }
 
 /// What the program did besides passing and dropping, from ACTION_STATS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Actions {
     pub resets_sent: u64,
     pub events_sent: u64,
@@ -64,6 +64,17 @@ impl Actions {
             events_suppressed: stats[ActionStat::EventsSuppressed as usize],
             events_lost: stats[ActionStat::EventsLost as usize],
             offender_alerts: stats[ActionStat::OffenderAlerts as usize],
+        }
+    }
+
+    /// The count of one action.
+    pub fn count(&self, stat: ActionStat) -> u64 {
+        match stat {
+            ActionStat::ResetsSent => self.resets_sent,
+            ActionStat::EventsSent => self.events_sent,
+            ActionStat::EventsSuppressed => self.events_suppressed,
+            ActionStat::EventsLost => self.events_lost,
+            ActionStat::OffenderAlerts => self.offender_alerts,
         }
     }
 }

@@ -17,6 +17,8 @@ use filter_common::{
     SourceKey, VERDICT_DROP, VERDICT_PASS, VERDICT_REJECT,
 };
 
+use crate::control::protocol::OffenderRow;
+
 /// The monotonic clock (the kernel's event clock) and the wall clock, read together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clock {
@@ -330,24 +332,6 @@ impl OverThreshold {
     }
 }
 
-/// One row of `filter-agent offenders`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct OffenderRow {
-    pub source: String,
-    pub family: &'static str,
-    pub group: String,
-    pub attempts: u64,
-    /// Attempts in the current alert window (0 once it has ended).
-    pub in_window: u64,
-    pub first_seen: String,
-    pub last_seen: String,
-    /// Approximate (linear counting over a 64-bit sketch).
-    pub destinations: u64,
-    pub destinations_saturated: bool,
-    pub last_destination: String,
-    pub over_threshold: bool,
-}
-
 impl OffenderRow {
     pub fn new(
         key: &SourceKey,
@@ -359,7 +343,7 @@ impl OffenderRow {
         let destinations = Estimate::of(record.destination_sketch);
         OffenderRow {
             source: source_text(key),
-            family: family(key.family).name(),
+            family: family(key.family),
             group,
             attempts: record.attempts,
             in_window: if settings.window_running(record, clock.monotonic_ns) {
@@ -712,7 +696,7 @@ mod tests {
             row,
             OffenderRow {
                 source: "100.64.0.10".into(),
-                family: "ipv4",
+                family: Family::Ipv4,
                 group: "residential".into(),
                 attempts: 7,
                 in_window: 4,

@@ -33,7 +33,7 @@ use crate::{
     policy::{self, Policy},
 };
 pub use options::AgentOptions;
-use state::{Agent, ReloadResult};
+use state::{Agent, ReloadResult, State};
 
 /// Debounce for file events: editors write, rename and chmod in a burst.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -123,26 +123,28 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     let applied = dataplane.read_image()?;
     let now = SystemTime::now();
     let mut agent = Agent {
-        policy_path: options.policy.clone(),
         pins,
         dataplane,
-        policy_image: policy.compile(),
-        policy: policy.clone(),
-        policy_sha256: sha256.clone(),
-        policy_loaded_at: now,
-        exemptions,
-        applied,
-        generation: 0,
-        last_reload: ReloadResult {
-            ok: true,
-            at: now,
-            message: "started".into(),
+        state: State {
+            policy_path: options.policy.clone(),
+            policy_image: policy.compile(),
+            policy: policy.clone(),
+            policy_sha256: sha256.clone(),
+            policy_loaded_at: now,
+            exemptions,
+            applied,
+            generation: 0,
+            last_reload: ReloadResult {
+                ok: true,
+                at: now,
+                message: "started".into(),
+            },
+            started_at: now,
+            over_threshold: Default::default(),
         },
-        started_at: now,
-        over_threshold: Default::default(),
     };
     agent.apply(policy, sha256)?;
-    agent.last_reload.message = format!("generation {} in force", agent.generation);
+    agent.state.last_reload.message = format!("generation {} in force", agent.state.generation);
     let attached: Vec<String> = agent
         .pins
         .attached()?
@@ -154,7 +156,7 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         started.elapsed().as_millis(),
         attached.join(", "),
         options.pin_path.display(),
-        agent.exemptions.len(),
+        agent.state.exemptions.len(),
         options.socket.display()
     );
     if let Err(err) = agent.seed_over_threshold() {

@@ -24,18 +24,23 @@ use crate::{
 };
 
 /// The outcome of the last (re)load, for `status` and metrics.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct ReloadResult {
     pub ok: bool,
-    #[serde(with = "crate::rfc3339")]
     pub at: SystemTime,
     pub message: String,
 }
 
+/// The running agent: the kernel objects it writes, and what it holds in force.
 pub struct Agent {
-    pub policy_path: PathBuf,
     pub pins: PinDir,
     pub dataplane: Dataplane,
+    pub state: State,
+}
+
+/// What is in force, as plain data: everything a reply reads that is not in the kernel.
+pub struct State {
+    pub policy_path: PathBuf,
     /// The policy in force, its hash and when it was loaded.
     pub policy: Policy,
     pub policy_sha256: String,
@@ -68,6 +73,7 @@ impl Agent {
         let started = Instant::now();
         check_interfaces(&policy)?;
         let ids = self
+            .state
             .applied
             .groups
             .iter()
@@ -87,38 +93,38 @@ impl Agent {
                 self.dataplane.release_interface_slot(&pinned)?;
             }
         }
-        self.generation += 1;
+        self.state.generation += 1;
         info!(
             "policy={} generation={} groups={} prefixes={} relays={} exemptions={} {report} applied_ms={}",
-            self.policy_path.display(),
-            self.generation,
+            self.state.policy_path.display(),
+            self.state.generation,
             policy.groups.len(),
             policy.prefix_count(),
             policy.relays.len(),
-            self.exemptions.len(),
+            self.state.exemptions.len(),
             started.elapsed().as_millis()
         );
-        self.policy = policy;
-        self.policy_image = policy_image;
-        self.policy_sha256 = sha256;
-        self.policy_loaded_at = SystemTime::now();
+        self.state.policy = policy;
+        self.state.policy_image = policy_image;
+        self.state.policy_sha256 = sha256;
+        self.state.policy_loaded_at = SystemTime::now();
         Ok(())
     }
 
     /// Syncs the maps to `policy_image` plus the exemptions.
     fn sync(&mut self, policy_image: &MapImage) -> Result<crate::dataplane::SyncReport> {
         let mut want = policy_image.clone();
-        for skipped in exemptions::apply(&mut want, &self.exemptions) {
+        for skipped in exemptions::apply(&mut want, &self.state.exemptions) {
             warn!(
                 "exemption {skipped} is now a prefix of the policy itself; the policy's entry applies"
             );
         }
-        let report = self.dataplane.sync_from(&self.applied, &want);
+        let report = self.dataplane.sync_from(&self.state.applied, &want);
         if report.is_err() {
             // A failed sync may have applied part of the plan: learn what the maps hold.
-            self.applied = self.dataplane.read_image()?;
+            self.state.applied = self.dataplane.read_image()?;
         } else {
-            self.applied = want;
+            self.state.applied = want;
         }
         report
     }
@@ -126,9 +132,9 @@ impl Agent {
     pub fn reload(&mut self, why: &str) {
         info!("reload requested ({why})");
         let started = Instant::now();
-        let result =
-            load_policy(&self.policy_path).and_then(|(policy, sha256)| self.apply(policy, sha256));
-        self.last_reload = match result {
+        let result = load_policy(&self.state.policy_path)
+            .and_then(|(policy, sha256)| self.apply(policy, sha256));
+        self.state.last_reload = match result {
             Ok(()) => {
                 info!(
                     "reload done in {} ms (parse, validate, sync)",
@@ -137,7 +143,7 @@ impl Agent {
                 ReloadResult {
                     ok: true,
                     at: SystemTime::now(),
-                    message: format!("generation {} in force", self.generation),
+                    message: format!("generation {} in force", self.state.generation),
                 }
             }
             Err(err) => {
@@ -156,17 +162,17 @@ impl Agent {
 
     /// Grants an exemption: checked, persisted, then applied.
     pub fn add_exemption(&mut self, exemption: Exemption) -> Result<()> {
-        exemptions::check_against_policy(&self.policy_image, exemption.prefix)?;
-        self.exemptions.insert(exemption.clone())?;
-        if let Err(err) = self.exemptions.save() {
-            self.exemptions.remove(exemption.prefix)?;
+        exemptions::check_against_policy(&self.state.policy_image, exemption.prefix)?;
+        self.state.exemptions.insert(exemption.clone())?;
+        if let Err(err) = self.state.exemptions.save() {
+            self.state.exemptions.remove(exemption.prefix)?;
             return Err(err.context("persisting the exemption; nothing changed"));
         }
-        let policy_image = self.policy_image.clone();
+        let policy_image = self.state.policy_image.clone();
         if let Err(err) = self.sync(&policy_image) {
             // Keep the state file and the kernel in agreement.
-            self.exemptions.remove(exemption.prefix)?;
-            self.exemptions.save()?;
+            self.state.exemptions.remove(exemption.prefix)?;
+            self.state.exemptions.save()?;
             return Err(err.context("applying the exemption; it was not granted"));
         }
         info!(
@@ -182,26 +188,11 @@ impl Agent {
         Ok(())
     }
 
-    /// Revokes a CLI exemption: persisted, then applied.
+    /// Revokes a CLI exemption (see [`State::check_removable`]): persisted, then applied.
     pub fn remove_exemption(&mut self, prefix: IpNet, by: &str) -> Result<Exemption> {
-        let removed = match self.exemptions.remove(prefix) {
-            Ok(removed) => removed,
-            Err(err) => {
-                if let Some(rule) = self.policy_image.source(prefix) {
-                    let group = self
-                        .policy_image
-                        .group(rule.group)
-                        .map(|g| g.name.as_str())
-                        .unwrap_or("?");
-                    bail!(
-                        "{prefix} is not a CLI exemption: it is a prefix of the policy's group {group}; change the policy to remove it"
-                    );
-                }
-                return Err(err.into());
-            }
-        };
-        self.exemptions.save()?;
-        let policy_image = self.policy_image.clone();
+        let removed = self.state.exemptions.remove(prefix)?;
+        self.state.exemptions.save()?;
+        let policy_image = self.state.policy_image.clone();
         self.sync(&policy_image)?;
         info!("exemption removed prefix={prefix} by={by}");
         Ok(removed)
@@ -209,12 +200,12 @@ impl Agent {
 
     /// Removes the exemptions whose time is up.
     pub fn expire_exemptions(&mut self) {
-        let expired = self.exemptions.take_expired(SystemTime::now());
+        let expired = self.state.exemptions.take_expired(SystemTime::now());
         if expired.is_empty() {
             return;
         }
-        let result = self.exemptions.save().and_then(|()| {
-            let policy_image = self.policy_image.clone();
+        let result = self.state.exemptions.save().and_then(|()| {
+            let policy_image = self.state.policy_image.clone();
             self.sync(&policy_image)
         });
         for exemption in &expired {
@@ -229,11 +220,6 @@ impl Agent {
                 ),
             }
         }
-    }
-
-    /// The offender alert settings in force.
-    pub fn alert_settings(&self) -> AlertSettings {
-        AlertSettings::of(&self.applied.config)
     }
 
     /// Logs each event as one line and notes offender alerts.
@@ -252,7 +238,7 @@ impl Agent {
                 warn!("{line}");
                 let key = events::alert_key(event);
                 let record = self.dataplane.offender(&key).ok().flatten();
-                self.over_threshold.alert(
+                self.state.over_threshold.alert(
                     key,
                     OverThreshold::window_end(record.as_ref(), event.time_ns, settings),
                 );
@@ -266,12 +252,12 @@ impl Agent {
     pub fn offenders_over_threshold(&mut self) -> usize {
         if self.alert_settings().threshold == 0 {
             // Alerts were turned off by a reload: nobody is over a threshold.
-            self.over_threshold = OverThreshold::default();
+            self.state.over_threshold = OverThreshold::default();
             return 0;
         }
         let now = events::monotonic_ns();
-        self.over_threshold.expire(now);
-        self.over_threshold.count(now)
+        self.state.over_threshold.expire(now);
+        self.state.over_threshold.count(now)
     }
 
     /// Learns the sources over the threshold from the kernel's records, so a restarted
@@ -284,7 +270,7 @@ impl Agent {
         let now = events::monotonic_ns();
         for (key, record) in self.dataplane.offenders()? {
             if settings.over_threshold(&record, now) {
-                self.over_threshold.alert(
+                self.state.over_threshold.alert(
                     key,
                     record.window_start_ns.saturating_add(settings.window_ns),
                 );
@@ -293,15 +279,44 @@ impl Agent {
         Ok(())
     }
 
+    pub fn alert_settings(&self) -> AlertSettings {
+        self.state.alert_settings()
+    }
+}
+
+impl State {
+    /// The offender alert settings in force.
+    pub fn alert_settings(&self) -> AlertSettings {
+        AlertSettings::of(&self.applied.config)
+    }
+
     /// A group's name by id, as logs and listings show it.
     pub fn group_name(&self, id: u32) -> String {
         group_label(self.applied.group(id).map(|g| g.name.as_str()), id)
+    }
+
+    /// Refuses to remove a prefix that is the policy's rather than a CLI exemption.
+    pub fn check_removable(&self, prefix: IpNet) -> Result<()> {
+        if self.exemptions.get(prefix).is_some() {
+            return Ok(());
+        }
+        if let Some(rule) = self.policy_image.source(prefix) {
+            let group = self
+                .policy_image
+                .group(rule.group)
+                .map(|g| g.name.as_str())
+                .unwrap_or("?");
+            bail!(
+                "{prefix} is not a CLI exemption: it is a prefix of the policy's group {group}; change the policy to remove it"
+            );
+        }
+        Ok(())
     }
 }
 
 impl Names for Agent {
     fn group(&self, id: u32) -> String {
-        self.group_name(id)
+        self.state.group_name(id)
     }
 
     fn interface(&self, ifindex: u32) -> String {

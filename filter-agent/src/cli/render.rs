@@ -1,5 +1,5 @@
-//! The CLI side of the control socket: send one request, render the reply as an aligned
-//! table (or print the JSON with `--json`).
+//! The CLI side of the control socket: send one request, render the typed reply as an
+//! aligned table (or print it as JSON with `--json`).
 
 use std::{
     collections::BTreeMap,
@@ -7,14 +7,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
-use serde_json::Value;
+use anyhow::{Context, Result, bail};
+use filter_common::ActionStat;
+use serde::{Serialize, de::DeserializeOwned};
 
-use crate::control::{self, Request};
+use crate::control::{
+    self, Request,
+    protocol::{
+        EventRate, ExemptionChange, ExemptionList, Mode, OffenderAlerts, Offenders, PolicyStatus,
+        RelayLimit, Stats, Status, sorted,
+    },
+};
 
-/// Sends `request`; a refused request becomes an error carrying the agent's message.
-pub fn call(socket: &Path, request: &Request) -> Result<Value> {
-    let reply = control::request(socket, request)?;
+/// Sends `request` and reads the result as `T`; a refused request becomes an error carrying
+/// the agent's message.
+pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T> {
+    let reply = control::request::<T>(socket, request)?;
     if !reply.ok {
         bail!(
             "{}",
@@ -23,7 +31,13 @@ pub fn call(socket: &Path, request: &Request) -> Result<Value> {
                 .unwrap_or_else(|| "the agent refused the request".into())
         );
     }
-    Ok(reply.result.unwrap_or(Value::Null))
+    reply.result.context("the agent replied without a result")
+}
+
+/// `--json`: the reply as the agent sent it (keys sorted), indented.
+fn print_json(reply: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(&sorted(reply)?)?);
+    Ok(())
 }
 
 /// Left-aligned columns, two spaces apart; numbers right-aligned.
@@ -59,179 +73,166 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Monitor => "monitor",
     }
 }
 
 pub fn status(socket: &Path, json: bool) -> Result<()> {
-    let status = call(socket, &Request::Status)?;
+    let status: Status = call(socket, &Request::Status)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(());
+        return print_json(&status);
     }
-    let policy = &status["policy"];
-    let reload = &status["last_reload"];
-    println!(
-        "agent        pid {} (version {}), up since {}, pins {}",
-        s(&status["agent"]["pid"]),
-        s(&status["agent"]["version"]),
-        s(&status["agent"]["started_at"]),
-        s(&status["agent"]["pin_path"])
-    );
-    println!(
-        "policy       {} (sha256 {}), loaded {}, generation {}",
-        s(&policy["file"]),
-        s(&policy["sha256"]).chars().take(16).collect::<String>(),
-        s(&policy["loaded_at"]),
-        s(&policy["generation"])
-    );
-    println!(
-        "             mode {}, action {}, ports {}, {} groups, {} prefixes, {} relays, {} CLI exemptions",
-        s(&policy["mode"]),
-        s(&policy["action"]),
-        s(&policy["ports"]),
-        s(&policy["groups"]),
-        s(&policy["prefixes"]),
-        s(&policy["relays"]),
-        s(&status["exemptions"])
-    );
-    println!(
-        "last reload  {} at {}: {}",
-        if reload["ok"] == Value::Bool(true) {
-            "ok"
-        } else {
-            "REFUSED"
-        },
-        s(&reload["at"]),
-        s(&reload["message"])
-    );
-    println!("limits       {}", limits(policy));
-    let counters = &status["counters"];
-    println!(
-        "counters     {} packets seen, {} blocked, {} monitored, {} malformed, {} rate-limited, {} resets sent",
-        s(&counters["packets"]),
-        s(&counters["blocked"]),
-        s(&counters["monitored"]),
-        s(&counters["malformed"]),
-        s(&counters["rate_limited"]),
-        s(&counters["resets_sent"])
-    );
-    println!(
-        "events       {} sent, {} suppressed, {} lost; {} offender alerts, {} sources over threshold now",
-        s(&counters["events_sent"]),
-        s(&counters["events_suppressed"]),
-        s(&counters["events_lost"]),
-        s(&counters["offender_alerts"]),
-        s(&counters["offenders_over_threshold"])
-    );
-    println!();
-    let rows: Vec<Vec<String>> = status["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| {
-            vec![
-                s(&i["interface"]),
-                s(&i["mode"]),
-                s(&i["program_id"]),
-                s(&i["link_id"]),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(&["INTERFACE", "XDP MODE", "PROGRAM", "LINK"], &rows)
-    );
-    println!();
-    let rows: Vec<Vec<String>> = status["maps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| vec![s(&m["name"]), s(&m["entries"]), s(&m["capacity"])])
-        .collect();
-    print!("{}", table(&["MAP", "ENTRIES", "CAPACITY"], &rows));
+    print!("{}", render_status(&status));
     Ok(())
 }
 
+fn render_status(status: &Status) -> String {
+    let policy = &status.policy;
+    let reload = &status.last_reload;
+    let counters = &status.counters;
+    let mut out = format!(
+        "agent        pid {} (version {}), up since {}, pins {}\n",
+        status.agent.pid,
+        status.agent.version,
+        status.agent.started_at,
+        status.agent.pin_path.display()
+    );
+    out += &format!(
+        "policy       {} (sha256 {}), loaded {}, generation {}\n",
+        policy.file.display(),
+        policy.sha256.chars().take(16).collect::<String>(),
+        policy.loaded_at,
+        policy.generation
+    );
+    out += &format!(
+        "             mode {}, action {}, ports {}, {} groups, {} prefixes, {} relays, {} CLI exemptions\n",
+        mode_name(policy.mode),
+        policy.action,
+        serde_json::to_string(&policy.ports).expect("numbers serialize"),
+        policy.groups,
+        policy.prefixes,
+        policy.relays,
+        status.exemptions
+    );
+    out += &format!(
+        "last reload  {} at {}: {}\n",
+        if reload.ok { "ok" } else { "REFUSED" },
+        reload.at,
+        reload.message
+    );
+    out += &format!("limits       {}\n", limits(policy));
+    out += &format!(
+        "counters     {} packets seen, {} blocked, {} monitored, {} malformed, {} rate-limited, {} resets sent\n",
+        counters.packets,
+        counters.blocked,
+        counters.monitored,
+        counters.malformed,
+        counters.rate_limited,
+        counters.resets_sent
+    );
+    out += &format!(
+        "events       {} sent, {} suppressed, {} lost; {} offender alerts, {} sources over threshold now\n",
+        counters.events_sent,
+        counters.events_suppressed,
+        counters.events_lost,
+        counters.offender_alerts,
+        counters.offenders_over_threshold
+    );
+    out += "\n";
+    let rows: Vec<Vec<String>> = status
+        .interfaces
+        .iter()
+        .map(|i| {
+            vec![
+                i.interface.clone(),
+                i.mode.clone(),
+                i.program_id.to_string(),
+                i.link_id.to_string(),
+            ]
+        })
+        .collect();
+    out += &table(&["INTERFACE", "XDP MODE", "PROGRAM", "LINK"], &rows);
+    out += "\n";
+    let rows: Vec<Vec<String>> = status
+        .maps
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.entries.to_string(),
+                m.capacity.to_string(),
+            ]
+        })
+        .collect();
+    out += &table(&["MAP", "ENTRIES", "CAPACITY"], &rows);
+    out
+}
+
 /// The relay limit, offender alerts and drop-event rate of a status reply's policy.
-fn limits(policy: &Value) -> String {
-    let relay = match &policy["relay_limit"] {
-        Value::Null => "relay limit off".to_string(),
-        limit => format!(
-            "relay limit {} SYN/min per source (burst {})",
-            s(&limit["syn_per_minute"]),
-            s(&limit["burst"])
-        ),
+fn limits(policy: &PolicyStatus) -> String {
+    let relay = match policy.relay_limit {
+        None => "relay limit off".to_string(),
+        Some(RelayLimit {
+            syn_per_minute,
+            burst,
+        }) => format!("relay limit {syn_per_minute} SYN/min per source (burst {burst})"),
     };
-    let offenders = match &policy["offenders"] {
-        Value::Null => "offender alerts off".to_string(),
-        alerts => format!(
-            "offender alert after {} attempts in {}",
-            s(&alerts["alert_after"]),
-            s(&alerts["window"])
-        ),
+    let offenders = match &policy.offenders {
+        None => "offender alerts off".to_string(),
+        Some(OffenderAlerts {
+            alert_after,
+            window,
+        }) => format!("offender alert after {alert_after} attempts in {window}"),
     };
-    let events = match &policy["events"] {
-        Value::Null => "drop events off".to_string(),
-        rate => format!(
-            "drop events {}/s (burst {})",
-            s(&rate["per_second"]),
-            s(&rate["burst"])
-        ),
+    let events = match policy.events {
+        None => "drop events off".to_string(),
+        Some(EventRate { per_second, burst }) => {
+            format!("drop events {per_second}/s (burst {burst})")
+        }
     };
     format!("{relay}, {offenders}, {events}")
 }
 
 pub fn offenders(socket: &Path, top: usize, json: bool) -> Result<()> {
-    let reply = call(socket, &Request::Offenders { top: Some(top) })?;
+    let reply: Offenders = call(socket, &Request::Offenders { top: Some(top) })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
-    } else {
-        print!("{}", render_offenders(&reply));
+        return print_json(&reply);
     }
+    print!("{}", render_offenders(&reply));
     Ok(())
 }
 
-fn render_offenders(reply: &Value) -> String {
-    let alerts = match reply["alert_after"].as_u64() {
-        Some(0) | None => "offender alerts off".to_string(),
-        Some(n) => format!("alert after {n} attempts in {}", s(&reply["window"])),
+fn render_offenders(reply: &Offenders) -> String {
+    let alerts = match reply.alert_after {
+        0 => "offender alerts off".to_string(),
+        n => format!("alert after {n} attempts in {}", reply.window),
     };
     let mut out = format!(
         "at {}: {} sources with blocked attempts, {} over threshold ({alerts})\n",
-        s(&reply["at"]),
-        s(&reply["sources"]),
-        s(&reply["over_threshold"]),
+        reply.at, reply.sources, reply.over_threshold,
     );
-    let rows: Vec<Vec<String>> = reply["offenders"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = reply
+        .offenders
+        .iter()
         .map(|o| {
-            let estimate = if o["destinations_saturated"] == Value::Bool(true) {
+            let estimate = if o.destinations_saturated {
                 "≥"
             } else {
                 "≈"
             };
             vec![
-                s(&o["source"]),
-                s(&o["group"]),
-                s(&o["attempts"]),
-                s(&o["in_window"]),
-                s(&o["first_seen"]),
-                s(&o["last_seen"]),
-                format!("{estimate}{}", s(&o["destinations"])),
-                s(&o["last_destination"]),
-                if o["over_threshold"] == Value::Bool(true) {
-                    "yes"
-                } else {
-                    "no"
-                }
-                .to_string(),
+                o.source.clone(),
+                o.group.clone(),
+                o.attempts.to_string(),
+                o.in_window.to_string(),
+                o.first_seen.clone(),
+                o.last_seen.clone(),
+                format!("{estimate}{}", o.destinations),
+                o.last_destination.clone(),
+                if o.over_threshold { "yes" } else { "no" }.to_string(),
             ]
         })
         .collect();
@@ -258,23 +259,21 @@ fn render_offenders(reply: &Value) -> String {
 }
 
 pub fn exemptions_list(socket: &Path, json: bool) -> Result<()> {
-    let list = call(socket, &Request::ExemptionsList)?;
+    let list: ExemptionList = call(socket, &Request::ExemptionsList)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+        return print_json(&list);
     }
-    let rows: Vec<Vec<String>> = list["exemptions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = list
+        .exemptions
+        .iter()
         .map(|e| {
             vec![
-                s(&e["prefix"]),
-                s(&e["source"]),
-                s(&e["reason"]),
-                s(&e["added_by"]),
-                s(&e["added_at"]),
-                s(&e["expires_at"]),
+                e.prefix.to_string(),
+                e.source.name().to_string(),
+                e.reason.clone(),
+                e.added_by.clone(),
+                e.added_at.clone(),
+                e.expires_at.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -291,20 +290,17 @@ pub fn exemptions_list(socket: &Path, json: bool) -> Result<()> {
 }
 
 pub fn exemptions_change(socket: &Path, request: Request) -> Result<()> {
-    let reply = call(socket, &request)?;
-    let (what, e) = match (&reply["added"], &reply["removed"]) {
-        (Value::Object(_), _) => ("added", &reply["added"]),
-        (_, Value::Object(_)) => ("removed", &reply["removed"]),
-        _ => bail!("unexpected reply from the agent: {reply}"),
+    let (what, e) = match call(socket, &request)? {
+        ExemptionChange::Added(e) => ("added", e),
+        ExemptionChange::Removed(e) => ("removed", e),
     };
-    let expires = match &e["expires_at"] {
-        Value::Null => String::new(),
-        t => format!(", expires {}", s(t)),
+    let expires = match &e.expires_at {
+        None => String::new(),
+        Some(t) => format!(", expires {t}"),
     };
     println!(
         "exemption {what}: {} ({}{expires}); in force in the kernel now",
-        s(&e["prefix"]),
-        s(&e["reason"])
+        e.prefix, e.reason
     );
     Ok(())
 }
@@ -312,34 +308,82 @@ pub fn exemptions_change(socket: &Path, request: Request) -> Result<()> {
 /// (table key) -> (packets, bytes)
 type Totals = BTreeMap<Vec<String>, (u64, u64)>;
 
-fn totals(stats: &Value, section: &str, keys: &[&str]) -> Totals {
-    stats[section]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| {
-            let key = keys.iter().map(|k| s(&row[*k])).collect();
-            let n = |f: &str| row[f].as_u64().unwrap_or(0);
-            (key, (n("packets"), n("bytes")))
-        })
-        .collect()
+/// The rows of each section of `stats`, keyed by their names, in the order shown.
+fn sections(stats: &Stats) -> [(&'static str, Vec<&'static str>, Totals); 4] {
+    let collect = |rows: Vec<(Vec<String>, u64, u64)>| -> Totals {
+        rows.into_iter().map(|(k, p, b)| (k, (p, b))).collect()
+    };
+    [
+        (
+            "REASON",
+            vec!["reason"],
+            collect(
+                stats
+                    .by_reason
+                    .iter()
+                    .map(|r| (vec![r.reason.to_string()], r.packets, r.bytes))
+                    .collect(),
+            ),
+        ),
+        (
+            "FAMILY",
+            vec!["family"],
+            collect(
+                stats
+                    .by_family
+                    .iter()
+                    .map(|r| (vec![r.family.to_string()], r.packets, r.bytes))
+                    .collect(),
+            ),
+        ),
+        (
+            "GROUP",
+            vec!["group", "reason"],
+            collect(
+                stats
+                    .by_group
+                    .iter()
+                    .map(|r| {
+                        (
+                            vec![r.group.clone(), r.reason.to_string()],
+                            r.packets,
+                            r.bytes,
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "INTERFACE",
+            vec!["interface", "family", "reason"],
+            collect(
+                stats
+                    .by_interface
+                    .iter()
+                    .map(|r| {
+                        (
+                            vec![
+                                r.interface.clone(),
+                                r.family.to_string(),
+                                r.reason.to_string(),
+                            ],
+                            r.packets,
+                            r.bytes,
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+    ]
 }
 
-fn render_stats(stats: &Value, previous: Option<(&Value, f64)>) -> String {
-    let sections: [(&str, &str, &[&str]); 4] = [
-        ("by_reason", "REASON", &["reason"]),
-        ("by_family", "FAMILY", &["family"]),
-        ("by_group", "GROUP", &["group", "reason"]),
-        (
-            "by_interface",
-            "INTERFACE",
-            &["interface", "family", "reason"],
-        ),
-    ];
-    let mut out = format!("at {}\n", s(&stats["at"]));
-    for (section, title, keys) in sections {
-        let now = totals(stats, section, keys);
-        let before = previous.map(|(p, secs)| (totals(p, section, keys), secs));
+fn render_stats(stats: &Stats, previous: Option<(&Stats, f64)>) -> String {
+    let mut out = format!("at {}\n", stats.at);
+    let before = previous.map(|(p, secs)| (sections(p), secs));
+    for (i, (title, keys, now)) in sections(stats).into_iter().enumerate() {
+        let before = before
+            .as_ref()
+            .map(|(sections, secs)| (&sections[i].2, *secs));
         let mut header: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
         header[0] = title.to_string();
         header.extend(["PACKETS".into(), "BYTES".into()]);
@@ -351,7 +395,7 @@ fn render_stats(stats: &Value, previous: Option<(&Value, f64)>) -> String {
             .map(|(key, (packets, bytes))| {
                 let mut row = key.clone();
                 row.extend([packets.to_string(), bytes.to_string()]);
-                if let Some((before, secs)) = &before {
+                if let Some((before, secs)) = before {
                     let (p0, b0) = before.get(key).copied().unwrap_or((0, 0));
                     row.push(format!("{:.1}", packets.saturating_sub(p0) as f64 / secs));
                     row.push(format!(
@@ -372,25 +416,18 @@ fn render_stats(stats: &Value, previous: Option<(&Value, f64)>) -> String {
 }
 
 /// What the program did besides passing and dropping: resets, events, offender alerts.
-fn render_actions(stats: &Value, previous: Option<(&Value, f64)>) -> String {
-    let names = [
-        ("resets_sent", "resets-sent"),
-        ("events_sent", "events-sent"),
-        ("events_suppressed", "events-suppressed"),
-        ("events_lost", "events-lost"),
-        ("offender_alerts", "offender-alerts"),
-    ];
+fn render_actions(stats: &Stats, previous: Option<(&Stats, f64)>) -> String {
     let mut header = vec!["ACTION", "COUNT"];
     if previous.is_some() {
         header.push("PER S");
     }
-    let rows: Vec<Vec<String>> = names
+    let rows: Vec<Vec<String>> = ActionStat::ALL
         .iter()
-        .map(|(key, name)| {
-            let count = stats["actions"][key].as_u64().unwrap_or(0);
-            let mut row = vec![name.to_string(), count.to_string()];
+        .map(|&stat| {
+            let count = stats.actions.count(stat);
+            let mut row = vec![stat.name().to_string(), count.to_string()];
             if let Some((before, secs)) = previous {
-                let before = before["actions"][key].as_u64().unwrap_or(0);
+                let before = before.actions.count(stat);
                 row.push(format!("{:.1}", count.saturating_sub(before) as f64 / secs));
             }
             row
@@ -399,15 +436,15 @@ fn render_actions(stats: &Value, previous: Option<(&Value, f64)>) -> String {
     format!(
         "{}\nsources over the offender threshold: {}\n",
         table(&header, &rows),
-        s(&stats["offenders_over_threshold"])
+        stats.offenders_over_threshold
     )
 }
 
 pub fn stats(socket: &Path, json: bool, watch: Option<u64>) -> Result<()> {
     let Some(interval) = watch else {
-        let stats = call(socket, &Request::Stats)?;
+        let stats: Stats = call(socket, &Request::Stats)?;
         if json {
-            println!("{}", serde_json::to_string(&stats)?);
+            println!("{}", serde_json::to_string(&sorted(&stats)?)?);
         } else {
             print!("{}", render_stats(&stats, None));
         }
@@ -416,12 +453,12 @@ pub fn stats(socket: &Path, json: bool, watch: Option<u64>) -> Result<()> {
     if interval == 0 {
         bail!("--watch needs at least 1 second");
     }
-    let mut previous: Option<(Value, Instant)> = None;
+    let mut previous: Option<(Stats, Instant)> = None;
     loop {
-        let stats = call(socket, &Request::Stats)?;
+        let stats: Stats = call(socket, &Request::Stats)?;
         let now = Instant::now();
         if json {
-            println!("{}", serde_json::to_string(&stats)?);
+            println!("{}", serde_json::to_string(&sorted(&stats)?)?);
         } else {
             let prev = previous
                 .as_ref()
@@ -436,14 +473,20 @@ pub fn stats(socket: &Path, json: bool, watch: Option<u64>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
+    /// A reply as the CLI reads it off the socket (from text: the names borrow from it).
+    fn typed<T: DeserializeOwned>(value: Value) -> T {
+        serde_json::from_str(&value.to_string()).unwrap()
+    }
+
     #[test]
     fn offenders_render_as_the_abuse_desk_reads_them() {
-        let reply = json!({
+        let reply: Offenders = typed(json!({
             "at": "2026-11-28T10:00:00Z",
+            "destinations_note": "note",
             "sources": 2,
             "over_threshold": 1,
             "alert_after": 3,
@@ -464,7 +507,7 @@ mod tests {
                     "last_destination": "[2001:db8:ffff::9]:25", "over_threshold": false,
                 },
             ],
-        });
+        }));
         let text = render_offenders(&reply);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -492,39 +535,67 @@ mod tests {
             "{text}"
         );
 
-        let empty = json!({"at": "t", "sources": 0, "over_threshold": 0, "alert_after": 0,
-                           "window": "0s", "offenders": []});
+        let empty: Offenders = typed(json!({"at": "t", "sources": 0, "over_threshold": 0,
+                           "alert_after": 0, "window": "0s", "destinations_note": "note",
+                           "offenders": []}));
         assert_eq!(
             render_offenders(&empty),
             "at t: 0 sources with blocked attempts, 0 over threshold (offender alerts off)\n"
         );
     }
 
+    /// A status reply's policy with the limits of `limits`.
+    fn policy(limits: Value) -> PolicyStatus {
+        let mut policy = json!({
+            "file": "p.yaml", "sha256": "00", "loaded_at": "t", "generation": 1,
+            "mode": "enforce", "groups": 1, "prefixes": 1, "relays": 0, "ports": [25],
+            "action": "drop",
+        });
+        policy
+            .as_object_mut()
+            .unwrap()
+            .extend(limits.as_object().unwrap().clone());
+        typed(policy)
+    }
+
+    /// A stats reply with no counter rows.
+    fn stats_reply(fields: Value) -> Stats {
+        let mut stats =
+            json!({"by_reason": [], "by_family": [], "by_group": [], "by_interface": []});
+        stats
+            .as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        typed(stats)
+    }
+
     #[test]
     fn limits_say_what_is_on_and_off() {
         assert_eq!(
-            limits(&json!({
+            limits(&policy(json!({
                 "relay_limit": {"syn_per_minute": 10, "burst": 5},
                 "offenders": {"alert_after": 100, "window": "10m"},
                 "events": {"per_second": 5, "burst": 1},
-            })),
+            }))),
             "relay limit 10 SYN/min per source (burst 5), offender alert after 100 attempts \
              in 10m, drop events 5/s (burst 1)"
         );
         assert_eq!(
-            limits(&json!({"relay_limit": null, "offenders": null, "events": null})),
+            limits(&policy(
+                json!({"relay_limit": null, "offenders": null, "events": null})
+            )),
             "relay limit off, offender alerts off, drop events off"
         );
     }
 
     #[test]
     fn stats_end_with_the_actions() {
-        let stats = json!({
+        let stats = stats_reply(json!({
             "at": "t",
             "actions": {"resets_sent": 3, "events_sent": 12, "events_suppressed": 40,
                         "events_lost": 0, "offender_alerts": 1},
             "offenders_over_threshold": 1,
-        });
+        }));
         let text = render_stats(&stats, None);
         assert!(
             text.ends_with(
@@ -539,7 +610,11 @@ mod tests {
             ),
             "{text}"
         );
-        let before = json!({"actions": {"events_sent": 2}});
+        let before = stats_reply(
+            json!({"at": "t0", "offenders_over_threshold": 0, "actions": {
+            "resets_sent": 0, "events_sent": 2, "events_suppressed": 0, "events_lost": 0,
+            "offender_alerts": 0}}),
+        );
         let text = render_stats(&stats, Some((&before, 2.0)));
         assert!(text.contains("events-sent           12    5.0\n"), "{text}");
     }

@@ -10,7 +10,11 @@ use super::{
     args::{Cli, Command, ExemptionsCommand, Format},
     manpages, render,
 };
-use crate::{agent, capture, control::Request, explain, policy, replay};
+use crate::{
+    agent, capture,
+    control::{Request, protocol::Explanation},
+    explain, policy, replay,
+};
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -181,15 +185,12 @@ fn run(command: Command) -> Result<ExitCode> {
             if src.is_ipv4() != dst.is_ipv4() {
                 bail!("--src {src} and --dst {dst} are of different address families");
             }
-            let explanation = match policy {
+            let explanation: Explanation = match policy {
                 Some(policy) => {
                     let image = load_policy(&policy)?.compile();
                     explain::explain(&image, src, dst, dport)
                 }
-                None => serde_json::from_value(render::call(
-                    &socket,
-                    &Request::Explain { src, dst, dport },
-                )?)?,
+                None => render::call(&socket, &Request::Explain { src, dst, dport })?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);

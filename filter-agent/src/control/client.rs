@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
     protocol::{PROTOCOL_VERSION, Reply, Request, encode_request},
@@ -17,17 +18,17 @@ use super::{
 /// Long enough for a large policy's map writes, short enough that a stuck agent is noticed.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to the agent at `path`, sends `request` and returns its reply (an error reply
-/// is still `Ok`: look at `ok`).
-pub fn request(path: &Path, request: &Request) -> anyhow::Result<Reply> {
+/// Connects to the agent at `path`, sends `request` and returns its reply, the result read
+/// as `T` (an error reply is still `Ok`: look at `ok`).
+pub fn request<T: DeserializeOwned>(path: &Path, request: &Request) -> anyhow::Result<Reply<T>> {
     let mut stream = UnixStream::connect(path).map_err(|e| connect_error(path, e))?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
     let sent = stream.write_all(&encode_request(request));
     // An agent that refuses a request may hang up before reading all of it; its reply,
     // if any, says more than our write error.
-    let reply = match (read_reply(&mut stream, path), sent) {
-        (Ok(reply), _) => reply,
+    let bytes = match (read_reply(&mut stream, path), sent) {
+        (Ok(bytes), _) => bytes,
         (Err(_), Err(e)) => {
             return Err(e).with_context(|| {
                 format!("cannot send the request to the agent at {}", path.display())
@@ -35,23 +36,27 @@ pub fn request(path: &Path, request: &Request) -> anyhow::Result<Reply> {
         }
         (Err(e), Ok(())) => return Err(e),
     };
-    if reply.version != PROTOCOL_VERSION {
+    let malformed = || format!("malformed reply from the agent at {}", path.display());
+    // The envelope first: another version's result is explained, not misread.
+    let envelope: Reply<IgnoredAny> = serde_json::from_slice(&bytes).with_context(malformed)?;
+    if envelope.version != PROTOCOL_VERSION {
         bail!(
             "the agent at {} speaks protocol version {} and this filter-agent speaks {}; \
              run the same version of both{}",
             path.display(),
-            reply.version,
+            envelope.version,
             PROTOCOL_VERSION,
-            reply
+            envelope
                 .error
                 .map(|e| format!(" (the agent said: {e})"))
                 .unwrap_or_default()
         );
     }
-    Ok(reply)
+    serde_json::from_slice(&bytes).with_context(malformed)
 }
 
-fn read_reply(stream: &mut UnixStream, path: &Path) -> anyhow::Result<Reply> {
+/// The reply's bytes, up to its newline.
+fn read_reply(stream: &mut UnixStream, path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     // Up to the newline, not the end of the stream: an agent that hung up on a request it
     // did not read in full leaves us a reply followed by ECONNRESET.
@@ -75,8 +80,7 @@ fn read_reply(stream: &mut UnixStream, path: &Path) -> anyhow::Result<Reply> {
             path.display()
         );
     }
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("malformed reply from the agent at {}", path.display()))
+    Ok(bytes)
 }
 
 /// Says why the agent cannot be reached and what to do about it.
@@ -113,7 +117,9 @@ mod tests {
     use std::{io::Read, os::unix::net::UnixListener, thread};
 
     fn error_of(path: &Path) -> String {
-        request(path, &Request::Status).unwrap_err().to_string()
+        request::<serde_json::Value>(path, &Request::Status)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -169,7 +175,7 @@ mod tests {
             agent.join().unwrap();
         }
         let (_dir, path, agent) = fake_agent(b"{\"version\":1,\"ok\":true,\"result\":[1]}\n");
-        let reply = request(&path, &Request::ExemptionsList).unwrap();
+        let reply = request::<serde_json::Value>(&path, &Request::ExemptionsList).unwrap();
         assert_eq!(reply.result, Some(serde_json::json!([1])));
         agent.join().unwrap();
     }

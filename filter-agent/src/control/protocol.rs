@@ -8,10 +8,14 @@
 //! <- {"version":1,"ok":false,"error":"permission denied: ...","kind":"permission-denied"}
 //! ```
 
-use std::{fmt, net::IpAddr};
+use std::{fmt, net::IpAddr, path::PathBuf, time::SystemTime};
 
+use filter_common::{Action, Config, Family, Reason, Verdict};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use crate::{dataplane::AttachedInterface, image::Smtp, metrics::Actions, policy::Mode};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -88,21 +92,26 @@ pub enum ErrorKind {
 }
 
 /// `{"version":1,"ok":true,"result":...}` or
-/// `{"version":1,"ok":false,"error":"...","kind":"bad-request"}`.
+/// `{"version":1,"ok":false,"error":"...","kind":"bad-request"}`. The agent sends a
+/// [`Response`]; the CLI reads the reply type of the request it sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reply {
+#[serde(bound(serialize = "T: Serialize", deserialize = "T: Deserialize<'de>"))]
+pub struct Reply<T = Value> {
     pub version: u32,
     pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "with_sorted_keys"
+    )]
+    pub result: Option<T>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<ErrorKind>,
 }
 
-impl Reply {
-    pub(super) fn success(result: Value) -> Reply {
+impl<T> Reply<T> {
+    pub(super) fn success(result: T) -> Reply<T> {
         Reply {
             version: PROTOCOL_VERSION,
             ok: true,
@@ -112,7 +121,7 @@ impl Reply {
         }
     }
 
-    pub(super) fn failure(error: &ControlError) -> Reply {
+    pub(super) fn failure(error: &ControlError) -> Reply<T> {
         Reply {
             version: PROTOCOL_VERSION,
             ok: false,
@@ -121,6 +130,23 @@ impl Reply {
             kind: Some(error.kind()),
         }
     }
+}
+
+/// Results go out with the keys of every object sorted, as they did when replies were
+/// built as JSON maps: clients written against version 1 see the same bytes.
+fn with_sorted_keys<T: Serialize, S: serde::Serializer>(
+    result: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    sorted(result)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(serializer)
+}
+
+/// `value` as JSON with every object's keys sorted (the form of results on the wire).
+pub fn sorted(value: &impl Serialize) -> serde_json::Result<Value> {
+    // serde_json's map is ordered by key (its `preserve_order` feature is off).
+    serde_json::to_value(value)
 }
 
 /// Why a request was not carried out. The message is shown to the user as is, so it says
@@ -154,6 +180,311 @@ impl fmt::Display for ControlError {
 }
 
 impl std::error::Error for ControlError {}
+
+/// What the agent answers, one variant per request; on the wire, the variant's value
+/// alone (the client knows which request it sent).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    Status(Box<Status>),
+    Stats(Stats),
+    Exemptions(ExemptionList),
+    ExemptionChange(ExemptionChange),
+    Explain(Explanation),
+    Offenders(Offenders),
+}
+
+/// Timestamps in replies are RFC 3339 UTC in whole seconds, e.g. `2026-11-28T09:53:50Z`.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Reply to `status`: what the running agent is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub agent: AgentInfo,
+    pub interfaces: Vec<AttachedInterface>,
+    /// The program on the first interface, if attached anywhere.
+    pub program_id: Option<u32>,
+    pub policy: PolicyStatus,
+    pub last_reload: LastReload,
+    pub maps: Vec<MapUsage>,
+    /// CLI exemptions in force.
+    pub exemptions: usize,
+    pub counters: StatusCounters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub pid: u32,
+    pub version: String,
+    pub started_at: String,
+    pub pin_path: PathBuf,
+}
+
+/// The policy in force, with the limits recovered from what the kernel was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub file: PathBuf,
+    pub sha256: String,
+    pub loaded_at: String,
+    pub generation: u64,
+    pub mode: Mode,
+    pub groups: usize,
+    pub prefixes: usize,
+    pub relays: usize,
+    pub ports: Vec<u16>,
+    pub action: Action,
+    pub relay_limit: Option<RelayLimit>,
+    pub offenders: Option<OffenderAlerts>,
+    pub events: Option<EventRate>,
+}
+
+/// The outcome of the last (re)load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReload {
+    pub ok: bool,
+    pub at: String,
+    pub message: String,
+}
+
+/// How full one kernel map is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapUsage {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// The totals `status` shows; `stats` has them broken down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounters {
+    pub packets: u64,
+    pub blocked: u64,
+    pub monitored: u64,
+    pub malformed: u64,
+    pub rate_limited: u64,
+    pub resets_sent: u64,
+    pub events_sent: u64,
+    pub events_suppressed: u64,
+    pub events_lost: u64,
+    pub offender_alerts: u64,
+    pub offenders_over_threshold: usize,
+}
+
+/// The relay limit as `relay_limit:` writes it, recovered from the compiled config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayLimit {
+    pub syn_per_minute: u64,
+    pub burst: u64,
+}
+
+impl RelayLimit {
+    /// The relay limit in force, if any.
+    pub fn of(config: &Config) -> Option<RelayLimit> {
+        if config.relay_interval_ns == 0 {
+            return None;
+        }
+        let (syn_per_minute, burst) = rate(
+            config.relay_interval_ns,
+            config.relay_tolerance_ns,
+            60_000_000_000,
+        );
+        Some(RelayLimit {
+            syn_per_minute,
+            burst,
+        })
+    }
+}
+
+/// The offender alert threshold and window, as `offenders:` writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffenderAlerts {
+    pub alert_after: u64,
+    pub window: String,
+}
+
+/// The drop-event rate, as `events:` writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRate {
+    pub per_second: u64,
+    pub burst: u64,
+}
+
+impl EventRate {
+    /// The drop-event rate in force, if events are on.
+    pub fn of(config: &Config) -> Option<EventRate> {
+        if config.event_interval_ns == 0 {
+            return None;
+        }
+        let (per_second, burst) = rate(
+            config.event_interval_ns,
+            config.event_tolerance_ns,
+            1_000_000_000,
+        );
+        Some(EventRate { per_second, burst })
+    }
+}
+
+/// `interval` nanoseconds per token with `tolerance` of burst: the tokens per `period`
+/// and the burst, as the policy wrote them.
+fn rate(interval: u64, tolerance: u64, period_ns: u64) -> (u64, u64) {
+    let per_period = (period_ns as f64 / interval as f64).round() as u64;
+    let burst = (tolerance as f64 / interval as f64).round() as u64 + 1;
+    (per_period, burst)
+}
+
+/// Reply to `stats`: every counter, summed over CPUs; rows with no packets are left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub at: String,
+    pub by_reason: Vec<ReasonCount>,
+    pub by_family: Vec<FamilyCount>,
+    pub by_group: Vec<GroupCount>,
+    pub by_interface: Vec<InterfaceCount>,
+    pub actions: Actions,
+    /// Sources whose offender alert window is running.
+    pub offenders_over_threshold: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonCount {
+    pub reason: Reason,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyCount {
+    pub family: Family,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCount {
+    pub group: String,
+    /// The group CLI exemptions are counted in.
+    pub exemption_group: bool,
+    pub reason: Reason,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceCount {
+    /// `other` for frames counted outside any interface slot.
+    pub interface: String,
+    pub family: Family,
+    pub reason: Reason,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reply to `exemptions-list`: the policy's allow prefixes, then the CLI exemptions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExemptionList {
+    pub exemptions: Vec<ExemptionEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExemptionEntry {
+    pub prefix: IpNet,
+    pub source: ExemptionSource,
+    pub reason: String,
+    pub added_by: String,
+    pub added_at: String,
+    pub expires_at: Option<String>,
+}
+
+/// Where an exemption comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExemptionSource {
+    /// An allow group of the policy file.
+    Policy,
+    /// `filter-agent exemptions add`.
+    Cli,
+}
+
+impl ExemptionSource {
+    /// As on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExemptionSource::Policy => "policy",
+            ExemptionSource::Cli => "cli",
+        }
+    }
+}
+
+/// Reply to `exemptions-add` (`{"added": ...}`) and `exemptions-remove`
+/// (`{"removed": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExemptionChange {
+    Added(ExemptionEntry),
+    Removed(ExemptionEntry),
+}
+
+/// Reply to `explain`: the reference model's verdict on one flow, and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// The longest source prefix over all groups, with its group.
+    pub source_prefix: Option<IpNet>,
+    pub group: Option<String>,
+    pub smtp: Option<Smtp>,
+    pub relay_prefix: Option<IpNet>,
+    pub port_filtered: bool,
+    pub monitor: bool,
+    /// The policy's action (an older agent sends none: drop).
+    #[serde(default = "drop_action")]
+    pub action: Action,
+    /// The relay limit, when the policy sets one.
+    #[serde(default)]
+    pub relay_limit: Option<RelayLimit>,
+}
+
+fn drop_action() -> Action {
+    Action::Drop
+}
+
+/// Reply to `offenders`: the sources most likely infected, first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offenders {
+    pub at: String,
+    /// Sources the kernel has a record of.
+    pub sources: usize,
+    pub over_threshold: usize,
+    /// 0: offender alerts are off.
+    pub alert_after: u64,
+    pub window: String,
+    pub destinations_note: String,
+    pub offenders: Vec<OffenderRow>,
+}
+
+/// One source of `filter-agent offenders`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffenderRow {
+    /// An IPv4 address or an IPv6 /64.
+    pub source: String,
+    pub family: Family,
+    pub group: String,
+    pub attempts: u64,
+    /// Attempts in the current alert window (0 once it has ended).
+    pub in_window: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// Approximate (linear counting over a 64-bit sketch).
+    pub destinations: u64,
+    pub destinations_saturated: bool,
+    pub last_destination: String,
+    pub over_threshold: bool,
+}
 
 /// Parses one request, checking in the order that gives the most useful error: JSON, then
 /// the version (a newer client's fields mean nothing here), then the command, then its
@@ -436,7 +767,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), reply);
         assert_eq!(ControlError::BadRequest("x".into()).to_string(), "x");
         assert_eq!(
-            Reply::failure(&ControlError::Failed("y".into())).kind,
+            Reply::<Value>::failure(&ControlError::Failed("y".into())).kind,
             Some(ErrorKind::Failed)
         );
     }

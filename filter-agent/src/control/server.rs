@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
-use serde_json::Value;
+use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -89,7 +89,10 @@ fn group_label(gid: u32) -> String {
 /// The agent implements this; called for every well-formed request that passed the
 /// permission check, on a blocking thread (it may take locks and write maps).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, peer: &Peer, request: Request) -> Result<Value, ControlError>;
+    /// What requests are answered with: the agent's [`Response`](super::protocol::Response).
+    type Reply: Serialize + Send + 'static;
+
+    fn handle(&self, peer: &Peer, request: Request) -> Result<Self::Reply, ControlError>;
 }
 
 /// Who may change things: uid 0 always; members (primary or supplementary) of
@@ -222,14 +225,14 @@ fn refuse_live_socket(path: &Path) -> anyhow::Result<()> {
 
 /// Accepts forever, each connection in its own task. Nothing a client sends and nothing a
 /// handler does (an error, a panic) ends the loop.
-pub async fn serve(listener: UnixListener, permissions: Permissions, handler: Arc<dyn Handler>) {
+pub async fn serve<H: Handler>(listener: UnixListener, permissions: Permissions, handler: Arc<H>) {
     serve_with(listener, permissions, handler, READ_TIMEOUT).await
 }
 
-async fn serve_with(
+async fn serve_with<H: Handler>(
     listener: UnixListener,
     permissions: Permissions,
-    handler: Arc<dyn Handler>,
+    handler: Arc<H>,
     read_timeout: Duration,
 ) {
     let permissions = Arc::new(permissions);
@@ -257,10 +260,10 @@ async fn serve_with(
     }
 }
 
-async fn connection(
+async fn connection<H: Handler>(
     mut stream: UnixStream,
     permissions: Arc<Permissions>,
-    handler: Arc<dyn Handler>,
+    handler: Arc<H>,
     read_timeout: Duration,
 ) {
     let reply = answer(&mut stream, permissions, handler, read_timeout).await;
@@ -278,12 +281,12 @@ async fn connection(
     }
 }
 
-async fn answer(
+async fn answer<H: Handler>(
     stream: &mut UnixStream,
     permissions: Arc<Permissions>,
-    handler: Arc<dyn Handler>,
+    handler: Arc<H>,
     read_timeout: Duration,
-) -> Reply {
+) -> Reply<H::Reply> {
     let mut peer = match Peer::identify(stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -363,7 +366,7 @@ mod tests {
         protocol::{ErrorKind, PROTOCOL_VERSION, encode_request},
         request,
     };
-    use serde_json::json;
+    use serde_json::{Value, json};
     use std::{os::unix::fs::MetadataExt, path::PathBuf, sync::Mutex};
 
     /// Records every call; `explain` to port 0 panics, removing "missing" fails.
@@ -373,6 +376,8 @@ mod tests {
     }
 
     impl Handler for Recorder {
+        type Reply = Value;
+
         fn handle(&self, peer: &Peer, request: Request) -> Result<Value, ControlError> {
             self.calls.lock().unwrap().push((peer.uid, request.clone()));
             match &request {
@@ -443,7 +448,7 @@ mod tests {
 
     async fn send(path: &Path, req: Request) -> Reply {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || request(&path, &req))
+        tokio::task::spawn_blocking(move || request::<Value>(&path, &req))
             .await
             .unwrap()
             .unwrap()
@@ -672,7 +677,7 @@ mod tests {
             // why.
             let blocked = path.clone();
             let error = tokio::task::spawn_blocking(move || {
-                as_other_user(&[], move || request(&blocked, &Request::Status))
+                as_other_user(&[], move || request::<Value>(&blocked, &Request::Status))
             })
             .await
             .unwrap()
@@ -699,8 +704,8 @@ mod tests {
         let (denied, read) = tokio::task::spawn_blocking(move || {
             as_other_user(&[], move || {
                 (
-                    request(&path, &add).unwrap(),
-                    request(&path, &Request::Status).unwrap(),
+                    request::<Value>(&path, &add).unwrap(),
+                    request::<Value>(&path, &Request::Status).unwrap(),
                 )
             })
         })
@@ -737,7 +742,9 @@ mod tests {
         };
         let sent = remove.clone();
         let reply = tokio::task::spawn_blocking(move || {
-            as_other_user(&[100, 4242], move || request(&path, &sent).unwrap())
+            as_other_user(&[100, 4242], move || {
+                request::<Value>(&path, &sent).unwrap()
+            })
         })
         .await
         .unwrap();

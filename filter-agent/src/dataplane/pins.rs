@@ -29,7 +29,7 @@ pub struct PinDir {
 }
 
 /// An interface the filter is attached to.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttachedInterface {
     pub interface: String,
     /// `native` or `generic`.

@@ -90,7 +90,7 @@ pub struct Interface {
     pub xdp_mode: XdpMode,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Filtered traffic is dropped.
