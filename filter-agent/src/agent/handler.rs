@@ -532,3 +532,340 @@ pub fn snapshot(agent: &mut Agent) -> Result<Snapshot> {
         .collect();
     Ok(snapshot)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::{
+        agent::state::ReloadResult, control::protocol::sorted, exemptions::ExemptionStore,
+    };
+
+    const POLICY: &str = "version: 1
+action: reject
+relay_limit: { syn_per_minute: 60, burst: 10 }
+offenders: { alert_after: 3, window: 10m }
+events: { per_second: 5 }
+groups:
+  - name: residential
+    smtp: block
+    prefixes: [100.64.0.0/10, \"2001:db8:1000::/36\"]
+  - name: business
+    smtp: allow
+    prefixes: [100.64.1.0/24]
+relays: [203.0.113.25]
+";
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// The state right after loading `policy`, with no exemptions; the exemption store
+    /// names a file that is never written.
+    fn state(policy: &str) -> State {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let loaded = crate::policy::parse(policy, "policy.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let image = loaded.policy.compile();
+        let store = std::env::temp_dir().join(format!(
+            "filter-agent-handler-{}-{}/exemptions.yaml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        State {
+            policy_path: "/etc/filter-agent/policy.yaml".into(),
+            policy: loaded.policy,
+            policy_sha256: "ab".repeat(32),
+            policy_loaded_at: at(1_800_000_000),
+            policy_image: image.clone(),
+            exemptions: ExemptionStore::load(&store).unwrap(),
+            applied: image,
+            generation: 1,
+            last_reload: ReloadResult {
+                ok: true,
+                at: at(1_800_000_000),
+                message: "generation 1 in force".into(),
+            },
+            started_at: at(1_799_999_999),
+            over_threshold: Default::default(),
+        }
+    }
+
+    fn stats(by_reason: &[(Reason, u64)]) -> Stats {
+        Stats {
+            at: "t".into(),
+            by_reason: by_reason
+                .iter()
+                .map(|&(reason, packets)| ReasonCount {
+                    reason,
+                    packets,
+                    bytes: packets * 54,
+                })
+                .collect(),
+            by_family: Vec::new(),
+            by_group: Vec::new(),
+            by_interface: Vec::new(),
+            actions: Actions {
+                resets_sent: 4,
+                ..Actions::default()
+            },
+            offenders_over_threshold: 1,
+        }
+    }
+
+    fn kernel(stats: Stats) -> KernelStatus {
+        KernelStatus {
+            pin_path: "/sys/fs/bpf/filter-agent".into(),
+            interfaces: vec![AttachedInterface {
+                interface: "eth1".into(),
+                mode: "native".into(),
+                program_id: 41,
+                link_id: 7,
+            }],
+            capacity: Capacity {
+                sources_v4: 1024,
+                sources_v6: 1024,
+            },
+            slots_used: 1,
+            stats,
+        }
+    }
+
+    #[test]
+    fn status_after_a_policy_load_shows_the_policy_in_force_and_the_totals() {
+        let state = state(POLICY);
+        let status = status(
+            &state,
+            kernel(stats(&[(Reason::Blocked, 5), (Reason::Relay, 2)])),
+        );
+        assert_eq!(status.program_id, Some(41));
+        assert_eq!(status.agent.started_at, "2027-01-15T07:59:59Z");
+        let policy = &status.policy;
+        assert_eq!(policy.file, PathBuf::from("/etc/filter-agent/policy.yaml"));
+        assert_eq!(policy.loaded_at, "2027-01-15T08:00:00Z");
+        assert_eq!((policy.groups, policy.prefixes, policy.relays), (2, 3, 1));
+        assert_eq!(policy.action, Action::Reject);
+        assert_eq!(
+            policy.relay_limit,
+            Some(RelayLimit {
+                syn_per_minute: 60,
+                burst: 10
+            })
+        );
+        assert_eq!(
+            policy.offenders,
+            Some(OffenderAlerts {
+                alert_after: 3,
+                window: "10m".into()
+            })
+        );
+        assert_eq!(
+            policy.events,
+            Some(EventRate {
+                per_second: 5,
+                burst: 5
+            })
+        );
+        assert_eq!((status.counters.packets, status.counters.blocked), (7, 5));
+        assert_eq!(status.counters.resets_sent, 4);
+        assert_eq!(status.counters.offenders_over_threshold, 1);
+        let maps: Vec<(&str, u64, u64)> = status
+            .maps
+            .iter()
+            .map(|m| (m.name.as_str(), m.entries, m.capacity))
+            .collect();
+        assert_eq!(
+            maps,
+            [
+                (MAP_SOURCES_V4, 2, 1024),
+                (MAP_SOURCES_V6, 1, 1024),
+                (MAP_GROUP_NAMES, 2, u64::from(MAX_GROUPS)),
+                (MAP_INTERFACE_SLOTS, 1, u64::from(MAX_INTERFACES)),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_on_the_wire_has_sorted_keys_and_nulls_for_what_is_off() {
+        let state = state(
+            "version: 1\nevents: { per_second: 0 }\ngroups:\n  - name: residential\n    smtp: block\n    prefixes: [100.64.0.0/10]\n",
+        );
+        let status = status(&state, kernel(stats(&[])));
+        let text = serde_json::to_string(&sorted(&status).unwrap()).unwrap();
+        assert!(text.starts_with(r#"{"agent":{"pid":"#), "{text}");
+        assert!(
+            text.contains(
+                r#""action":"drop","events":null,"file":"/etc/filter-agent/policy.yaml""#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""mode":"enforce","offenders":null,"ports":[25],"prefixes":1,"relay_limit":null,"relays":0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""last_reload":{"at":"2027-01-15T08:00:00Z","message":"generation 1 in force","ok":true}"#),
+            "{text}"
+        );
+    }
+
+    fn exemption(state: &State, prefix: &str) -> Result<Exemption, ControlError> {
+        exemption_to_add(
+            state,
+            "alice",
+            prefix,
+            "ticket 42",
+            Some("2h"),
+            None,
+            at(1_800_000_000),
+        )
+    }
+
+    #[test]
+    fn exemptions_list_the_policy_allow_prefixes_then_the_cli_ones() {
+        let mut state = state(POLICY);
+        let granted = exemption(&state, "100.64.9.9").unwrap();
+        state.exemptions.insert(granted).unwrap();
+        let list = exemption_list(&state).exemptions;
+        assert_eq!(
+            list,
+            [
+                ExemptionEntry {
+                    prefix: "100.64.1.0/24".parse().unwrap(),
+                    source: ExemptionSource::Policy,
+                    reason: "group business".into(),
+                    added_by: "/etc/filter-agent/policy.yaml".into(),
+                    added_at: "2027-01-15T08:00:00Z".into(),
+                    expires_at: None,
+                },
+                ExemptionEntry {
+                    prefix: "100.64.9.9/32".parse().unwrap(),
+                    source: ExemptionSource::Cli,
+                    reason: "ticket 42".into(),
+                    added_by: "alice".into(),
+                    added_at: "2027-01-15T08:00:00Z".into(),
+                    expires_at: Some("2027-01-15T10:00:00Z".into()),
+                },
+            ]
+        );
+        let text =
+            serde_json::to_string(&sorted(&ExemptionChange::Added(list[1].clone())).unwrap())
+                .unwrap();
+        assert_eq!(
+            text,
+            r#"{"added":{"added_at":"2027-01-15T08:00:00Z","added_by":"alice","expires_at":"2027-01-15T10:00:00Z","prefix":"100.64.9.9/32","reason":"ticket 42","source":"cli"}}"#
+        );
+    }
+
+    #[test]
+    fn an_exemption_outside_a_block_group_or_badly_written_is_a_bad_request() {
+        let state = state(POLICY);
+        for (prefix, message) in [
+            ("203.0.113.0/24", "203.0.113.0/24 is in no group"),
+            ("100.64.1.7/32", "100.64.1.7/32 is in group business"),
+            ("100.64.0.1/8", "host bits"),
+            ("nonsense", "\"nonsense\" is not an IP prefix"),
+        ] {
+            match exemption(&state, prefix) {
+                Err(ControlError::BadRequest(m)) => assert!(m.contains(message), "{prefix}: {m}"),
+                other => panic!("{prefix}: {other:?}"),
+            }
+        }
+        let refused = exemption_to_add(&state, "alice", "100.64.9.9", " ", None, None, at(0));
+        assert!(matches!(refused, Err(ControlError::BadRequest(m)) if m.contains("reason")));
+    }
+
+    #[test]
+    fn only_cli_exemptions_may_be_removed() {
+        let mut state = state(POLICY);
+        state
+            .exemptions
+            .insert(exemption(&state, "100.64.9.9").unwrap())
+            .unwrap();
+        assert_eq!(
+            exemption_to_remove(&state, "100.64.9.9/32"),
+            Ok("100.64.9.9/32".parse().unwrap())
+        );
+        assert_eq!(
+            exemption_to_remove(&state, "100.64.0.0/10"),
+            Err(ControlError::Failed(
+                "100.64.0.0/10 is not a CLI exemption: it is a prefix of the policy's group \
+                 residential; change the policy to remove it"
+                    .into()
+            ))
+        );
+        // Neither: the store says so when asked to remove it.
+        assert!(exemption_to_remove(&state, "100.64.7.7/32").is_ok());
+        assert!(matches!(
+            exemption_to_remove(&state, "100.64.7.7/33"),
+            Err(ControlError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn explain_uses_the_applied_image_and_refuses_mixed_families() {
+        let state = state(POLICY);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let e = explain_flow(&state, ip("100.64.9.9"), ip("203.0.113.9"), 25).unwrap();
+        assert_eq!(
+            (e.verdict, e.reason, e.group.as_deref(), e.action),
+            (
+                filter_common::Verdict::Reject,
+                Reason::Blocked,
+                Some("residential"),
+                Action::Reject
+            )
+        );
+        assert_eq!(
+            explain_flow(&state, ip("100.64.9.9"), ip("2001:db8::9"), 25),
+            Err(ControlError::BadRequest(
+                "--src 100.64.9.9 and --dst 2001:db8::9 are of different address families".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn offenders_are_ranked_by_the_current_window_then_overall() {
+        const MINUTE: u64 = 60_000_000_000;
+        let state = state(POLICY);
+        let view = OffenderView::of(&state);
+        let clock = Clock {
+            monotonic_ns: 1_000 * MINUTE,
+            wall: at(1_800_000_000),
+        };
+        let source = |last: u8| SourceKey::from_ip(IpAddr::from([100, 64, 0, last]));
+        let record = |attempts: u64, window_attempts: u64, window_start_ns: u64| Offender {
+            attempts,
+            window_attempts,
+            window_start_ns,
+            first_seen_ns: window_start_ns,
+            last_seen_ns: window_start_ns,
+            group: 1,
+            ..Offender::default()
+        };
+        let now = clock.monotonic_ns;
+        let records = vec![
+            // Many attempts, but in a window that has ended.
+            (source(1), record(500, 400, now - 20 * MINUTE)),
+            // Over the threshold in the current window.
+            (source(2), record(5, 5, now - MINUTE)),
+            (source(3), record(2, 2, now - MINUTE)),
+        ];
+        let reply = offenders(&view, records.clone(), clock, 2);
+        assert_eq!((reply.sources, reply.over_threshold), (3, 1));
+        assert_eq!((reply.alert_after, reply.window.as_str()), (3, "10m"));
+        let rows: Vec<(&str, u64, bool)> = reply
+            .offenders
+            .iter()
+            .map(|o| (o.source.as_str(), o.in_window, o.over_threshold))
+            .collect();
+        assert_eq!(rows, [("100.64.0.2", 5, true), ("100.64.0.3", 2, false)]);
+        assert_eq!(reply.offenders[0].group, "residential");
+        let all = offenders(&view, records, clock, 10);
+        assert_eq!(all.offenders[2].source, "100.64.0.1");
+        assert_eq!(all.offenders[2].in_window, 0);
+    }
+}
