@@ -29,6 +29,7 @@ use crate::{
     control,
     dataplane::{Capacity, Dataplane, PinDir},
     exemptions::ExemptionStore,
+    image::MapImage,
     metrics,
     policy::{self, Policy},
 };
@@ -48,22 +49,12 @@ pub fn run(options: AgentOptions) -> Result<()> {
         .block_on(run_async(options))
 }
 
-/// Loads and validates the policy, logging its warnings; errors are returned whole.
-/// Returns the policy and the SHA-256 of the file it was read from.
+/// Loads the policy, logging its warnings; errors are returned whole. Returns the policy
+/// and the SHA-256 of the file it was read from.
 fn load_policy(path: &Path) -> Result<(Policy, String)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    match policy::parse(
-        &String::from_utf8_lossy(&bytes),
-        &path.display().to_string(),
-    ) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                warn!("{}", one_line(&warning.to_string()));
-            }
-            Ok((loaded.policy, state::sha256_hex(&bytes)))
-        }
-        Err(errors) => bail!("{errors}"),
-    }
+    policy::load_reporting(path, |warning| {
+        warn!("{}", one_line(&warning.to_string()));
+    })
 }
 
 /// Journald and log shippers want one event per line.
@@ -118,16 +109,25 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         ),
         None => None,
     };
-    let capacity = Capacity::for_image(&policy.compile());
-    let mut dataplane = Dataplane::load_pinned(&pins, capacity)?;
+    let image = policy.compile();
+    let mut dataplane = Dataplane::load_pinned(&pins, Capacity::for_image(&image))?;
     let applied = dataplane.read_image()?;
+    // Group ids the kernel holds are kept; they are those of a fresh compile unless the
+    // groups changed since the maps were written.
+    let kernel_ids = state::group_ids(&applied);
+    let image = if kernel_ids.is_empty() || kernel_ids == state::group_ids(&image) {
+        image
+    } else {
+        policy.compile_with_ids(&kernel_ids)
+    };
     let now = SystemTime::now();
     let mut agent = Agent {
         pins,
         dataplane,
         state: State {
             policy_path: options.policy.clone(),
-            policy_image: policy.compile(),
+            // Set by `apply_image` below, like the policy.
+            policy_image: MapImage::new(applied.config),
             policy: policy.clone(),
             policy_sha256: sha256.clone(),
             policy_loaded_at: now,
@@ -143,7 +143,7 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             over_threshold: Default::default(),
         },
     };
-    agent.apply(policy, sha256)?;
+    agent.apply_image(policy, image, sha256)?;
     agent.state.last_reload.message = format!("generation {} in force", agent.state.generation);
     let attached: Vec<String> = agent
         .pins

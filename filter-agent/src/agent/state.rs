@@ -2,6 +2,7 @@
 //! maps hold. Every change goes through `apply`, which syncs the maps and attachments.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     time::{Instant, SystemTime},
 };
@@ -58,11 +59,12 @@ pub struct State {
     pub over_threshold: OverThreshold,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
+/// The group ids an image uses, by name: what a recompile keeps.
+pub fn group_ids(image: &MapImage) -> BTreeMap<String, u32> {
+    image
+        .groups
         .iter()
-        .map(|b| format!("{b:02x}"))
+        .map(|(&id, g)| (g.name.clone(), id))
         .collect()
 }
 
@@ -70,16 +72,20 @@ impl Agent {
     /// Makes the kernel match `policy` plus the exemptions: maps first (hole-free), then
     /// attachments. On error nothing of `policy` is kept as "in force".
     pub fn apply(&mut self, policy: Policy, sha256: String) -> Result<()> {
+        let policy_image = policy.compile_with_ids(&group_ids(&self.state.applied));
+        self.apply_image(policy, policy_image, sha256)
+    }
+
+    /// [`Agent::apply`] with the policy compiled already, keeping the ids of
+    /// `self.state.applied`.
+    pub fn apply_image(
+        &mut self,
+        policy: Policy,
+        policy_image: MapImage,
+        sha256: String,
+    ) -> Result<()> {
         let started = Instant::now();
         check_interfaces(&policy)?;
-        let ids = self
-            .state
-            .applied
-            .groups
-            .iter()
-            .map(|(&id, g)| (g.name.clone(), id))
-            .collect();
-        let policy_image = policy.compile_with_ids(&ids);
         let report = self.sync(&policy_image)?;
         for interface in &policy.interfaces {
             self.dataplane

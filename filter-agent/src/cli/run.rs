@@ -30,13 +30,8 @@ pub fn main() -> ExitCode {
 /// Loads a policy, printing its warnings; a policy with errors is a failure that
 /// prints every error.
 fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
-    match policy::load(path) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                eprintln!("{warning}");
-            }
-            Ok(loaded.policy)
-        }
+    match policy::load_reporting(path, |warning| eprintln!("{warning}")) {
+        Ok((policy, _)) => Ok(policy),
         Err(errors) => bail!("{errors}\npolicy {} rejected", path.display()),
     }
 }

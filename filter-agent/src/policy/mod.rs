@@ -31,18 +31,42 @@ pub struct Loaded {
 
 /// Reads and checks a policy file; diagnostics name it as `path` is written.
 pub fn load(path: &Path) -> Result<Loaded, PolicyErrors> {
-    let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(source) => parse(&source, &file),
-        Err(e) => Err(PolicyErrors(vec![Diagnostic {
+    parse(&read(path)?, &path.display().to_string())
+}
+
+/// What the agent and the CLI load: the policy of `path` and the SHA-256 of its text, each
+/// warning handed to `warn`; a policy with errors is one error listing them all.
+pub fn load_reporting(
+    path: &Path,
+    mut warn: impl FnMut(&Diagnostic),
+) -> anyhow::Result<(Policy, String)> {
+    let source = read(path)?;
+    let loaded = parse(&source, &path.display().to_string())?;
+    for warning in &loaded.warnings {
+        warn(warning);
+    }
+    Ok((loaded.policy, sha256_hex(source.as_bytes())))
+}
+
+fn read(path: &Path) -> Result<String, PolicyErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        PolicyErrors(vec![Diagnostic {
             severity: Severity::Error,
-            file,
+            file: path.display().to_string(),
             line: None,
             column: None,
             message: format!("cannot read the policy: {e}"),
             hint: None,
-        }])),
-    }
+        }])
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Checks a policy held in memory; `file_name` is what diagnostics call it.
