@@ -275,8 +275,8 @@ fn attempts(lab: &Lab, image: &MapImage, customers: &[Customer]) -> Result<(usiz
                     src,
                     dst: SocketAddr::new(dst, port),
                     dst_name,
-                    verdict: said.verdict,
-                    reason: said.reason,
+                    verdict: said.verdict.to_string(),
+                    reason: said.reason.to_string(),
                     outcome: Outcome::Error("not run".into()),
                 });
             }
