@@ -11,8 +11,8 @@ use anyhow::{Context, anyhow, bail};
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
+    peer,
     protocol::{PROTOCOL_VERSION, Reply, Request, encode_request},
-    sys,
 };
 
 /// Long enough for a large policy's map writes, short enough that a stuck agent is noticed.
@@ -100,8 +100,8 @@ fn connect_error(path: &Path, error: io::Error) -> anyhow::Error {
                 Ok(metadata) => anyhow!(
                     "permission denied: {shown} is mode {:04o} {}:{}; {advice}",
                     metadata.mode() & 0o7777,
-                    sys::user_name(metadata.uid()).unwrap_or_else(|| metadata.uid().to_string()),
-                    sys::group_name(metadata.gid()).unwrap_or_else(|| metadata.gid().to_string()),
+                    peer::user_name(metadata.uid()).unwrap_or_else(|| metadata.uid().to_string()),
+                    peer::group_name(metadata.gid()).unwrap_or_else(|| metadata.gid().to_string()),
                 ),
                 Err(e) => anyhow!("permission denied: cannot reach {shown} ({e}); {advice}"),
             }

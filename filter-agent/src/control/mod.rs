@@ -3,9 +3,9 @@
 //! agent's side, `client` the CLI's.
 
 mod client;
+mod peer;
 pub mod protocol;
 mod server;
-mod sys;
 #[cfg(test)]
 mod testing;
 

@@ -23,8 +23,8 @@ use tokio::{
 };
 
 use super::{
+    peer,
     protocol::{ControlError, MAX_REQUEST_BYTES, Reply, Request, parse_request},
-    sys,
 };
 
 /// A client that has connected has this long to send its whole request.
@@ -53,12 +53,12 @@ impl Peer {
     fn identify(stream: &UnixStream) -> io::Result<Peer> {
         let credentials = stream.peer_cred()?;
         let pid = credentials.pid().unwrap_or(0);
-        let groups = match sys::peer_groups(stream.as_raw_fd()) {
+        let groups = match peer::peer_groups(stream.as_raw_fd()) {
             Ok(groups) => groups,
             Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
                 fs::read_to_string(format!("/proc/{pid}/status"))
                     .ok()
-                    .and_then(|status| sys::groups_from_status(&status))
+                    .and_then(|status| peer::groups_from_status(&status))
                     // Without it only the primary group counts: fails closed.
                     .unwrap_or_default()
             }
@@ -79,11 +79,11 @@ impl Peer {
 }
 
 fn user_label(uid: u32) -> String {
-    sys::user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
+    peer::user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn group_label(gid: u32) -> String {
-    sys::group_name(gid).unwrap_or_else(|| format!("gid {gid}"))
+    peer::group_name(gid).unwrap_or_else(|| format!("gid {gid}"))
 }
 
 /// The agent implements this; called for every well-formed request that passed the
@@ -190,7 +190,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<(UnixListener, O
 
 /// A group's id by name, for the socket's group and for `Permissions::writers_gid`.
 pub fn group_id(name: &str) -> anyhow::Result<u32> {
-    match sys::group_id(name) {
+    match peer::group_id(name) {
         Ok(Some(gid)) => Ok(gid),
         Ok(None) => bail!(
             "unknown group {name:?}: no such group (create it with `groupadd --system {name}` \
@@ -864,7 +864,7 @@ mod tests {
         assert!(!path.exists());
         // SAFETY: no preconditions.
         let gid = unsafe { libc::getegid() };
-        let name = sys::group_name(gid).unwrap();
+        let name = peer::group_name(gid).unwrap();
         let (_listener, bound_gid) = bind(&path, Some(&name)).unwrap();
         assert_eq!(bound_gid, Some(gid));
         let metadata = fs::metadata(&path).unwrap();
