@@ -8,10 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
+use nix::errno::Errno;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
-    peer,
+    names,
     protocol::{PROTOCOL_VERSION, Reply, Request, encode_request},
 };
 
@@ -86,22 +87,22 @@ fn read_reply(stream: &mut UnixStream, path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Says why the agent cannot be reached and what to do about it.
 fn connect_error(path: &Path, error: io::Error) -> anyhow::Error {
     let shown = path.display();
-    match error.raw_os_error() {
-        Some(libc::ENOENT) => {
+    match error.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOENT) => {
             anyhow!("no agent is running (no control socket at {shown}); start `filter-agent run`")
         }
         // The socket file of an agent that stopped.
-        Some(libc::ECONNREFUSED) => {
+        Some(Errno::ECONNREFUSED) => {
             anyhow!("no agent is running (nothing answers on {shown}); start `filter-agent run`")
         }
-        Some(libc::EACCES) => {
+        Some(Errno::EACCES) => {
             let advice = "run as root or as a member of the socket's group";
             match std::fs::metadata(path) {
                 Ok(metadata) => anyhow!(
                     "permission denied: {shown} is mode {:04o} {}:{}; {advice}",
                     metadata.mode() & 0o7777,
-                    peer::user_name(metadata.uid()).unwrap_or_else(|| metadata.uid().to_string()),
-                    peer::group_name(metadata.gid()).unwrap_or_else(|| metadata.gid().to_string()),
+                    names::user_name(metadata.uid()).unwrap_or_else(|| metadata.uid().to_string()),
+                    names::group_name(metadata.gid()).unwrap_or_else(|| metadata.gid().to_string()),
                 ),
                 Err(e) => anyhow!("permission denied: cannot reach {shown} ({e}); {advice}"),
             }

@@ -3,6 +3,7 @@
 //! agent's side, `client` the CLI's.
 
 mod client;
+mod names;
 mod peer;
 pub mod protocol;
 mod server;

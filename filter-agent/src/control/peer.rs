@@ -1,79 +1,8 @@
-//! The few libc calls the control socket needs: user and group names (NSS, reentrant) and
-//! the supplementary groups of a socket's peer.
+//! The supplementary groups of a control socket's peer. Its uid, gid and pid come from
+//! SO_PEERCRED (`UnixStream::peer_cred`); SO_PEERGROUPS is in neither nix nor rustix, so
+//! it is the one socket option read by hand.
 
-use std::{
-    ffi::{CStr, CString, c_char, c_int},
-    io,
-    mem::{MaybeUninit, size_of},
-    os::fd::RawFd,
-};
-
-/// Runs a reentrant NSS lookup (`getpwuid_r` and friends), growing the scratch buffer while
-/// it reports ERANGE, and hands the entry to `read` while the buffer it points into lives.
-fn nss_lookup<E, T>(
-    mut call: impl FnMut(*mut E, *mut c_char, usize, *mut *mut E) -> c_int,
-    read: impl FnOnce(&E) -> T,
-) -> io::Result<Option<T>> {
-    let mut buffer: Vec<c_char> = vec![0; 1024];
-    loop {
-        let mut entry = MaybeUninit::<E>::uninit();
-        let mut found: *mut E = std::ptr::null_mut();
-        let rc = call(
-            entry.as_mut_ptr(),
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        );
-        match rc {
-            libc::ERANGE if buffer.len() < 1 << 20 => buffer.resize(buffer.len() * 2, 0),
-            0 if found.is_null() => return Ok(None),
-            // SAFETY: on success the entry is initialised and its strings point into
-            // `buffer`, which outlives this borrow.
-            0 => return Ok(Some(read(unsafe { entry.assume_init_ref() }))),
-            errno => return Err(io::Error::from_raw_os_error(errno)),
-        }
-    }
-}
-
-fn string_at(pointer: *const c_char) -> String {
-    // SAFETY: NSS fills name fields with NUL-terminated strings.
-    unsafe { CStr::from_ptr(pointer) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-pub(super) fn user_name(uid: u32) -> Option<String> {
-    nss_lookup(
-        // SAFETY: all pointers are valid for the sizes given.
-        |entry, buffer, len, found| unsafe { libc::getpwuid_r(uid, entry, buffer, len, found) },
-        |entry: &libc::passwd| string_at(entry.pw_name),
-    )
-    .ok()
-    .flatten()
-}
-
-pub(super) fn group_name(gid: u32) -> Option<String> {
-    nss_lookup(
-        // SAFETY: all pointers are valid for the sizes given.
-        |entry, buffer, len, found| unsafe { libc::getgrgid_r(gid, entry, buffer, len, found) },
-        |entry: &libc::group| string_at(entry.gr_name),
-    )
-    .ok()
-    .flatten()
-}
-
-/// The id of a group by name; `Ok(None)` if there is no such group.
-pub(super) fn group_id(name: &str) -> io::Result<Option<u32>> {
-    let c_name = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name contains NUL"))?;
-    nss_lookup(
-        // SAFETY: all pointers are valid for the sizes given; `c_name` is NUL-terminated.
-        |entry, buffer, len, found| unsafe {
-            libc::getgrnam_r(c_name.as_ptr(), entry, buffer, len, found)
-        },
-        |entry: &libc::group| entry.gr_gid,
-    )
-}
+use std::{io, mem::size_of, os::fd::RawFd};
 
 /// The supplementary groups of the process at the other end of a connected Unix socket, as
 /// they were when it connected (SO_PEERGROUPS, Linux 4.13+). Unlike reading
@@ -120,22 +49,13 @@ mod tests {
     use std::os::{fd::AsRawFd, unix::net::UnixStream};
 
     #[test]
-    fn names_of_root() {
-        assert_eq!(user_name(0).as_deref(), Some("root"));
-        assert_eq!(group_name(0).as_deref(), Some("root"));
-        assert_eq!(group_id("root").unwrap(), Some(0));
-        assert_eq!(group_id("no-such-group-filter-agent").unwrap(), None);
-        assert_eq!(user_name(u32::MAX - 7), None);
-    }
-
-    #[test]
     fn peer_groups_are_our_own_groups() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let mut ours = vec![0 as libc::gid_t; 65536];
-        // SAFETY: `ours` has room for the maximum number of groups.
-        let n = unsafe { libc::getgroups(ours.len() as c_int, ours.as_mut_ptr()) };
-        assert!(n >= 0);
-        ours.truncate(n as usize);
+        let mut ours: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|gid| gid.as_raw())
+            .collect();
         let mut theirs = peer_groups(a.as_raw_fd()).unwrap();
         ours.sort_unstable();
         theirs.sort_unstable();

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
+use nix::errno::Errno;
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -23,7 +24,7 @@ use tokio::{
 };
 
 use super::{
-    peer,
+    names, peer,
     protocol::{ControlError, MAX_REQUEST_BYTES, Reply, Request, parse_request},
 };
 
@@ -55,7 +56,7 @@ impl Peer {
         let pid = credentials.pid().unwrap_or(0);
         let groups = match peer::peer_groups(stream.as_raw_fd()) {
             Ok(groups) => groups,
-            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+            Err(e) if e.raw_os_error() == Some(Errno::ENOPROTOOPT as i32) => {
                 fs::read_to_string(format!("/proc/{pid}/status"))
                     .ok()
                     .and_then(|status| peer::groups_from_status(&status))
@@ -79,11 +80,11 @@ impl Peer {
 }
 
 fn user_label(uid: u32) -> String {
-    peer::user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
+    names::user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn group_label(gid: u32) -> String {
-    peer::group_name(gid).unwrap_or_else(|| format!("gid {gid}"))
+    names::group_name(gid).unwrap_or_else(|| format!("gid {gid}"))
 }
 
 /// The agent implements this; called for every well-formed request that passed the
@@ -190,7 +191,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<(UnixListener, O
 
 /// A group's id by name, for the socket's group and for `Permissions::writers_gid`.
 pub fn group_id(name: &str) -> anyhow::Result<u32> {
-    match peer::group_id(name) {
+    match names::group_id(name) {
         Ok(Some(gid)) => Ok(gid),
         Ok(None) => bail!(
             "unknown group {name:?}: no such group (create it with `groupadd --system {name}` \
@@ -213,7 +214,7 @@ fn refuse_live_socket(path: &Path) -> anyhow::Result<()> {
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => bail!("another agent is serving on {}", path.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(Errno::ECONNREFUSED as i32) => Ok(()),
         Err(e) => Err(e).with_context(|| {
             format!(
                 "cannot tell whether an agent is serving on {}",
@@ -467,8 +468,7 @@ mod tests {
     }
 
     fn our_uid() -> u32 {
-        // SAFETY: no preconditions.
-        unsafe { libc::geteuid() }
+        nix::unistd::geteuid().as_raw()
     }
 
     #[tokio::test]
@@ -862,9 +862,8 @@ mod tests {
             "{error}"
         );
         assert!(!path.exists());
-        // SAFETY: no preconditions.
-        let gid = unsafe { libc::getegid() };
-        let name = peer::group_name(gid).unwrap();
+        let gid = nix::unistd::getegid().as_raw();
+        let name = names::group_name(gid).unwrap();
         let (_listener, bound_gid) = bind(&path, Some(&name)).unwrap();
         assert_eq!(bound_gid, Some(gid));
         let metadata = fs::metadata(&path).unwrap();
