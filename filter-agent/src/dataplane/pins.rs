@@ -5,8 +5,8 @@
 //! interface; MODE is `native` or `generic`).
 
 use std::{
-    fs::File,
-    os::fd::AsRawFd,
+    fs::{File, TryLockError},
+    io,
     path::{Path, PathBuf},
 };
 
@@ -17,10 +17,12 @@ use aya::programs::{
     xdp::{XdpLink, XdpMode as AyaXdpMode},
 };
 use log::{info, warn};
+use nix::{
+    mount::MsFlags,
+    sys::statfs::{BPF_FS_MAGIC, FsType},
+};
 
 use crate::policy::XdpMode;
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 pub struct PinDir {
     root: PathBuf,
@@ -58,17 +60,16 @@ impl PinDir {
     pub fn open_locked(root: &Path) -> Result<PinDir> {
         let mut dir = Self::open(root)?;
         let file = File::open(root).with_context(|| format!("opening {}", root.display()))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                bail!(
-                    "another filter-agent is already running with pin path {}; stop it first \
-                     (two agents would fight over the same maps)",
-                    root.display()
-                );
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "another filter-agent is already running with pin path {}; stop it first \
+                 (two agents would fight over the same maps)",
+                root.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", root.display()));
             }
-            return Err(err).with_context(|| format!("locking {}", root.display()));
         }
         dir._lock = Some(file);
         Ok(dir)
@@ -283,41 +284,43 @@ fn mount_lock() -> Result<File> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on an fd we own; blocks until the other mounter is done.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("locking {}", path.display()));
-    }
+    // Blocks until the other mounter is done.
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
-    let c_at = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c_at.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs at {} (root needed)", at.display()));
-    }
+    nix::mount::mount(Some("bpf"), at, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .map_err(io::Error::from)
+        .with_context(|| format!("mounting bpffs at {} (root needed)", at.display()))?;
     info!("mounted bpffs at {}", at.display());
     Ok(())
 }
 
-fn fs_type(path: &Path) -> Result<i64> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and out-pointer.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statfs {}", path.display()));
+fn fs_type(path: &Path) -> Result<FsType> {
+    let stat = nix::sys::statfs::statfs(path)
+        .map_err(io::Error::from)
+        .with_context(|| format!("statfs {}", path.display()))?;
+    Ok(stat.filesystem_type())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_agent_on_the_same_pin_path_is_refused() {
+        let root = Path::new(SYS_FS_BPF).join(format!("filter-agent-test-{}", std::process::id()));
+        let first = PinDir::open_locked(&root).unwrap();
+        assert_eq!(fs_type(&root).unwrap(), BPF_FS_MAGIC);
+        let second = PinDir::open_locked(&root).err().unwrap().to_string();
+        assert!(
+            second.starts_with("another filter-agent is already running with pin path"),
+            "{second}"
+        );
+        drop(first);
+        drop(PinDir::open_locked(&root).unwrap());
+        std::fs::remove_dir_all(&root).unwrap();
     }
-    Ok(stat.f_type as i64)
 }
