@@ -16,6 +16,7 @@ use filter_common::{
     Config, DESTINATION_SKETCH_BITS, EVENT_OFFENDER, EVENT_SAMPLE, Event, Family, Offender, Reason,
     SourceKey, VERDICT_DROP, VERDICT_PASS, VERDICT_REJECT,
 };
+use nix::time::{ClockId, clock_gettime};
 
 use crate::control::protocol::OffenderRow;
 
@@ -46,13 +47,8 @@ impl Clock {
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC always exists");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
 /// One ring-buffer record as the kernel wrote it; `None` if it is too short.

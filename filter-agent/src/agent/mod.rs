@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
 use filter_common::Event;
 use log::{error, info, warn};
@@ -63,12 +63,7 @@ pub(crate) fn one_line(text: &str) -> String {
 }
 
 fn ifindex(name: &str) -> Result<u32> {
-    let c_name = std::ffi::CString::new(name)?;
-    // SAFETY: valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
-        0 => bail!("no such interface: {name}"),
-        index => Ok(index),
-    }
+    nix::net::if_::if_nametoindex(name).map_err(|_| anyhow!("no such interface: {name}"))
 }
 
 /// Every interface of the policy must exist before anything is changed.

@@ -346,14 +346,27 @@ pub fn interface_name(ifindex: u32) -> String {
     if ifindex == 0 {
         return "-".into();
     }
-    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr()) };
-    if name.is_null() {
-        return format!("ifindex-{ifindex}");
+    match nix::net::if_::if_indextoname(ifindex) {
+        // nix 0.32 misses libc's NULL return and hands back an empty name for an unknown
+        // index.
+        Ok(name) if !name.is_empty() => name.to_string_lossy().into_owned(),
+        _ => format!("ifindex-{ifindex}"),
     }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_and_indexes() {
+        let lo = ifindex("lo").unwrap();
+        assert_eq!(interface_name(lo), "lo");
+        assert_eq!(interface_name(0), "-");
+        assert_eq!(interface_name(u32::MAX), format!("ifindex-{}", u32::MAX));
+        assert_eq!(
+            ifindex("no-such-if0").unwrap_err().to_string(),
+            "no such interface: no-such-if0"
+        );
+    }
 }
