@@ -1,4 +1,4 @@
-//! Prometheus metrics: the exposition of one [`Snapshot`] and a small HTTP server for it.
+//! Prometheus metrics: the exposition of one [`Snapshot`] and its HTTP endpoint (hyper).
 //!
 //! The text is OpenMetrics 1.0 as prometheus-client writes it (`_total` samples, `# EOF`)
 //! and is served with the OpenMetrics content type, which Prometheus parses as such.
@@ -7,12 +7,22 @@
 
 use std::{
     collections::BTreeMap,
+    convert::Infallible,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use filter_common::{ActionStat, Counter};
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{CONTENT_TYPE, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, error, warn};
 use prometheus_client::{
     collector::Collector,
@@ -21,7 +31,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
 };
 
@@ -346,16 +356,25 @@ fn family<L: EncodeLabelSet, N, M: EncodeMetric>(
 }
 
 /// OpenMetrics, since that is what [`render`] writes.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Largest request head accepted: a scrape request is a few hundred bytes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Largest request head accepted (hyper's smallest read buffer): a scrape request is a
+/// few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client gets to send its request, and to take the response.
+/// Time a client gets to send its request head.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection lives: the request head, then gathering and taking the response.
+/// A client that never reads its response must not hold a task forever.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper closes a connection whose request head is late without a word; the client is
+/// told why, as before.
+const LATE_HEAD: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+    Content-Type: text/plain; charset=utf-8\r\nContent-Length: 16\r\nConnection: close\r\n\r\n\
+    request timeout\n";
 
 /// Gathers a [`Snapshot`]; called once per scrape.
 pub type SnapshotFn = dyn Fn() -> Result<Snapshot> + Send + Sync;
 
-/// Minimal HTTP/1.1 server: `GET /metrics` is the exposition, `GET /` a pointer to it,
+/// HTTP/1.1 server (hyper): `GET /metrics` is the exposition, `GET /` a pointer to it,
 /// anything else 404 (405 for methods other than GET and HEAD). One request per
 /// connection. Runs until the task is dropped; a failing connection or scrape is logged
 /// and never stops the server.
@@ -379,140 +398,91 @@ pub async fn serve(listener: TcpListener, snapshot: Arc<SnapshotFn>) {
     }
 }
 
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(status: &'static str, body: &str) -> Self {
-        Response {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n"),
-        }
-    }
-}
-
 async fn connection(mut stream: TcpStream, snapshot: Arc<SnapshotFn>) -> Result<()> {
-    let (response, head_only) = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await
-    {
-        Err(_) => (
-            Response::text("408 Request Timeout", "request timeout"),
-            false,
+    let service = service_fn(move |request| {
+        let snapshot = snapshot.clone();
+        async move { Ok::<_, Infallible>(respond(&request, snapshot).await) }
+    });
+    // hyper borrows the stream, so that it is still ours to answer a late request head.
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(IO_TIMEOUT)
+        .max_buf_size(MAX_REQUEST)
+        .keep_alive(false)
+        // A client may shut down its sending side once the request is out (`nc -N`).
+        .half_close(true)
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(&mut stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+        Err(_) => bail!(
+            "not done within {}",
+            humantime::format_duration(CONNECTION_TIMEOUT)
         ),
-        Ok(Err(e)) => return Err(e.into()),
-        // The client closed before a complete request: nobody to answer.
-        Ok(Ok(Head::Closed)) => return Ok(()),
-        Ok(Ok(Head::TooLarge)) => (
-            Response::text("431 Request Header Fields Too Large", "request too large"),
-            false,
-        ),
-        Ok(Ok(Head::Complete(head))) => match parse_request_line(&head) {
-            None => (Response::text("400 Bad Request", "bad request"), false),
-            Some((method, path)) => {
-                let head_only = method == "HEAD";
-                (route(method, path, snapshot).await, head_only)
-            }
-        },
-    };
-    let mut out = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    if !head_only {
-        out.push_str(&response.body);
-    }
-    tokio::time::timeout(IO_TIMEOUT, async {
-        stream.write_all(out.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await??;
-    Ok(())
-}
-
-enum Head {
-    Complete(Vec<u8>),
-    TooLarge,
-    Closed,
-}
-
-/// Reads up to the blank line that ends the request head; a body, if any, is ignored.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
+        Ok(Err(e)) if e.is_timeout() => {
+            tokio::time::timeout(IO_TIMEOUT, async {
+                stream.write_all(LATE_HEAD).await?;
+                stream.shutdown().await
+            })
+            .await??;
+            Ok(())
         }
-        // Only the new bytes and the three before them can complete the terminator.
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            head.truncate(from + end);
-            return Ok(if head.len() > MAX_REQUEST {
-                Head::TooLarge
-            } else {
-                Head::Complete(head)
-            });
-        }
-        if head.len() > MAX_REQUEST {
-            return Ok(Head::TooLarge);
-        }
+        Ok(result) => Ok(result?),
     }
 }
 
-/// The method and path (without query) of `METHOD SP TARGET SP HTTP/1.x`.
-fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
-    let head = std::str::from_utf8(head).ok()?;
-    let line = head.split("\r\n").next()?;
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    let valid = parts.next().is_none()
-        && !method.is_empty()
-        && method.bytes().all(|b| b.is_ascii_uppercase())
-        && target.starts_with('/')
-        && version.starts_with("HTTP/1.");
-    let path = target.split('?').next()?;
-    valid.then_some((method, path))
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
-async fn route(method: &str, path: &str, snapshot: Arc<SnapshotFn>) -> Response {
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    response(status, "text/plain; charset=utf-8", format!("{body}\n"))
+}
+
+async fn respond(request: &Request<Incoming>, snapshot: Arc<SnapshotFn>) -> Response<Full<Bytes>> {
+    // Origin form (`/metrics?...`) only, as a scraper sends it.
+    let uri = request.uri();
+    if uri.authority().is_some() || !uri.path().starts_with('/') {
+        return text(StatusCode::BAD_REQUEST, "bad request");
+    }
+    let (method, path) = (request.method(), uri.path());
     if path != "/" && path != "/metrics" {
-        return Response::text("404 Not Found", "not found; metrics are at /metrics");
+        return text(StatusCode::NOT_FOUND, "not found; metrics are at /metrics");
     }
-    if method != "GET" && method != "HEAD" {
-        return Response::text("405 Method Not Allowed", "only GET and HEAD");
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
     }
     if path == "/" {
-        return Response {
-            status: "200 OK",
-            content_type: "text/html; charset=utf-8",
-            body: "<html><head><title>filter-agent</title></head><body>\
-                   <h1>filter-agent</h1><p><a href=\"/metrics\">Metrics</a></p>\
-                   </body></html>\n"
+        return response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            "<html><head><title>filter-agent</title></head><body>\
+             <h1>filter-agent</h1><p><a href=\"/metrics\">Metrics</a></p>\
+             </body></html>\n"
                 .to_string(),
-        };
+        );
     }
     // Gathering reads every counter map with syscalls: keep it off the agent's
     // single-threaded runtime, which also handles reloads and signals.
     match tokio::task::spawn_blocking(move || snapshot().map(|s| render(&s))).await {
-        Ok(Ok(body)) => Response {
-            status: "200 OK",
-            content_type: CONTENT_TYPE,
-            body,
-        },
+        Ok(Ok(body)) => response(StatusCode::OK, OPENMETRICS, body),
         Ok(Err(e)) => {
             error!("metrics: gathering the snapshot: {e:#}");
-            Response::text("500 Internal Server Error", "gathering metrics failed")
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gathering metrics failed",
+            )
         }
         Err(e) => {
             error!("metrics: gathering the snapshot: {e}");
-            Response::text("500 Internal Server Error", "gathering metrics failed")
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gathering metrics failed",
+            )
         }
     }
 }
@@ -892,5 +862,17 @@ mod tests {
             "{response}"
         );
         assert!(started.elapsed() >= IO_TIMEOUT);
+    }
+
+    #[test]
+    fn a_client_that_half_closes_after_its_request_is_answered() {
+        let addr = start(fixed());
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with("# EOF\n"), "{response}");
     }
 }
