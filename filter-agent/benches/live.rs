@@ -47,11 +47,11 @@ use aya::{
 };
 use filter_agent::{
     dataplane::{Capacity, Dataplane, PinDir},
-    image::{GroupInfo, MapImage, Smtp},
+    image::{GroupInfo, MapImage},
     policy::XdpMode,
 };
 use filter_common::{
-    Config, Family, PROGRAM_DROP_BASELINE, PROGRAM_PASS_BASELINE, Reason, SMTP_BLOCK, SourceRule,
+    Config, Family, PROGRAM_DROP_BASELINE, PROGRAM_PASS_BASELINE, Reason, Smtp, SourceRule,
     reason_counter_index,
 };
 use filter_testkit::{
@@ -558,7 +558,7 @@ fn map_image(prefixes: &[IpNet]) -> Result<MapImage> {
     .into();
     let rule = SourceRule {
         group: 1,
-        smtp: SMTP_BLOCK,
+        smtp: Smtp::Block as u32,
     };
     for &prefix in prefixes {
         image.insert_source(prefix, rule);

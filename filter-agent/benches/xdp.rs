@@ -10,9 +10,9 @@ use std::{
 use anyhow::Result;
 use filter_agent::{
     dataplane::Dataplane,
-    image::{GroupInfo, MapImage, Smtp},
+    image::{GroupInfo, MapImage},
 };
-use filter_common::{ACTION_REJECT, Config, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use filter_common::{Action, Config, Smtp, SourceRule};
 use filter_testkit::{
     frames::Frame,
     lab::{RELAY_V4, REMOTE_V4},
@@ -131,7 +131,7 @@ fn policy(size: usize, reject: bool) -> MapImage {
     config.event_interval_ns = SECOND / 10;
     config.event_tolerance_ns = 9 * config.event_interval_ns;
     if reject {
-        config.action = ACTION_REJECT;
+        config.action = Action::Reject as u32;
         config.relay_interval_ns = SECOND;
         config.relay_tolerance_ns = 9 * SECOND;
     }
@@ -147,11 +147,11 @@ fn policy(size: usize, reject: bool) -> MapImage {
     .into();
     let block = SourceRule {
         group: 1,
-        smtp: SMTP_BLOCK,
+        smtp: Smtp::Block as u32,
     };
     let allow = SourceRule {
         group: 2,
-        smtp: SMTP_ALLOW,
+        smtp: Smtp::Allow as u32,
     };
     image.insert_source("100.64.0.0/10".parse().unwrap(), block);
     image.insert_source("100.64.200.0/24".parse().unwrap(), allow);

@@ -18,11 +18,11 @@ use std::{
 };
 
 use anyhow::Context;
-use filter_common::{EXEMPTION_GROUP, EXEMPTION_GROUP_NAME, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use filter_common::{EXEMPTION_GROUP, EXEMPTION_GROUP_NAME, Smtp, SourceRule};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::image::{GroupInfo, MapImage, Smtp};
+use crate::image::{GroupInfo, MapImage};
 use crate::policy::{self, PrefixError};
 
 /// The only state file version this agent reads and writes.
@@ -416,7 +416,7 @@ pub fn check_against_policy(policy: &MapImage, prefix: IpNet) -> Result<(), Exem
             group_name(rule)
         ));
     }
-    if rule.smtp != SMTP_BLOCK {
+    if rule.smtp != Smtp::Block as u32 {
         return refuse(format!(
             "{prefix} is in group {}, which already allows SMTP (policy prefix {covering})",
             group_name(rule)
@@ -424,7 +424,7 @@ pub fn check_against_policy(policy: &MapImage, prefix: IpNet) -> Result<(), Exem
     }
     if let Some((inner, rule)) = more_specific(policy, prefix)
         .into_iter()
-        .find(|(_, rule)| rule.smtp == SMTP_BLOCK)
+        .find(|(_, rule)| rule.smtp == Smtp::Block as u32)
     {
         return refuse(format!(
             "{prefix} contains {inner} of group {}, which would still block SMTP there; exempt smaller prefixes around it or change the policy",
@@ -474,7 +474,7 @@ fn more_specific(image: &MapImage, prefix: IpNet) -> Vec<(IpNet, SourceRule)> {
 pub fn apply(image: &mut MapImage, store: &ExemptionStore) -> Vec<IpNet> {
     let rule = SourceRule {
         group: EXEMPTION_GROUP,
-        smtp: SMTP_ALLOW,
+        smtp: Smtp::Allow as u32,
     };
     let mut skipped = Vec::new();
     let mut applied = false;
@@ -1021,7 +1021,7 @@ exemptions:
         );
         let rule = SourceRule {
             group: EXEMPTION_GROUP,
-            smtp: SMTP_ALLOW,
+            smtp: Smtp::Allow as u32,
         };
         assert!(apply(&mut image, &store).is_empty());
         assert_eq!(source(&image, net("100.64.0.10/32")), Some(rule));

@@ -2,11 +2,11 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use filter_common::{Action, Verdict};
+use filter_common::{Action, Smtp};
 
 use crate::{
     control::protocol::{Explanation, RelayLimit},
-    image::{MapImage, Smtp},
+    image::MapImage,
     model,
 };
 
@@ -18,8 +18,7 @@ pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explan
         src,
         dst,
         dport,
-        // The model's verdict spelt as the wire's, until the model uses the wire's type.
-        verdict: Verdict::from_name(decision.verdict.name()).expect("the same three names"),
+        verdict: decision.verdict,
         reason: decision.reason,
         source_prefix: matched.map(|(prefix, _)| prefix),
         group: group.map(|g| g.name.clone()),
@@ -56,10 +55,6 @@ impl Explanation {
         let _ = writeln!(out, "port      {port}");
         let source = match (&self.source_prefix, &self.group, self.smtp) {
             (Some(prefix), Some(group), Some(smtp)) => {
-                let smtp = match smtp {
-                    Smtp::Block => "block",
-                    Smtp::Allow => "allow",
-                };
                 format!("{prefix} in group \"{group}\" (smtp: {smtp}), the longest match")
             }
             _ => format!("{} is in no group (unmanaged)", self.src),
@@ -105,7 +100,7 @@ impl Explanation {
 
 #[cfg(test)]
 mod tests {
-    use filter_common::Reason;
+    use filter_common::{Reason, Verdict};
 
     use super::*;
     use crate::policy;

@@ -3,33 +3,8 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use filter_common::{Config, MAX_RELAYS, RelayV4, RelayV6, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use filter_common::{Config, MAX_RELAYS, RelayV4, RelayV6, Smtp, SourceRule};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-
-/// What a group does with port-25 traffic from its prefixes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Smtp {
-    Block,
-    Allow,
-}
-
-impl Smtp {
-    pub fn code(self) -> u32 {
-        match self {
-            Smtp::Block => SMTP_BLOCK,
-            Smtp::Allow => SMTP_ALLOW,
-        }
-    }
-
-    pub fn from_code(code: u32) -> Option<Smtp> {
-        match code {
-            SMTP_BLOCK => Some(Smtp::Block),
-            SMTP_ALLOW => Some(Smtp::Allow),
-            _ => None,
-        }
-    }
-}
 
 /// A group as userspace knows it; `MapImage::groups` maps its id to it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,11 +12,11 @@ use std::{
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use filter_agent::{
     dataplane::Dataplane,
-    image::{GroupInfo, MapImage, Smtp},
+    image::{GroupInfo, MapImage},
 };
 use filter_common::{
-    ACTION_REJECT, ActionStat, Config, EVENT_OFFENDER, EVENT_SAMPLE, Event, Family, Reason,
-    SMTP_BLOCK, SourceKey, SourceRule, VERDICT_DROP, VERDICT_REJECT, Verdict,
+    Action, ActionStat, Config, Event, EventKind, Family, Reason, Smtp, SourceKey, SourceRule,
+    Verdict,
 };
 use filter_testkit::{
     frames::{ExtHeader, Frame},
@@ -48,7 +48,7 @@ fn image(config: impl FnOnce(&mut Config)) -> MapImage {
     );
     let rule = SourceRule {
         group: 1,
-        smtp: SMTP_BLOCK,
+        smtp: Smtp::Block as u32,
     };
     image.insert_source("100.64.0.0/10".parse().unwrap(), rule);
     image.insert_source("2001:db8:1000::/36".parse().unwrap(), rule);
@@ -134,7 +134,7 @@ fn relay_limit_counts_ipv6_customers_per_64() {
 
 #[test]
 fn reject_answers_blocked_syns_with_a_valid_reset_under_every_encapsulation() {
-    let dataplane = load(&image(|c| c.action = ACTION_REJECT));
+    let dataplane = load(&image(|c| c.action = Action::Reject as u32));
     let customer = v4(100, 64, 0, 10);
     let customer_v6 = v6([0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x10]);
     let remote = REMOTE_V4;
@@ -333,13 +333,19 @@ fn blocked_attempts_build_offender_records_events_and_one_alert() {
         // SAFETY: the kernel wrote a whole Event (checked size); read unaligned.
         events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
     }
-    let samples: Vec<&Event> = events.iter().filter(|e| e.kind == EVENT_SAMPLE).collect();
-    let alerts: Vec<&Event> = events.iter().filter(|e| e.kind == EVENT_OFFENDER).collect();
+    let samples: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Sample as u32)
+        .collect();
+    let alerts: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Offender as u32)
+        .collect();
     assert_eq!((samples.len(), alerts.len()), (5, 1), "{events:?}");
     let first = samples[0];
     assert_eq!(first.source[..4], [100, 64, 0, 10]);
     assert_eq!(first.destination[..4], [203, 0, 113, 9]);
-    assert_eq!((first.dport, first.verdict), (25, VERDICT_DROP));
+    assert_eq!((first.dport, first.verdict), (25, Verdict::Drop as u32));
     assert_eq!(first.reason, Reason::Blocked as u32);
     assert_eq!(first.tcp_flags, 0x02);
     assert_eq!(alerts[0].attempts, 3);
@@ -349,7 +355,7 @@ fn blocked_attempts_build_offender_records_events_and_one_alert() {
 #[test]
 fn drop_events_are_rate_limited_in_the_kernel() {
     let mut dataplane = load(&image(|c| {
-        c.action = ACTION_REJECT;
+        c.action = Action::Reject as u32;
         // One event per minute, burst 2: a flood yields two.
         c.event_interval_ns = Duration::from_secs(60).as_nanos() as u64;
         c.event_tolerance_ns = c.event_interval_ns;
@@ -371,5 +377,5 @@ fn drop_events_are_rate_limited_in_the_kernel() {
         let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
         verdicts.push(event.verdict);
     }
-    assert_eq!(verdicts, [VERDICT_REJECT, VERDICT_REJECT]);
+    assert_eq!(verdicts, [Verdict::Reject as u32, Verdict::Reject as u32]);
 }

@@ -53,29 +53,3 @@ mod pod {
     unsafe impl aya::Pod for super::Offender {}
     unsafe impl aya::Pod for super::Event {}
 }
-
-// Transitional spellings while the agent moves to the types above; removed in the same
-// series of commits.
-pub const MAP_CONFIG: &str = maps::FILTER_CONFIG.name;
-pub const MAP_CONFIG_SLOT: &str = maps::CONFIG_SLOT.name;
-pub const MAP_SOURCES_V4: &str = maps::SOURCES_V4.name;
-pub const MAP_SOURCES_V6: &str = maps::SOURCES_V6.name;
-pub const MAP_GROUP_NAMES: &str = maps::GROUP_NAMES.name;
-pub const MAP_IFINDEX_SLOTS: &str = maps::IFINDEX_SLOTS.name;
-pub const MAP_INTERFACE_SLOTS: &str = maps::INTERFACE_SLOTS.name;
-pub const MAP_REASON_STATS: &str = maps::REASON_STATS.name;
-pub const MAP_GROUP_STATS: &str = maps::GROUP_STATS.name;
-pub const MAP_RELAY_BUCKETS: &str = maps::RELAY_BUCKETS.name;
-pub const MAP_OFFENDERS: &str = maps::OFFENDERS.name;
-pub const MAP_EVENTS: &str = maps::EVENTS.name;
-pub const MAP_EVENT_LIMIT: &str = maps::EVENT_LIMIT.name;
-pub const MAP_ACTION_STATS: &str = maps::ACTION_STATS.name;
-pub const SMTP_BLOCK: u32 = Smtp::Block as u32;
-pub const SMTP_ALLOW: u32 = Smtp::Allow as u32;
-pub const ACTION_DROP: u32 = Action::Drop as u32;
-pub const ACTION_REJECT: u32 = Action::Reject as u32;
-pub const VERDICT_PASS: u32 = Verdict::Pass as u32;
-pub const VERDICT_DROP: u32 = Verdict::Drop as u32;
-pub const VERDICT_REJECT: u32 = Verdict::Reject as u32;
-pub const EVENT_SAMPLE: u32 = EventKind::Sample as u32;
-pub const EVENT_OFFENDER: u32 = EventKind::Offender as u32;

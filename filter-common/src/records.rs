@@ -110,6 +110,17 @@ impl SourceKey {
     }
 }
 
+/// The IPv4 address, or the IPv6 /64 (`2001:db8:1000::/64`); `-` for an unknown family.
+impl core::fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(network)) => write!(f, "{network}/64"),
+            Some(address) => write!(f, "{address}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// An address of an event or offender record (IPv4 in the first 4 bytes); `None` for a
 /// family that carries no address.
 pub fn address(family: u32, bytes: &[u8; 16]) -> Option<IpAddr> {
@@ -196,6 +207,7 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.ip(), Some("2001:db8:1000:42::".parse().unwrap()));
+        assert_eq!(a.to_string(), "2001:db8:1000:42::/64");
     }
 
     #[test]
@@ -205,6 +217,7 @@ mod tests {
         assert_eq!(key.family, Family::Ipv4 as u32);
         assert_eq!(key.address, [100, 64, 1, 10, 0, 0, 0, 0]);
         assert_eq!(key.ip(), Some(source));
+        assert_eq!(key.to_string(), "100.64.1.10");
         let mut bytes = [0u8; 16];
         bytes[..4].copy_from_slice(&[100, 64, 1, 10]);
         assert_eq!(
@@ -220,6 +233,7 @@ mod tests {
             address: [1; 8],
         };
         assert_eq!(key.ip(), None);
+        assert_eq!(key.to_string(), "-");
         assert_eq!(address(Family::Other as u32, &[1; 16]), None);
         assert_eq!(SourceKey::from_bytes(0, &[1; 16]), None);
     }

@@ -71,10 +71,20 @@ macro_rules! wire_enum {
         #[cfg(feature = "user")]
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let name = <&str>::deserialize(deserializer)?;
-                $name::from_name(name).ok_or_else(|| {
-                    serde::de::Error::unknown_variant(name, &[$($text),+])
-                })
+                // A visitor, so borrowed and owned strings both work (serde_json::Value,
+                // readers).
+                struct Name;
+                impl serde::de::Visitor<'_> for Name {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                        f.write_str(concat!("a ", stringify!($name), " name"))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<$name, E> {
+                        $name::from_name(name)
+                            .ok_or_else(|| E::unknown_variant(name, &[$($text),+]))
+                    }
+                }
+                deserializer.deserialize_str(Name)
             }
         }
     };

@@ -1,55 +1,9 @@
-//! What the kernel tells the agent besides counters: sampled drop events and offender
-//! alerts from the EVENTS ring buffer, each written as one `key=value` log line, and the
-//! sources currently over the offender threshold. Also the rendering of offender records
-//! for `filter-agent offenders`.
-//!
-//! Kernel times are `bpf_ktime_get_coarse_ns`, i.e. CLOCK_MONOTONIC at tick resolution;
-//! [`Clock`] pairs a reading of it with the wall clock to turn them into dates.
+//! The EVENTS ring buffer as the agent reads it: sampled drop events and offender alerts,
+//! each decoded fail-closed and written as one `key=value` log line.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, SystemTime},
-};
+use filter_common::{Event, EventKind, Family, Reason, Verdict, records};
 
-use filter_common::{
-    Config, DESTINATION_SKETCH_BITS, EVENT_OFFENDER, EVENT_SAMPLE, Event, Family, Offender, Reason,
-    SourceKey, VERDICT_DROP, VERDICT_PASS, VERDICT_REJECT,
-};
-use nix::time::{ClockId, clock_gettime};
-
-use crate::control::protocol::OffenderRow;
-
-/// The monotonic clock (the kernel's event clock) and the wall clock, read together.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Clock {
-    pub monotonic_ns: u64,
-    pub wall: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Clock {
-        Clock {
-            monotonic_ns: monotonic_ns(),
-            wall: SystemTime::now(),
-        }
-    }
-
-    /// The wall-clock time of a kernel timestamp.
-    pub fn wall_of(&self, kernel_ns: u64) -> SystemTime {
-        if kernel_ns <= self.monotonic_ns {
-            self.wall - Duration::from_nanos(self.monotonic_ns - kernel_ns)
-        } else {
-            self.wall + Duration::from_nanos(kernel_ns - self.monotonic_ns)
-        }
-    }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_coarse_ns`.
-pub fn monotonic_ns() -> u64 {
-    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC always exists");
-    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
-}
+use super::{clock::Clock, offenders::AlertSettings};
 
 /// One ring-buffer record as the kernel wrote it; `None` if it is too short.
 pub fn parse(bytes: &[u8]) -> Option<Event> {
@@ -60,64 +14,13 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-pub fn family(code: u32) -> Family {
-    Family::ALL
-        .get(code as usize)
-        .copied()
-        .unwrap_or(Family::Other)
+fn address_text(family: u32, bytes: &[u8; 16]) -> String {
+    records::address(family, bytes).map_or_else(|| "-".into(), |a| a.to_string())
 }
 
-/// An address of an event or offender record: IPv4 in the first 4 bytes.
-pub fn address(family_code: u32, bytes: [u8; 16]) -> Option<IpAddr> {
-    match family(family_code) {
-        Family::Ipv4 => Some(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
-        Family::Ipv6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
-        Family::Other => None,
-    }
-}
-
-fn address_text(family_code: u32, bytes: [u8; 16]) -> String {
-    address(family_code, bytes).map_or_else(|| "-".into(), |a| a.to_string())
-}
-
-/// `address:port`, with IPv6 in brackets.
-pub fn endpoint_text(family_code: u32, bytes: [u8; 16], port: u16) -> String {
-    match address(family_code, bytes) {
-        Some(IpAddr::V6(a)) => format!("[{a}]:{port}"),
-        Some(a) => format!("{a}:{port}"),
-        None => "-".into(),
-    }
-}
-
-/// Who a source key stands for: an IPv4 address, or an IPv6 /64.
-pub fn source_text(key: &SourceKey) -> String {
-    let mut bytes = [0u8; 16];
-    match family(key.family) {
-        Family::Ipv4 => {
-            bytes[..4].copy_from_slice(&key.address[..4]);
-            address_text(key.family, bytes)
-        }
-        Family::Ipv6 => {
-            bytes[..8].copy_from_slice(&key.address);
-            format!("{}/64", Ipv6Addr::from(bytes))
-        }
-        Family::Other => "-".into(),
-    }
-}
-
-/// The source key an offender alert names (its `source` holds the key's address).
-pub fn alert_key(event: &Event) -> SourceKey {
-    let mut address = [0u8; 8];
-    match family(event.family) {
-        Family::Ipv4 => address[..4].copy_from_slice(&event.source[..4]),
-        _ => address.copy_from_slice(&event.source[..8]),
-    }
-    SourceKey {
-        family: event.family,
-        address,
-    }
+/// A vocabulary name, or `unknown` for a number this agent does not know.
+fn name_or_unknown(name: Result<&'static str, u32>) -> &'static str {
+    name.unwrap_or("unknown")
 }
 
 /// TCP flags by name, `SYN,ACK`; `none` when no flag is set.
@@ -145,21 +48,6 @@ pub fn flags_text(flags: u32) -> String {
     }
 }
 
-pub fn verdict_text(verdict: u32) -> &'static str {
-    match verdict {
-        VERDICT_PASS => "pass",
-        VERDICT_DROP => "drop",
-        VERDICT_REJECT => "reject",
-        _ => "unknown",
-    }
-}
-
-fn reason_text(reason: u32) -> &'static str {
-    Reason::ALL
-        .get(reason as usize)
-        .map_or("unknown", |r| r.name())
-}
-
 /// A log value: bare if it is one plain word, otherwise quoted with escapes.
 fn value(text: &str) -> String {
     if !text.is_empty()
@@ -171,78 +59,6 @@ fn value(text: &str) -> String {
     } else {
         format!("{text:?}")
     }
-}
-
-/// Distinct destinations estimated from the sketch by linear counting:
-/// n = -m ln(zeros / m) for m bits. Close to exact for a handful of destinations; when
-/// every bit is set the estimate saturates at m ln m (about 266) and `saturated` says so.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Estimate {
-    pub value: u64,
-    pub saturated: bool,
-}
-
-impl Estimate {
-    pub fn of(sketch: u64) -> Estimate {
-        let m = f64::from(DESTINATION_SKETCH_BITS);
-        let zeros = DESTINATION_SKETCH_BITS - sketch.count_ones();
-        let (zeros, saturated) = if zeros == 0 {
-            (1, true)
-        } else {
-            (zeros, false)
-        };
-        Estimate {
-            value: (m * (m / f64::from(zeros)).ln()).round() as u64,
-            saturated,
-        }
-    }
-
-    /// `≈3`, or `≥266` when saturated.
-    pub fn text(&self) -> String {
-        format!("{}{}", if self.saturated { "≥" } else { "≈" }, self.value)
-    }
-}
-
-/// The alert settings in force, as a policy writes them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AlertSettings {
-    /// 0: no alerts.
-    pub threshold: u64,
-    pub window_ns: u64,
-}
-
-impl AlertSettings {
-    pub fn of(config: &Config) -> AlertSettings {
-        AlertSettings {
-            threshold: config.offender_alert_after,
-            window_ns: config.offender_window_ns,
-        }
-    }
-
-    pub fn window_text(&self) -> String {
-        duration_text(self.window_ns)
-    }
-
-    /// Whether a record's window is still running at `now_ns`.
-    pub fn window_running(&self, record: &Offender, now_ns: u64) -> bool {
-        // Without `offenders` in the policy the kernel keeps one window for all time.
-        record.window_attempts > 0
-            && (self.window_ns == 0
-                || now_ns < record.window_start_ns.saturating_add(self.window_ns))
-    }
-
-    /// Whether a record is over the threshold: alerts on, as many attempts as the threshold
-    /// in a window that has not ended.
-    pub fn over_threshold(&self, record: &Offender, now_ns: u64) -> bool {
-        self.threshold != 0
-            && record.window_attempts >= self.threshold
-            && self.window_running(record, now_ns)
-    }
-}
-
-/// `10m`, `1h 30m`, `90s`: a duration as a policy would write it.
-pub fn duration_text(ns: u64) -> String {
-    humantime::format_duration(Duration::from_nanos(ns)).to_string()
 }
 
 /// Names the log lines need: a group's name by id, an interface's by ifindex.
@@ -258,129 +74,40 @@ pub fn log_line(
     names: &dyn Names,
     alerts: AlertSettings,
 ) -> Option<String> {
-    match event.kind {
-        EVENT_SAMPLE => Some(format!(
+    match EventKind::try_from(event.kind).ok()? {
+        EventKind::Sample => Some(format!(
             "event=drop time={} interface={} family={} source={} sport={} destination={} dport={} verdict={} reason={} group={} flags={}",
             humantime::format_rfc3339_millis(clock.wall_of(event.time_ns)),
             value(&names.interface(event.ifindex)),
-            family(event.family).name(),
-            address_text(event.family, event.source),
+            Family::from_code(event.family).name(),
+            address_text(event.family, &event.source),
             event.sport,
-            address_text(event.family, event.destination),
+            address_text(event.family, &event.destination),
             event.dport,
-            verdict_text(event.verdict),
-            reason_text(event.reason),
+            name_or_unknown(Verdict::try_from(event.verdict).map(Verdict::name)),
+            name_or_unknown(Reason::try_from(event.reason).map(Reason::name)),
             value(&names.group(event.group)),
             flags_text(event.tcp_flags),
         )),
-        EVENT_OFFENDER => Some(format!(
+        EventKind::Offender => Some(format!(
             "event=offender source={} group={} attempts={} window={} threshold={}",
-            source_text(&alert_key(event)),
+            event
+                .alert_key()
+                .map_or_else(|| "-".into(), |key| key.to_string()),
             value(&names.group(event.group)),
             event.attempts,
             value(&alerts.window_text()),
             alerts.threshold,
         )),
-        _ => None,
     }
-}
-
-/// The sources that raised an alert and whose alert window has not ended yet, each with
-/// the monotonic time its window ends.
-#[derive(Debug, Default)]
-pub struct OverThreshold {
-    until: HashMap<SourceKey, u64>,
-}
-
-impl OverThreshold {
-    /// Records an alert for `key` whose window ends at `until_ns`.
-    pub fn alert(&mut self, key: SourceKey, until_ns: u64) {
-        let until = self.until.entry(key).or_insert(until_ns);
-        *until = (*until).max(until_ns);
-    }
-
-    /// Forgets the sources whose window has ended; returns how many.
-    pub fn expire(&mut self, now_ns: u64) -> usize {
-        let before = self.until.len();
-        self.until.retain(|_, until| *until > now_ns);
-        before - self.until.len()
-    }
-
-    /// Sources over the threshold at `now_ns`.
-    pub fn count(&self, now_ns: u64) -> usize {
-        self.until.values().filter(|&&until| until > now_ns).count()
-    }
-
-    /// When the alert window of an alert raised at `event_ns` ends: from the record's
-    /// window start if the record still holds that window, else (evicted, or a new window
-    /// already) counted from the alert itself, which errs on the long side.
-    pub fn window_end(record: Option<&Offender>, event_ns: u64, settings: AlertSettings) -> u64 {
-        let start = match record {
-            Some(r)
-                if r.window_start_ns <= event_ns
-                    && event_ns < r.window_start_ns.saturating_add(settings.window_ns) =>
-            {
-                r.window_start_ns
-            }
-            _ => event_ns,
-        };
-        start.saturating_add(settings.window_ns)
-    }
-}
-
-impl OffenderRow {
-    pub fn new(
-        key: &SourceKey,
-        record: &Offender,
-        group: String,
-        settings: AlertSettings,
-        clock: &Clock,
-    ) -> OffenderRow {
-        let destinations = Estimate::of(record.destination_sketch);
-        OffenderRow {
-            source: source_text(key),
-            family: family(key.family),
-            group,
-            attempts: record.attempts,
-            in_window: if settings.window_running(record, clock.monotonic_ns) {
-                record.window_attempts
-            } else {
-                0
-            },
-            first_seen: humantime::format_rfc3339_seconds(clock.wall_of(record.first_seen_ns))
-                .to_string(),
-            last_seen: humantime::format_rfc3339_seconds(clock.wall_of(record.last_seen_ns))
-                .to_string(),
-            destinations: destinations.value,
-            destinations_saturated: destinations.saturated,
-            last_destination: endpoint_text(key.family, record.last_destination, record.last_dport),
-            over_threshold: settings.over_threshold(record, clock.monotonic_ns),
-        }
-    }
-}
-
-/// The abuse desk's order: most attempts in the current window first, then most attempts
-/// overall, then the most recently seen. Sorts the raw records, so that only the rows
-/// shown need formatting.
-pub fn rank(records: &mut [(SourceKey, Offender)], settings: AlertSettings, now_ns: u64) {
-    let in_window = |record: &Offender| {
-        if settings.window_running(record, now_ns) {
-            record.window_attempts
-        } else {
-            0
-        }
-    };
-    records.sort_by(|(a_key, a), (b_key, b)| {
-        in_window(b)
-            .cmp(&in_window(a))
-            .then(b.attempts.cmp(&a.attempts))
-            .then(b.last_seen_ns.cmp(&a.last_seen_ns))
-            .then(a_key.cmp(b_key))
-    });
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
+    use filter_common::SourceKey;
+
     use super::*;
 
     const MINUTE: u64 = 60_000_000_000;
@@ -406,71 +133,15 @@ mod tests {
         bytes
     }
 
-    fn clock() -> Clock {
-        Clock {
-            monotonic_ns: 1_000 * 1_000_000_000,
-            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
-        }
-    }
-
-    #[test]
-    fn linear_counting_is_close_for_a_few_and_saturates() {
-        assert_eq!(
-            Estimate::of(0),
-            Estimate {
-                value: 0,
-                saturated: false
-            }
-        );
-        for n in 1..=7u32 {
-            let sketch = (1u64 << n) - 1;
-            assert_eq!(Estimate::of(sketch).value, u64::from(n), "{n} bits");
-        }
-        // From 8 bits on the estimate allows for destinations that shared a bit.
-        assert_eq!(Estimate::of(0xff).value, 9);
-        // 32 bits set: 64 ln 2 = 44.4.
-        assert_eq!(Estimate::of(u32::MAX as u64).value, 44);
-        let full = Estimate::of(u64::MAX);
-        assert_eq!(
-            full,
-            Estimate {
-                value: 266,
-                saturated: true
-            }
-        );
-        assert_eq!(full.text(), "≥266");
-        assert_eq!(Estimate::of(0b101).text(), "≈2");
-        // One bit short of full: the largest unsaturated estimate.
-        assert_eq!(Estimate::of(u64::MAX >> 1).value, 266);
-        assert!(!Estimate::of(u64::MAX >> 1).saturated);
-    }
-
-    #[test]
-    fn kernel_times_become_wall_times() {
-        let c = clock();
-        assert_eq!(c.wall_of(c.monotonic_ns), c.wall);
-        assert_eq!(
-            c.wall_of(c.monotonic_ns - 1_500_000_000),
-            c.wall - Duration::from_millis(1500)
-        );
-        assert_eq!(
-            c.wall_of(c.monotonic_ns + 2_000_000),
-            c.wall + Duration::from_millis(2)
-        );
-        let real = Clock::now();
-        let later = monotonic_ns();
-        assert!(later >= real.monotonic_ns);
-    }
-
     #[test]
     fn a_sample_is_one_key_value_line() {
-        let c = clock();
+        let c = Clock::fixed();
         let event = Event {
             time_ns: c.monotonic_ns - 250_000_000,
-            kind: EVENT_SAMPLE,
+            kind: EventKind::Sample as u32,
             ifindex: 7,
             family: Family::Ipv4 as u32,
-            verdict: VERDICT_DROP,
+            verdict: Verdict::Drop as u32,
             reason: Reason::Blocked as u32,
             group: 1,
             source: v4([100, 64, 0, 10]),
@@ -492,7 +163,7 @@ mod tests {
         );
         let v6 = Event {
             family: Family::Ipv6 as u32,
-            verdict: VERDICT_REJECT,
+            verdict: Verdict::Reject as u32,
             reason: Reason::RateLimited as u32,
             group: 2,
             source: "2001:db8:1000::10".parse::<Ipv6Addr>().unwrap().octets(),
@@ -510,7 +181,7 @@ mod tests {
             "{line}"
         );
         let monitored = Event {
-            verdict: VERDICT_PASS,
+            verdict: Verdict::Pass as u32,
             reason: Reason::Monitored as u32,
             tcp_flags: 0,
             ..event
@@ -535,7 +206,7 @@ mod tests {
         let mut source = [0u8; 16];
         source[..8].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x10, 0x00, 0, 0]);
         let event = Event {
-            kind: EVENT_OFFENDER,
+            kind: EventKind::Offender as u32,
             family: Family::Ipv6 as u32,
             group: 1,
             source,
@@ -543,7 +214,7 @@ mod tests {
             ..Event::default()
         };
         assert_eq!(
-            log_line(&event, &clock(), &Fixed, settings).unwrap(),
+            log_line(&event, &Clock::fixed(), &Fixed, settings).unwrap(),
             "event=offender source=2001:db8:1000::/64 group=residential attempts=100 \
              window=10m threshold=100"
         );
@@ -556,7 +227,7 @@ mod tests {
         assert_eq!(
             log_line(
                 &event,
-                &clock(),
+                &Clock::fixed(),
                 &Fixed,
                 AlertSettings {
                     threshold: 3,
@@ -568,7 +239,7 @@ mod tests {
              window=\"1m 30s\" threshold=3"
         );
         assert_eq!(
-            alert_key(&event),
+            event.alert_key().unwrap(),
             SourceKey {
                 family: Family::Ipv4 as u32,
                 address: [100, 64, 0, 10, 0, 0, 0, 0]
@@ -580,7 +251,7 @@ mod tests {
     fn parse_checks_the_length() {
         let event = Event {
             time_ns: 5,
-            kind: EVENT_SAMPLE,
+            kind: EventKind::Sample as u32,
             dport: 25,
             ..Event::default()
         };
@@ -608,178 +279,5 @@ mod tests {
         assert_eq!(value("a b"), "\"a b\"");
         assert_eq!(value("a=b"), "\"a=b\"");
         assert_eq!(value(""), "\"\"");
-    }
-
-    #[test]
-    fn over_threshold_sources_expire_with_their_window() {
-        let mut set = OverThreshold::default();
-        let a = SourceKey {
-            family: 1,
-            address: [100, 64, 0, 10, 0, 0, 0, 0],
-        };
-        let b = SourceKey {
-            family: 2,
-            address: [0x20, 0x01, 0x0d, 0xb8, 0x10, 0, 0, 0],
-        };
-        assert_eq!(set.count(0), 0);
-        set.alert(a, 10 * MINUTE);
-        set.alert(b, 12 * MINUTE);
-        assert_eq!(set.count(MINUTE), 2);
-        // A second alert for the same source (a later window) extends it, never shortens.
-        set.alert(a, 5 * MINUTE);
-        assert_eq!(set.count(10 * MINUTE - 1), 2);
-        assert_eq!(set.count(10 * MINUTE), 1, "a's window ended");
-        assert_eq!(set.expire(10 * MINUTE), 1);
-        assert_eq!(set.count(10 * MINUTE), 1);
-        set.alert(a, 25 * MINUTE);
-        assert_eq!(set.expire(12 * MINUTE), 1);
-        assert_eq!(set.count(12 * MINUTE), 1);
-        assert_eq!(set.expire(25 * MINUTE), 1);
-        assert_eq!(set.count(0), 0);
-    }
-
-    #[test]
-    fn the_alert_window_ends_where_the_record_says() {
-        let settings = AlertSettings {
-            threshold: 3,
-            window_ns: 10 * MINUTE,
-        };
-        let record = Offender {
-            window_start_ns: 100 * MINUTE,
-            window_attempts: 3,
-            ..Offender::default()
-        };
-        assert_eq!(
-            OverThreshold::window_end(Some(&record), 104 * MINUTE, settings),
-            110 * MINUTE
-        );
-        // The record moved on to a later window, or is gone: count from the alert.
-        assert_eq!(
-            OverThreshold::window_end(Some(&record), 111 * MINUTE, settings),
-            121 * MINUTE
-        );
-        assert_eq!(
-            OverThreshold::window_end(None, 104 * MINUTE, settings),
-            114 * MINUTE
-        );
-    }
-
-    #[test]
-    fn offender_rows() {
-        let c = clock();
-        let settings = AlertSettings {
-            threshold: 3,
-            window_ns: MINUTE,
-        };
-        let key = SourceKey {
-            family: Family::Ipv4 as u32,
-            address: [100, 64, 0, 10, 0, 0, 0, 0],
-        };
-        let record = Offender {
-            attempts: 7,
-            first_seen_ns: c.monotonic_ns - 90_000_000_000,
-            last_seen_ns: c.monotonic_ns - 2_000_000_000,
-            window_start_ns: c.monotonic_ns - 30_000_000_000,
-            window_attempts: 4,
-            destination_sketch: 0b1011,
-            last_destination: v4([203, 0, 113, 9]),
-            last_dport: 25,
-            padding: 0,
-            group: 1,
-        };
-        let row = OffenderRow::new(&key, &record, "residential".into(), settings, &c);
-        assert_eq!(
-            row,
-            OffenderRow {
-                source: "100.64.0.10".into(),
-                family: Family::Ipv4,
-                group: "residential".into(),
-                attempts: 7,
-                in_window: 4,
-                first_seen: "2026-09-21T14:11:50Z".into(),
-                last_seen: "2026-09-21T14:13:18Z".into(),
-                destinations: 3,
-                destinations_saturated: false,
-                last_destination: "203.0.113.9:25".into(),
-                over_threshold: true,
-            }
-        );
-        // The window ended: nothing in it, not over the threshold any more.
-        let later = Clock {
-            monotonic_ns: c.monotonic_ns + 30_000_000_000,
-            wall: c.wall + Duration::from_secs(30),
-        };
-        let row = OffenderRow::new(&key, &record, "residential".into(), settings, &later);
-        assert_eq!((row.in_window, row.over_threshold), (0, false));
-        assert_eq!(row.first_seen, "2026-09-21T14:11:50Z");
-        // Below the threshold, or alerts off.
-        let few = Offender {
-            window_attempts: 2,
-            ..record
-        };
-        assert!(!OffenderRow::new(&key, &few, "r".into(), settings, &c).over_threshold);
-        let off = AlertSettings {
-            threshold: 0,
-            ..settings
-        };
-        let row = OffenderRow::new(&key, &record, "r".into(), off, &c);
-        assert!(!row.over_threshold);
-        assert_eq!(row.in_window, 4);
-        // A policy without `offenders`: the kernel's one window spans all time.
-        let none = AlertSettings {
-            threshold: 0,
-            window_ns: 0,
-        };
-        let row = OffenderRow::new(&key, &record, "r".into(), none, &later);
-        assert_eq!((row.in_window, row.over_threshold), (4, false));
-        assert_eq!(row.attempts, 7);
-
-        let v6 = SourceKey {
-            family: Family::Ipv6 as u32,
-            address: [0x20, 0x01, 0x0d, 0xb8, 0x10, 0, 0, 0x42],
-        };
-        let record = Offender {
-            last_destination: "2001:db8:ffff::9".parse::<Ipv6Addr>().unwrap().octets(),
-            ..record
-        };
-        let row = OffenderRow::new(&v6, &record, "residential".into(), settings, &c);
-        assert_eq!(row.source, "2001:db8:1000:42::/64");
-        assert_eq!(row.last_destination, "[2001:db8:ffff::9]:25");
-    }
-
-    #[test]
-    fn ranking_puts_the_current_window_first() {
-        let settings = AlertSettings {
-            threshold: 3,
-            window_ns: MINUTE,
-        };
-        let now = 10 * MINUTE;
-        let record = |n: u8, attempts, window_attempts, window_start_ns, last_seen_ns| {
-            (
-                SourceKey {
-                    family: 1,
-                    address: [10, 0, 0, n, 0, 0, 0, 0],
-                },
-                Offender {
-                    attempts,
-                    window_attempts,
-                    window_start_ns,
-                    last_seen_ns,
-                    ..Offender::default()
-                },
-            )
-        };
-        let mut records = vec![
-            // The most attempts ever, but its window ended.
-            record(1, 1000, 900, now - 2 * MINUTE, now - MINUTE),
-            record(2, 10, 5, now - 1, 1),
-            record(3, 20, 5, now - 1, 1),
-            record(4, 20, 5, now - 1, 2),
-            record(5, 20, 5, now - 1, 2),
-            record(6, 30, 6, now - 1, 0),
-        ];
-        rank(&mut records, settings, now);
-        let order: Vec<u8> = records.iter().map(|(k, _)| k.address[3]).collect();
-        assert_eq!(order, [6, 4, 5, 3, 2, 1]);
     }
 }

@@ -12,14 +12,14 @@ use std::{
 
 use anyhow::Result;
 use filter_common::{
-    Action, Counter, EXEMPTION_GROUP, Family, MAP_GROUP_NAMES, MAP_INTERFACE_SLOTS, MAP_OFFENDERS,
-    MAP_SOURCES_V4, MAP_SOURCES_V6, MAX_GROUPS, MAX_INTERFACES, OFFENDERS_ENTRIES, Offender,
-    REASON_COUNT, Reason, SourceKey,
+    Action, Counter, EXEMPTION_GROUP, Family, MAX_GROUPS, MAX_INTERFACES, OFFENDERS_ENTRIES,
+    Offender, REASON_COUNT, Reason, Smtp, SourceKey, maps,
 };
 use ipnet::IpNet;
 
 use super::{
-    events::{self, AlertSettings, Clock},
+    clock::Clock,
+    offenders::{self, AlertSettings},
     state::{Agent, State, group_label},
 };
 use crate::{
@@ -36,7 +36,6 @@ use crate::{
     dataplane::{Capacity, Dataplane},
     exemptions::{self, Exemption},
     explain,
-    image::Smtp,
     metrics::{Actions, Snapshot},
 };
 
@@ -117,14 +116,14 @@ impl AgentHandler {
             let kernel = KernelStatus::read(&mut agent).map_err(failed)?;
             (
                 status(&agent.state, kernel),
-                agent.pins.map_path(MAP_OFFENDERS),
+                agent.pins.map_path(maps::OFFENDERS.name),
             )
         };
         // The offender records (up to 65,536) are counted without holding the agent, which
         // meanwhile logs events and answers other requests.
         let records = Dataplane::count_pinned_offenders(&path).map_err(failed)?;
         status.maps.push(MapUsage {
-            name: MAP_OFFENDERS.to_string(),
+            name: maps::OFFENDERS.name.to_string(),
             entries: records as u64,
             capacity: OFFENDERS_ENTRIES.into(),
         });
@@ -140,7 +139,7 @@ impl AgentHandler {
             let agent = self.lock()?;
             (
                 OffenderView::of(&agent.state),
-                agent.pins.map_path(MAP_OFFENDERS),
+                agent.pins.map_path(maps::OFFENDERS.name),
             )
         };
         // Read, like the count in `status`, without holding the agent.
@@ -230,17 +229,17 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
         },
         maps: vec![
             map(
-                MAP_SOURCES_V4,
+                maps::SOURCES_V4.name,
                 applied.sources_v4.len(),
                 capacity.sources_v4,
             ),
             map(
-                MAP_SOURCES_V6,
+                maps::SOURCES_V6.name,
                 applied.sources_v6.len(),
                 capacity.sources_v6,
             ),
-            map(MAP_GROUP_NAMES, applied.groups.len(), MAX_GROUPS),
-            map(MAP_INTERFACE_SLOTS, slots_used, MAX_INTERFACES),
+            map(maps::GROUP_NAMES.name, applied.groups.len(), MAX_GROUPS),
+            map(maps::INTERFACE_SLOTS.name, slots_used, MAX_INTERFACES),
         ],
         exemptions: state.exemptions.len(),
         counters: StatusCounters {
@@ -263,7 +262,7 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
 fn offender_alerts(settings: AlertSettings) -> Option<OffenderAlerts> {
     (settings.threshold != 0).then(|| OffenderAlerts {
         alert_after: settings.threshold,
-        window: events::duration_text(settings.window_ns),
+        window: offenders::duration_text(settings.window_ns),
     })
 }
 
@@ -373,7 +372,7 @@ fn offenders(
     top: usize,
 ) -> Offenders {
     let settings = view.settings;
-    events::rank(&mut records, settings, clock.monotonic_ns);
+    offenders::rank(&mut records, settings, clock.monotonic_ns);
     let over = records
         .iter()
         .filter(|(_, record)| settings.over_threshold(record, clock.monotonic_ns))
@@ -394,7 +393,7 @@ fn offenders(
         sources: records.len(),
         over_threshold: over,
         alert_after: settings.threshold,
-        window: events::duration_text(settings.window_ns),
+        window: offenders::duration_text(settings.window_ns),
         destinations_note: "destinations is an estimate (linear counting over a 64-bit sketch): close for a handful, saturated above about 266".to_string(),
         offenders: rows,
     }
@@ -509,17 +508,17 @@ pub fn snapshot(agent: &mut Agent) -> Result<Snapshot> {
     let capacity = agent.dataplane.capacity()?;
     snapshot.maps = vec![
         (
-            MAP_SOURCES_V4.to_string(),
+            maps::SOURCES_V4.name.to_string(),
             agent.state.applied.sources_v4.len() as u64,
             capacity.sources_v4 as u64,
         ),
         (
-            MAP_SOURCES_V6.to_string(),
+            maps::SOURCES_V6.name.to_string(),
             agent.state.applied.sources_v6.len() as u64,
             capacity.sources_v6 as u64,
         ),
         (
-            MAP_GROUP_NAMES.to_string(),
+            maps::GROUP_NAMES.name.to_string(),
             agent.state.applied.groups.len() as u64,
             MAX_GROUPS as u64,
         ),
@@ -680,10 +679,10 @@ relays: [203.0.113.25]
         assert_eq!(
             maps,
             [
-                (MAP_SOURCES_V4, 2, 1024),
-                (MAP_SOURCES_V6, 1, 1024),
-                (MAP_GROUP_NAMES, 2, u64::from(MAX_GROUPS)),
-                (MAP_INTERFACE_SLOTS, 1, u64::from(MAX_INTERFACES)),
+                (maps::SOURCES_V4.name, 2, 1024),
+                (maps::SOURCES_V6.name, 1, 1024),
+                (maps::GROUP_NAMES.name, 2, u64::from(MAX_GROUPS)),
+                (maps::INTERFACE_SLOTS.name, 1, u64::from(MAX_INTERFACES)),
             ]
         );
     }

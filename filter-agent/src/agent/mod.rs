@@ -3,8 +3,10 @@
 //! filter attached and enforcing: the kernel holds all state (pinned maps and links), so a
 //! restarted agent picks up where this one left off.
 
+pub mod clock;
 pub mod events;
 mod handler;
+pub mod offenders;
 mod options;
 mod state;
 

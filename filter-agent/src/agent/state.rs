@@ -8,14 +8,16 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use filter_common::{EVENT_OFFENDER, Event};
+use filter_common::{Event, EventKind};
 use ipnet::IpNet;
 use log::{debug, error, info, warn};
 
 use super::{
     check_interfaces,
-    events::{self, AlertSettings, Clock, Names, OverThreshold},
+    clock::{self, Clock},
+    events::{self, Names},
     ifindex, load_policy,
+    offenders::{AlertSettings, OverThreshold},
 };
 use crate::{
     dataplane::{Dataplane, PinDir},
@@ -240,9 +242,11 @@ impl Agent {
                 debug!("event of unknown kind {} ignored", event.kind);
                 continue;
             };
-            if event.kind == EVENT_OFFENDER {
+            if event.is(EventKind::Offender) {
                 warn!("{line}");
-                let key = events::alert_key(event);
+                let Some(key) = event.alert_key() else {
+                    continue;
+                };
                 let record = self.dataplane.offender(&key).ok().flatten();
                 self.state.over_threshold.alert(
                     key,
@@ -261,7 +265,7 @@ impl Agent {
             self.state.over_threshold = OverThreshold::default();
             return 0;
         }
-        let now = events::monotonic_ns();
+        let now = clock::monotonic_ns();
         self.state.over_threshold.expire(now);
         self.state.over_threshold.count(now)
     }
@@ -273,7 +277,7 @@ impl Agent {
         if settings.threshold == 0 {
             return Ok(());
         }
-        let now = events::monotonic_ns();
+        let now = clock::monotonic_ns();
         for (key, record) in self.dataplane.offenders()? {
             if settings.over_threshold(&record, now) {
                 self.state.over_threshold.alert(

@@ -10,12 +10,12 @@
 
 use std::{fmt, net::IpAddr, path::PathBuf, time::SystemTime};
 
-use filter_common::{Action, Config, Family, Reason, Verdict};
+use filter_common::{Action, Config, Family, Reason, Smtp, Verdict};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::{dataplane::AttachedInterface, image::Smtp, metrics::Actions, policy::Mode};
+pub use crate::{dataplane::AttachedInterface, metrics::Actions, policy::Mode};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;

@@ -15,11 +15,11 @@ use aya::maps::{
     MapData,
     lpm_trie::{Key, LpmTrie},
 };
-use filter_common::{GroupName, MAX_GROUPS, SourceRule};
+use filter_common::{GroupName, MAX_GROUPS, Smtp, SourceRule};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Dataplane, fixed_name, read_fixed_name};
-use crate::image::{GroupInfo, MapImage, Smtp};
+use crate::image::{GroupInfo, MapImage};
 
 /// What a sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -189,7 +189,7 @@ impl Dataplane {
         for (name, id) in self.group_ids()? {
             let smtp = rules
                 .get(&id)
-                .and_then(|&code| Smtp::from_code(code))
+                .and_then(|&code| Smtp::try_from(code).ok())
                 .unwrap_or(Smtp::Block);
             image.groups.insert(id, GroupInfo { name, smtp });
         }
@@ -280,7 +280,7 @@ mod tests {
     //! one.
     use std::net::{IpAddr, Ipv4Addr};
 
-    use filter_common::{Config, SMTP_ALLOW, SMTP_BLOCK};
+    use filter_common::{Config, Smtp};
 
     use super::*;
     use crate::model::{self, Decision};
@@ -296,7 +296,11 @@ mod tests {
                 let addr = Ipv4Addr::from(0x0a00_0000 | rng.u32(0..SPACE));
                 let rule = SourceRule {
                     group: rng.u32(1..4),
-                    smtp: if rng.bool() { SMTP_BLOCK } else { SMTP_ALLOW },
+                    smtp: if rng.bool() {
+                        Smtp::Block as u32
+                    } else {
+                        Smtp::Allow as u32
+                    },
                 };
                 (Ipv4Net::new(addr, len).unwrap().trunc(), rule)
             })

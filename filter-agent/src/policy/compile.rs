@@ -2,9 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use filter_common::{ACTION_DROP, ACTION_REJECT, Config, FLAG_MONITOR, SourceRule};
+use filter_common::{Config, FLAG_MONITOR, SourceRule};
 
-use super::schema::{Action, Events, Mode, Offenders, Policy, RelayLimit};
+use super::schema::{Events, Mode, Offenders, Policy, RelayLimit};
 use crate::image::{GroupInfo, MapImage};
 
 impl Policy {
@@ -21,10 +21,7 @@ impl Policy {
         if self.mode == Mode::Monitor {
             config.flags |= FLAG_MONITOR;
         }
-        config.action = match self.action {
-            Action::Drop => ACTION_DROP,
-            Action::Reject => ACTION_REJECT,
-        };
+        config.action = self.action as u32;
         if let Some(limit) = self.relay_limit {
             (config.relay_interval_ns, config.relay_tolerance_ns) = limit.gcra();
         }
@@ -47,7 +44,7 @@ impl Policy {
             );
             let rule = SourceRule {
                 group: id,
-                smtp: group.smtp.code(),
+                smtp: group.smtp as u32,
             };
             for &prefix in &group.prefixes {
                 image.insert_source(prefix, rule);

@@ -18,8 +18,8 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
 pub use prefix::{PrefixError, parse_prefix};
 pub use schema::{
-    Action, DEFAULT_EVENTS_PER_SECOND, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders,
-    Policy, RelayLimit, VERSION, XdpMode,
+    DEFAULT_EVENTS_PER_SECOND, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy,
+    RelayLimit, VERSION, XdpMode,
 };
 
 /// A valid policy and the warnings it drew.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
-use crate::image::Smtp;
+use filter_common::{Action, Smtp};
 
 /// The only policy version this agent understands.
 pub const VERSION: u32 = 1;
@@ -97,16 +97,6 @@ pub enum Mode {
     Enforce,
     /// Filtered traffic is only counted.
     Monitor,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Blocked traffic is dropped silently.
-    Drop,
-    /// Blocked SYNs are answered with a TCP RST+ACK (the client sees "connection
-    /// refused" at once); other blocked segments are dropped.
-    Reject,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

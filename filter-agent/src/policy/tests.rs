@@ -1,10 +1,9 @@
 use std::path::Path;
 
-use filter_common::{ACTION_DROP, ACTION_REJECT, MAX_GROUPS, SMTP_ALLOW, SMTP_BLOCK, SourceRule};
+use filter_common::{Action, MAX_GROUPS, Smtp, SourceRule};
 use ipnet::IpNet;
 
 use super::*;
-use crate::image::Smtp;
 
 const FILE: &str = "policies/test.yaml";
 
@@ -609,7 +608,7 @@ fn example_policy_loads_and_compiles() {
 
     let image = policy.compile();
     assert!(!image.config.monitor());
-    assert_eq!(image.config.action, ACTION_DROP);
+    assert_eq!(image.config.action, Action::Drop as u32);
     assert_eq!(image.config.relay_interval_ns, 1_000_000_000);
     assert_eq!(image.config.offender_window_ns, 600_000_000_000);
     assert!(image.config.port_filtered(25));
@@ -625,35 +624,35 @@ fn example_policy_loads_and_compiles() {
         v4("100.64.0.0/10"),
         SourceRule {
             group: 1,
-            smtp: SMTP_BLOCK
+            smtp: Smtp::Block as u32
         }
     );
     assert_eq!(
         v4("192.0.2.0/24"),
         SourceRule {
             group: 2,
-            smtp: SMTP_BLOCK
+            smtp: Smtp::Block as u32
         }
     );
     assert_eq!(
         v4("192.0.2.128/26"),
         SourceRule {
             group: 3,
-            smtp: SMTP_ALLOW
+            smtp: Smtp::Allow as u32
         }
     );
     assert_eq!(
         v4("198.51.100.128/25"),
         SourceRule {
             group: 4,
-            smtp: SMTP_ALLOW
+            smtp: Smtp::Allow as u32
         }
     );
     assert_eq!(
         v6("2001:db8:2000:100::/56"),
         SourceRule {
             group: 3,
-            smtp: SMTP_ALLOW
+            smtp: Smtp::Allow as u32
         }
     );
     assert_eq!(
@@ -728,7 +727,7 @@ fn new_keys_default_when_absent() {
         }
     );
     let config = policy.compile().config;
-    assert_eq!(config.action, ACTION_DROP);
+    assert_eq!(config.action, Action::Drop as u32);
     assert_eq!(
         (config.relay_interval_ns, config.relay_tolerance_ns),
         (0, 0)
@@ -775,7 +774,7 @@ events: { per_second: 4 }
     );
     assert_eq!(policy.events, Events { per_second: 4 });
     let config = policy.compile().config;
-    assert_eq!(config.action, ACTION_REJECT);
+    assert_eq!(config.action, Action::Reject as u32);
     assert!(config.reject());
     let second = 1_000_000_000;
     assert_eq!(config.relay_interval_ns, second);

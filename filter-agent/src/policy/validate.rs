@@ -15,10 +15,9 @@ use super::diagnostic::{Diagnostic, PolicyErrors, Severity};
 use super::locate::{Node, Pos, Value, parse_yaml};
 use super::prefix::{PrefixError, parse_prefix};
 use super::schema::{
-    Action, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy, RelayLimit, VERSION,
-    XdpMode,
+    DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy, RelayLimit, VERSION, XdpMode,
 };
-use crate::image::Smtp;
+use filter_common::{Action, Smtp};
 
 const POLICY_KEYS: &[&str] = &[
     "version",
@@ -48,8 +47,14 @@ const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
 const DURATION_HINT: &str = "write a number and a unit, e.g. 30s, 10m, 1h or 1d";
 
 const MODES: &[(&str, Mode)] = &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)];
-const ACTIONS: &[(&str, Action)] = &[("drop", Action::Drop), ("reject", Action::Reject)];
-const SMTP: &[(&str, Smtp)] = &[("block", Smtp::Block), ("allow", Smtp::Allow)];
+const ACTIONS: &[(&str, Action)] = &[
+    (Action::Drop.name(), Action::Drop),
+    (Action::Reject.name(), Action::Reject),
+];
+const SMTP: &[(&str, Smtp)] = &[
+    (Smtp::Block.name(), Smtp::Block),
+    (Smtp::Allow.name(), Smtp::Allow),
+];
 const XDP_MODES: &[(&str, XdpMode)] = &[
     ("auto", XdpMode::Auto),
     ("native", XdpMode::Native),
