@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use filter_common::{ActionStat, Counter};
+use filter_common::{ActionStat, Counter, Family, Reason};
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
@@ -38,10 +38,10 @@ use tokio::{
 /// Everything a scrape reports, gathered by the agent at scrape time.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    /// (interface, family name "ipv4"/"ipv6"/"other", reason name, counter)
-    pub interfaces: Vec<(String, &'static str, &'static str, Counter)>,
-    /// (group name, reason name, counter)
-    pub groups: Vec<(String, &'static str, Counter)>,
+    /// (interface, family, reason, counter)
+    pub interfaces: Vec<(String, Family, Reason, Counter)>,
+    /// (group name, reason, counter)
+    pub groups: Vec<(String, Reason, Counter)>,
     /// (map name, entries, capacity)
     pub maps: Vec<(String, u64, u64)>,
     pub exemptions: u64,
@@ -131,8 +131,8 @@ impl Collector for SnapshotCollector {
             (
                 [
                     ("interface", interface.as_str()),
-                    ("family", family),
-                    ("reason", reason),
+                    ("family", family.name()),
+                    ("reason", reason.name()),
                 ],
                 *c,
             )
@@ -154,11 +154,9 @@ impl Collector for SnapshotCollector {
             interfaces.iter().map(|(labels, c)| (&labels[..], c.bytes)),
         )?;
 
-        let groups = summed(
-            s.groups
-                .iter()
-                .map(|(group, reason, c)| ([("group", group.as_str()), ("reason", reason)], *c)),
-        );
+        let groups = summed(s.groups.iter().map(|(group, reason, c)| {
+            ([("group", group.as_str()), ("reason", reason.name())], *c)
+        }));
         counters(
             &mut encoder,
             "group_packets",
@@ -505,15 +503,25 @@ mod tests {
     fn snapshot() -> Snapshot {
         Snapshot {
             interfaces: vec![
-                ("eth1".into(), "ipv4", "blocked", counter(3, 180)),
-                ("eth1".into(), "ipv6", "relay", counter(2, 150)),
-                ("eth1".into(), "ipv4", "port", counter(10, 6400)),
-                ("eth1".into(), "ipv4", "rate-limited", counter(5, 300)),
+                (
+                    "eth1".into(),
+                    Family::Ipv4,
+                    Reason::Blocked,
+                    counter(3, 180),
+                ),
+                ("eth1".into(), Family::Ipv6, Reason::Relay, counter(2, 150)),
+                ("eth1".into(), Family::Ipv4, Reason::Port, counter(10, 6400)),
+                (
+                    "eth1".into(),
+                    Family::Ipv4,
+                    Reason::RateLimited,
+                    counter(5, 300),
+                ),
             ],
             groups: vec![
-                ("residential".into(), "blocked", counter(3, 180)),
+                ("residential".into(), Reason::Blocked, counter(3, 180)),
                 // Names come from the policy file; quotes and backslashes must be escaped.
-                ("odd \"name\" \\".into(), "exempt", counter(1, 60)),
+                ("odd \"name\" \\".into(), Reason::Exempt, counter(1, 60)),
             ],
             maps: vec![("SOURCES_V4".into(), 12, 1024)],
             exemptions: 2,
@@ -675,7 +683,7 @@ mod tests {
     fn repeated_labels_are_summed_and_output_is_sorted() {
         let mut s = snapshot();
         s.interfaces
-            .push(("eth1".into(), "ipv4", "blocked", counter(1, 60)));
+            .push(("eth1".into(), Family::Ipv4, Reason::Blocked, counter(1, 60)));
         let samples = parse(&render(&s));
         let packets: Vec<_> = samples
             .iter()

@@ -434,7 +434,7 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
                     packets: c.packets,
                     bytes: c.bytes,
                 });
-                interfaces.push((name.clone(), family.name(), reason.name(), c));
+                interfaces.push((name.clone(), family, reason, c));
             }
         }
     }
@@ -454,7 +454,7 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
                 packets: c.packets,
                 bytes: c.bytes,
             });
-            groups.push((group.name.clone(), reason.name(), c));
+            groups.push((group.name.clone(), reason, c));
         }
     }
     let actions = Actions::from_stats(&agent.dataplane.action_stats()?);

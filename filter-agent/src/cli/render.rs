@@ -14,7 +14,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::control::{
     self, Request,
     protocol::{
-        EventRate, ExemptionChange, ExemptionList, Mode, OffenderAlerts, Offenders, PolicyStatus,
+        EventRate, ExemptionChange, ExemptionList, OffenderAlerts, Offenders, PolicyStatus,
         RelayLimit, Stats, Status, sorted,
     },
 };
@@ -73,13 +73,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Monitor => "monitor",
-    }
-}
-
 pub fn status(socket: &Path, json: bool) -> Result<()> {
     let status: Status = call(socket, &Request::Status)?;
     if json {
@@ -109,7 +102,7 @@ fn render_status(status: &Status) -> String {
     );
     out += &format!(
         "             mode {}, action {}, ports {}, {} groups, {} prefixes, {} relays, {} CLI exemptions\n",
-        mode_name(policy.mode),
+        policy.mode.name(),
         policy.action,
         serde_json::to_string(&policy.ports).expect("numbers serialize"),
         policy.groups,

@@ -1,6 +1,7 @@
 //! The control socket: how the CLI talks to the running agent, which is the only writer of
 //! the maps. `protocol` is what crosses it (typed requests and replies), `server` the
-//! agent's side, `client` the CLI's.
+//! agent's side, `client` the CLI's; `peer` reads a connecting peer's credentials and
+//! groups, `names` turns user and group names into ids and back.
 
 mod client;
 mod names;

@@ -99,6 +99,16 @@ pub enum Mode {
     Monitor,
 }
 
+impl Mode {
+    /// The name a policy writes it by.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {

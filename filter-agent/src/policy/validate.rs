@@ -46,7 +46,10 @@ const MIN_WINDOW: Duration = Duration::from_secs(1);
 const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
 const DURATION_HINT: &str = "write a number and a unit, e.g. 30s, 10m, 1h or 1d";
 
-const MODES: &[(&str, Mode)] = &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)];
+const MODES: &[(&str, Mode)] = &[
+    (Mode::Enforce.name(), Mode::Enforce),
+    (Mode::Monitor.name(), Mode::Monitor),
+];
 const ACTIONS: &[(&str, Action)] = &[
     (Action::Drop.name(), Action::Drop),
     (Action::Reject.name(), Action::Reject),
