@@ -20,7 +20,6 @@ use filter_testkit::{
     agent::{AgentOptions, AgentProcess},
     bench::{median, stale_runs},
     ip, netns, signals,
-    temp::TempDir,
 };
 use serde::Serialize;
 
@@ -96,14 +95,16 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
 /// The namespace, pin path, socket and files of this run; dropping it removes them.
 struct Bench {
     pid: u32,
-    dir: TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Bench {
     fn new() -> Result<Bench> {
         let bench = Bench {
             pid: std::process::id(),
-            dir: TempDir::new("bench-agent")?,
+            dir: tempfile::Builder::new()
+                .prefix("filter-agent-bench-agent-")
+                .tempdir()?,
         };
         let ns = bench.netns();
         ip::batch(None, &format!("netns add {ns}"))?;

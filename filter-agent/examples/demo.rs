@@ -25,7 +25,6 @@ use filter_testkit::{
     agent::{AgentOptions, AgentProcess},
     lab::{self, Customer, Lab, Listener, Ns, Outcome},
     signals::{self, interrupted},
-    temp::TempDir,
 };
 
 const LAB_PREFIX: &str = "demo";
@@ -73,7 +72,9 @@ fn main() -> ExitCode {
         }
     };
     let mut agent: Option<Agent> = None;
-    let dir = TempDir::new("demo");
+    let dir = tempfile::Builder::new()
+        .prefix("filter-agent-demo-")
+        .tempdir();
     let result = match &dir {
         Ok(dir) => demo(&lab, &binary, dir.path(), &mut agent),
         Err(err) => Err(anyhow::anyhow!("creating the demo's directory: {err}")),

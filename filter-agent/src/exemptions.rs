@@ -521,6 +521,7 @@ mod tests {
     use std::net::IpAddr;
 
     use filter_common::{Reason, Verdict};
+    use tempfile::TempDir;
 
     use super::*;
     use crate::model::judge_flow;
@@ -573,29 +574,8 @@ groups:
             .0
     }
 
-    /// A directory of its own under the system's temporary directory, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "filter-agent-exemptions-{}-{name}",
-                std::process::id()
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn store(dir: &TempDir, exemptions: &[Exemption]) -> ExemptionStore {
-        let mut store = ExemptionStore::load(&dir.0.join("exemptions.yaml")).unwrap();
+        let mut store = ExemptionStore::load(&dir.path().join("exemptions.yaml")).unwrap();
         for e in exemptions {
             store.insert(e.clone()).unwrap();
         }
@@ -699,7 +679,7 @@ groups:
 
     #[test]
     fn insert_of_an_exempt_prefix_is_refused() {
-        let dir = TempDir::new("insert");
+        let dir = tempfile::tempdir().unwrap();
         let mut store = store(&dir, &[request("100.64.0.10", Some("7d"), None)]);
         let mut again = request("100.64.0.10", None, None);
         again.reason = "other".into();
@@ -717,7 +697,7 @@ groups:
 
     #[test]
     fn remove_returns_the_exemption_or_says_there_is_none() {
-        let dir = TempDir::new("remove");
+        let dir = tempfile::tempdir().unwrap();
         let e = request("100.64.0.10", None, None);
         let mut store = store(&dir, std::slice::from_ref(&e));
         assert_eq!(
@@ -793,7 +773,7 @@ groups:
 
     #[test]
     fn save_and_load_round_trip() {
-        let dir = TempDir::new("round-trip");
+        let dir = tempfile::tempdir().unwrap();
         let mut e = request("100.64.0.10", None, Some("2026-12-05T10:00:00Z"));
         e.reason = "ticket 4711: customer runs own MTA".into();
         let saved = store(
@@ -828,8 +808,8 @@ groups:
 
     #[test]
     fn hand_written_file_in_the_documented_format_loads() {
-        let dir = TempDir::new("documented");
-        let path = dir.0.join("exemptions.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exemptions.yaml");
         fs::write(
             &path,
             "# Exemptions granted with `filter-agent exemptions add`; managed by the agent.
@@ -857,8 +837,8 @@ exemptions:
     /// Byte for byte as the agent wrote it with serde_yaml, before serde-saphyr.
     #[test]
     fn file_written_by_earlier_agents_loads() {
-        let dir = TempDir::new("earlier");
-        let path = dir.0.join("exemptions.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exemptions.yaml");
         fs::write(
             &path,
             "# Exemptions granted with `filter-agent exemptions add`; managed by the agent.
@@ -890,16 +870,16 @@ exemptions:
 
     #[test]
     fn missing_file_is_an_empty_store() {
-        let dir = TempDir::new("missing");
-        let store = ExemptionStore::load(&dir.0.join("nothing.yaml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ExemptionStore::load(&dir.path().join("nothing.yaml")).unwrap();
         assert!(store.is_empty());
         assert_eq!(store.next_expiry(), None);
     }
 
     #[test]
     fn save_creates_the_directory_and_replaces_the_file_whole() {
-        let dir = TempDir::new("atomic");
-        let state = dir.0.join("lib/filter-agent");
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("lib/filter-agent");
         let path = state.join("exemptions.yaml");
         let mut store = ExemptionStore::load(&path).unwrap();
         store.insert(request("100.64.0.10", None, None)).unwrap();
@@ -928,8 +908,8 @@ exemptions:
 
     #[test]
     fn corrupt_files_are_errors_naming_the_file() {
-        let dir = TempDir::new("corrupt");
-        let path = dir.0.join("exemptions.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exemptions.yaml");
         let error = |text: &str| {
             fs::write(&path, text).unwrap();
             format!("{:#}", ExemptionStore::load(&path).unwrap_err())
@@ -984,7 +964,7 @@ exemptions:
 
     #[test]
     fn expired_exemptions_are_taken_out_in_time() {
-        let dir = TempDir::new("expiry");
+        let dir = tempfile::tempdir().unwrap();
         let mut store = store(
             &dir,
             &[
@@ -1007,7 +987,7 @@ exemptions:
 
     #[test]
     fn apply_adds_allow_prefixes_of_the_exemption_group() {
-        let dir = TempDir::new("apply");
+        let dir = tempfile::tempdir().unwrap();
         let mut image = policy();
         assert!(apply(&mut image, &store(&dir, &[])).is_empty());
         assert_eq!(image, policy(), "no exemptions, no group");
@@ -1041,7 +1021,7 @@ exemptions:
 
     #[test]
     fn apply_skips_prefixes_the_policy_now_lists() {
-        let dir = TempDir::new("apply-skip");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(
             &dir,
             &[
@@ -1065,7 +1045,7 @@ exemptions:
 
     #[test]
     fn an_exempt_customer_may_send() {
-        let dir = TempDir::new("model");
+        let dir = tempfile::tempdir().unwrap();
         let policy = policy();
         let exemption = request("100.64.0.10", None, None);
         check_against_policy(&policy, exemption.prefix).unwrap();

@@ -13,9 +13,8 @@ use filter_agent::{
     replay::{self, hex},
 };
 use filter_common::Verdict;
-use filter_testkit::{
-    corpus::{CorpusFiles, REJECT_CORPUS, corpus_dir, expected_replies, reject_corpus},
-    temp::TempDir,
+use filter_testkit::corpus::{
+    CorpusFiles, REJECT_CORPUS, corpus_dir, expected_replies, reject_corpus,
 };
 
 fn corpus_image() -> MapImage {
@@ -142,7 +141,7 @@ fn replay_reports_the_replies_and_writes_them_to_a_pcap() {
         parse_expect(&std::fs::read_to_string(corpus_dir().join(files.expect)).unwrap()).unwrap();
     assert!(replay::mismatches(&verdicts, &expected, &corpus_dir().join(files.expect)).is_empty());
 
-    let dir = TempDir::new("replies").unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replies.pcap");
     let written = replay::write_replies(&path, &verdicts).unwrap();
     let stored = std::fs::read(corpus_dir().join(files.replies.unwrap())).unwrap();
@@ -255,7 +254,7 @@ fn replay_expect_passes_on_the_corpus_and_lists_each_mismatch() {
         "\n2 pass exempt",
         1,
     );
-    let dir = TempDir::new("expect").unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let bad_expect = dir.path().join("flipped.expect");
     std::fs::write(&bad_expect, flipped).unwrap();
     let bad = replay_command()
@@ -280,7 +279,7 @@ fn replay_expect_passes_on_the_corpus_and_lists_each_mismatch() {
 
 #[test]
 fn replay_refuses_an_invalid_policy_with_its_location() {
-    let dir = TempDir::new("badpolicy").unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("bad.yaml");
     std::fs::write(
         &policy,

@@ -17,10 +17,11 @@ use std::{
 
 use anyhow::{Context, bail};
 
+use tempfile::TempDir;
+
 use crate::{
     lab::{Lab, Ns},
     signals,
-    temp::TempDir,
 };
 
 /// How to start `filter-agent run`.
@@ -267,7 +268,10 @@ impl Scratch {
     pub fn new(lab: &Lab, binary: impl Into<PathBuf>) -> Scratch {
         Scratch {
             binary: binary.into(),
-            dir: TempDir::new(lab.prefix()).unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix(&format!("filter-agent-{}-", lab.prefix()))
+                .tempdir()
+                .unwrap(),
             pin_path: PathBuf::from(format!("/sys/fs/bpf/filter-agent-{}", lab.prefix())),
         }
     }

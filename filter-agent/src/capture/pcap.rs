@@ -116,18 +116,14 @@ mod tests {
         ]
     }
 
-    fn temp_path(name: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("filter-agent-{}-{name}", std::process::id()))
-    }
-
     #[test]
     fn pcap_round_trip() {
-        let path = temp_path("round-trip.pcap");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path();
         let mut bytes = Vec::new();
         write_pcap_to(&mut bytes, &sample_frames()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        assert_eq!(read_frames(&path).unwrap(), sample_frames());
-        std::fs::remove_file(path).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        assert_eq!(read_frames(path).unwrap(), sample_frames());
     }
 
     fn pcapng_bytes(linktype: DataLink, frames: &[Vec<u8>]) -> Vec<u8> {
@@ -150,17 +146,18 @@ mod tests {
 
     #[test]
     fn pcapng_round_trip() {
-        let path = temp_path("round-trip.pcapng");
-        std::fs::write(&path, pcapng_bytes(DataLink::ETHERNET, &sample_frames())).unwrap();
-        assert_eq!(read_frames(&path).unwrap(), sample_frames());
-        std::fs::remove_file(path).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path();
+        std::fs::write(path, pcapng_bytes(DataLink::ETHERNET, &sample_frames())).unwrap();
+        assert_eq!(read_frames(path).unwrap(), sample_frames());
     }
 
     #[test]
     fn rejects_other_link_types_and_formats() {
-        let path = temp_path("raw-ip.pcapng");
-        std::fs::write(&path, pcapng_bytes(DataLink::RAW, &sample_frames())).unwrap();
-        let error = format!("{:#}", read_frames(&path).unwrap_err());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path();
+        std::fs::write(path, pcapng_bytes(DataLink::RAW, &sample_frames())).unwrap();
+        let error = format!("{:#}", read_frames(path).unwrap_err());
         assert!(error.contains("not Ethernet"), "{error}");
 
         let header = PcapHeader {
@@ -170,13 +167,12 @@ mod tests {
         let mut pcap = PcapWriter::with_header(Vec::new(), header).unwrap();
         pcap.write_packet(&PcapPacket::new(Duration::ZERO, 3, &[1, 2, 3]))
             .unwrap();
-        std::fs::write(&path, pcap.into_writer()).unwrap();
-        let error = format!("{:#}", read_frames(&path).unwrap_err());
+        std::fs::write(path, pcap.into_writer()).unwrap();
+        let error = format!("{:#}", read_frames(path).unwrap_err());
         assert!(error.contains("not Ethernet"), "{error}");
 
-        std::fs::write(&path, b"N VERDICT REASON\n").unwrap();
-        let error = format!("{:#}", read_frames(&path).unwrap_err());
+        std::fs::write(path, b"N VERDICT REASON\n").unwrap();
+        let error = format!("{:#}", read_frames(path).unwrap_err());
         assert!(error.contains("not a pcap or pcapng"), "{error}");
-        std::fs::remove_file(path).unwrap();
     }
 }

@@ -88,15 +88,6 @@ mod tests {
             .subcommand(Command::new("secret").hide(true))
     }
 
-    /// Removes the directory however the test ends.
-    struct TempDir(PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// What bash completes for `words`, the last one being the word under the cursor.
     fn complete(script: &Path, words: &[&str]) -> String {
         let cword = words.len() - 1;
@@ -115,9 +106,10 @@ mod tests {
 
     #[test]
     fn writes_completions_and_man_pages() {
-        let dir =
-            TempDir(std::env::temp_dir().join(format!("filter-agent-docs-{}", std::process::id())));
-        let dir = dir.0.as_path();
+        let tmp = tempfile::tempdir().unwrap();
+        // Not there yet: generate creates it.
+        let dir = tmp.path().join("docs");
+        let dir = dir.as_path();
 
         let written = generate(command(), dir).unwrap();
         let mut names: Vec<_> = written

@@ -114,7 +114,9 @@ fn connect_error(path: &Path, error: io::Error) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::testing::TempDir;
+    use tempfile::TempDir;
+
+    use crate::control::testing::temp_dir;
     use std::{io::Read, os::unix::net::UnixListener, thread};
 
     fn error_of(path: &Path) -> String {
@@ -125,8 +127,8 @@ mod tests {
 
     #[test]
     fn no_agent_is_explained() {
-        let dir = TempDir::new();
-        let path = dir.0.join("control.sock");
+        let dir = temp_dir();
+        let path = dir.path().join("control.sock");
         assert_eq!(
             error_of(&path),
             format!(
@@ -146,8 +148,8 @@ mod tests {
 
     /// Serves one connection with `reply` (raw bytes) after reading the request line.
     fn fake_agent(reply: &'static [u8]) -> (TempDir, std::path::PathBuf, thread::JoinHandle<()>) {
-        let dir = TempDir::new();
-        let path = dir.0.join("control.sock");
+        let dir = temp_dir();
+        let path = dir.path().join("control.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let agent = thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();

@@ -362,7 +362,9 @@ async fn read_request(reader: impl AsyncRead + Unpin) -> Result<Vec<u8>, Control
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::testing::TempDir;
+    use tempfile::TempDir;
+
+    use crate::control::testing::temp_dir;
     use crate::control::{
         protocol::{ErrorKind, PROTOCOL_VERSION, encode_request},
         request,
@@ -411,8 +413,8 @@ mod tests {
     }
 
     fn start_with(permissions: Permissions, read_timeout: Duration) -> Server {
-        let dir = TempDir::new();
-        let path = dir.0.join("run/control.sock");
+        let dir = temp_dir();
+        let path = dir.path().join("run/control.sock");
         let (listener, gid) = bind(&path, None).unwrap();
         assert_eq!(gid, None);
         let recorder = Arc::new(Recorder::default());
@@ -824,8 +826,8 @@ mod tests {
 
     #[tokio::test]
     async fn bind_replaces_a_stale_socket_but_not_a_live_one() {
-        let dir = TempDir::new();
-        let path = dir.0.join("control.sock");
+        let dir = temp_dir();
+        let path = dir.path().join("control.sock");
         let (listener, _) = bind(&path, None).unwrap();
         let error = bind(&path, None).unwrap_err();
         assert_eq!(
@@ -835,10 +837,10 @@ mod tests {
         drop(listener);
         assert!(path.exists(), "a dropped listener leaves its socket file");
         let (_listener, _) = bind(&path, None).unwrap();
-        let leftovers: Vec<_> = fs::read_dir(&dir.0).unwrap().collect();
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "only the socket: {leftovers:?}");
 
-        let file = dir.0.join("not-a-socket");
+        let file = dir.path().join("not-a-socket");
         fs::write(&file, "keep me").unwrap();
         let error = bind(&file, None).unwrap_err();
         assert!(
@@ -852,8 +854,8 @@ mod tests {
 
     #[tokio::test]
     async fn bind_gives_the_socket_to_the_group() {
-        let dir = TempDir::new();
-        let path = dir.0.join("control.sock");
+        let dir = temp_dir();
+        let path = dir.path().join("control.sock");
         let error = bind(&path, Some("no-such-group-filter-agent")).unwrap_err();
         assert!(
             error
