@@ -28,7 +28,10 @@ const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
 /// Long enough for a connection through the lab (milliseconds), short enough that a
 /// dropped SYN does not slow the tests down.
 const CONNECT: Duration = Duration::from_millis(700);
-const RELOAD: Duration = Duration::from_secs(10);
+/// How long one reload may take to be logged: it detects a reload that never comes, it
+/// does not time one (normally about the 300 ms settle; on a loaded 2-core machine one
+/// has taken over 10 s).
+const RELOAD: Duration = Duration::from_secs(30);
 const STOP: Duration = Duration::from_secs(10);
 
 /// Sets its flag when dropped, also while unwinding from a failed assertion.
@@ -397,5 +400,8 @@ fn reject_refuses_blocked_connections_at_once_where_drop_lets_them_time_out() {
         lab.connect(RESIDENTIAL.v4, at(REMOTE_V4, 25), timeout),
         Outcome::TimedOut
     );
-    assert!(started.elapsed() >= timeout);
+    // TimedOut is the assertion; this only checks the attempt waited out its timeout.
+    // socket2's connect_timeout polls with the time left cut to whole milliseconds, so it
+    // may return up to a millisecond early.
+    assert!(started.elapsed() >= timeout - Duration::from_millis(5));
 }
