@@ -16,6 +16,13 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use nix::{
+    sys::{
+        prctl::set_pdeathsig,
+        signal::{Signal, kill},
+    },
+    unistd::Pid,
+};
 
 use tempfile::TempDir;
 
@@ -81,12 +88,7 @@ impl AgentProcess {
             cmd.process_group(0);
             // SAFETY: prctl is async-signal-safe and touches only the child's own state.
             unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(|| Ok(set_pdeathsig(Signal::SIGTERM)?));
             }
         }
         let started = Instant::now();
@@ -208,9 +210,10 @@ impl AgentProcess {
         }
     }
 
-    fn signal(&self, signal: i32) {
-        // SAFETY: plain kill(2); the pid is our unreaped child, so it cannot be reused.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    fn signal(&self, signal: Signal) {
+        // The pid is our unreaped child, so it cannot be reused.
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pids fit an i32"));
+        let _ = kill(pid, signal);
     }
 
     /// SIGKILL: the agent gets no chance to clean up.
@@ -221,7 +224,7 @@ impl AgentProcess {
 
     /// SIGTERM, and SIGKILL (with an error) if it has not exited within `timeout`.
     pub fn stop(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::SIGTERM);
         if let Some(status) = self.exited_within(timeout)? {
             return Ok(status);
         }

@@ -188,8 +188,7 @@ impl Lab {
         {
             bail!("lab prefix {prefix:?}: want 1 to 9 characters of [a-z0-9-]");
         }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             bail!("the lab needs root (network namespaces, veth, sysctls)");
         }
         match Command::new("ip").arg("-V").output() {

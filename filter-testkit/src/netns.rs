@@ -3,12 +3,12 @@
 use std::{
     ffi::{OsStr, OsString},
     fs::File,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use anyhow::Context;
+use nix::sched::{CloneFlags, setns};
 
 /// `/run/netns/NAME`.
 pub fn path(name: &str) -> PathBuf {
@@ -30,12 +30,8 @@ pub fn command(path: &Path, program: impl AsRef<OsStr>) -> Command {
 /// live there, whichever thread uses them later.
 pub fn enter(path: &Path) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: setns on a valid fd; it changes only this thread's network namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setns {}", path.display()));
-    }
-    Ok(())
+    // Changes only this thread's network namespace.
+    setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {}", path.display()))
 }
 
 /// Deletes namespace `name` if it exists (which removes its veths too); errors are

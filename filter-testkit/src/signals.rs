@@ -1,27 +1,32 @@
 //! Ctrl-C for the demo and the benchmarks: a handler records the signal, and their long
 //! loops poll for it so that they clean up (namespaces, pins, the agent) before exiting.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::{
+    ffi::c_int,
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 /// The signal that interrupted this process, or 0.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(signal: libc::c_int) {
+extern "C" fn on_signal(signal: c_int) {
     SIGNAL.store(signal, Ordering::SeqCst);
 }
 
 /// Records each of `signals` instead of letting it end the process.
-pub fn install(signals: &[libc::c_int]) {
+pub fn install(signals: &[c_int]) {
+    // SA_RESTART keeps blocking calls elsewhere from failing with EINTR.
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for &signal in signals {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe;
-        // SA_RESTART keeps blocking calls elsewhere from failing with EINTR.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
+        let signal = Signal::try_from(signal).expect("a signal number");
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.expect("a signal that can be caught");
     }
 }
 
