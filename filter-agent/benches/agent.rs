@@ -173,7 +173,7 @@ fn start_agent(bench: &Bench, policy: &Path) -> Result<AgentProcess> {
         policy: policy.to_owned(),
         pin_path: bench.pin_path().into(),
         socket: bench.socket(),
-        state_file: bench.dir().join("exemptions.yaml"),
+        state_dir: bench.dir().join("state"),
         args: Vec::new(),
         log_filter: Some("info"),
         own_process_group: false,

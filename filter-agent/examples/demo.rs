@@ -438,7 +438,7 @@ impl Agent {
             policy: policy_file.to_owned(),
             pin_path: PIN_PATH.into(),
             socket: dir.join("control.sock"),
-            state_file: dir.join("exemptions.yaml"),
+            state_dir: dir.join("state"),
             args: Vec::new(),
             log_filter: Some("info"),
             // Ctrl-C at the terminal reaches the demo only; the demo stops the agent. If

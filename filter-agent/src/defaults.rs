@@ -5,5 +5,8 @@
 pub const PIN_PATH: &str = "/sys/fs/bpf/filter-agent";
 /// The control socket the CLI talks to (systemd's RuntimeDirectory).
 pub const CONTROL_SOCKET: &str = "/run/filter-agent/control.sock";
-/// Where exemptions granted from the CLI are kept across restarts (StateDirectory).
-pub const STATE_FILE: &str = "/var/lib/filter-agent/exemptions.yaml";
+/// Where the agent keeps what must survive a restart (systemd's StateDirectory): the
+/// exemptions granted from the CLI and everything else the agent persists.
+pub const STATE_DIR: &str = "/var/lib/filter-agent";
+/// The exemptions file's name inside the state directory.
+pub const EXEMPTIONS_FILE: &str = "exemptions.yaml";

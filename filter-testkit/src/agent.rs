@@ -42,7 +42,8 @@ pub struct AgentOptions {
     pub policy: PathBuf,
     pub pin_path: PathBuf,
     pub socket: PathBuf,
-    pub state_file: PathBuf,
+    /// `--state-dir`: the exemptions file and everything else the agent persists.
+    pub state_dir: PathBuf,
     /// Arguments after those.
     pub args: Vec<String>,
     /// `RUST_LOG` for the agent; `None` leaves the caller's.
@@ -73,8 +74,8 @@ impl AgentProcess {
             .arg(&options.pin_path)
             .arg("--socket")
             .arg(&options.socket)
-            .arg("--state-file")
-            .arg(&options.state_file)
+            .arg("--state-dir")
+            .arg(&options.state_dir)
             .args(&options.args)
             // Log lines as on a terminal, with timestamps, whoever runs this.
             .env_remove("JOURNAL_STREAM")
@@ -291,8 +292,14 @@ impl Scratch {
         self.dir().join("control.sock")
     }
 
+    /// The agent's `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir().join("state")
+    }
+
+    /// The exemptions file inside the state directory.
     pub fn state_file(&self) -> PathBuf {
-        self.dir().join("state/exemptions.yaml")
+        self.state_dir().join("exemptions.yaml")
     }
 
     /// Starts `filter-agent run` in the router namespace on these files (and `extra`
@@ -311,7 +318,7 @@ impl Scratch {
             policy: self.policy(),
             pin_path: self.pin_path.clone(),
             socket: self.socket(),
-            state_file: self.state_file(),
+            state_dir: self.state_dir(),
             args: extra.iter().map(|a| a.to_string()).collect(),
             log_filter: None,
             own_process_group: false,

@@ -91,6 +91,12 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         )
     })?;
     check_interfaces(&policy)?;
+    std::fs::create_dir_all(&options.state_dir).with_context(|| {
+        format!(
+            "creating the state directory {}",
+            options.state_dir.display()
+        )
+    })?;
     let exemptions = ExemptionStore::load(&options.state_file)?;
     let pins = PinDir::open_locked(&options.pin_path)?;
     let (listener, _) = control::bind(&options.socket, options.socket_group.as_deref())?;

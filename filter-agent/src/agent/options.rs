@@ -15,7 +15,9 @@ pub struct AgentOptions {
     pub socket_group: Option<String>,
     /// Members of this group may also change exemptions.
     pub writers_group: Option<String>,
-    /// Where CLI exemptions are kept across restarts.
+    /// Where everything that must survive a restart is kept (created if missing).
+    pub state_dir: PathBuf,
+    /// Where CLI exemptions are kept across restarts (by default inside `state_dir`).
     pub state_file: PathBuf,
     /// Where to serve metrics, if at all.
     pub metrics: Option<SocketAddr>,

@@ -174,9 +174,13 @@ pub struct RunArgs {
     /// Members of this group may also add and remove exemptions (root always may).
     #[arg(long, value_name = "GROUP")]
     pub writers_group: Option<String>,
-    /// Where exemptions granted from the CLI are kept across restarts.
-    #[arg(long, value_name = "FILE", default_value = defaults::STATE_FILE)]
-    pub state_file: PathBuf,
+    /// Where the agent keeps what must survive a restart (exemptions and the rest).
+    #[arg(long, value_name = "DIR", default_value = defaults::STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Where exemptions granted from the CLI are kept across restarts
+    /// [default: STATE_DIR/exemptions.yaml].
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
     /// Serve Prometheus/OpenMetrics metrics on ADDR:PORT (path /metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -190,6 +194,7 @@ impl From<RunArgs> for AgentOptions {
             socket,
             socket_group,
             writers_group,
+            state_dir,
             state_file,
             metrics,
         } = args;
@@ -199,7 +204,8 @@ impl From<RunArgs> for AgentOptions {
             socket,
             socket_group,
             writers_group,
-            state_file,
+            state_file: state_file.unwrap_or_else(|| state_dir.join(defaults::EXEMPTIONS_FILE)),
+            state_dir,
             metrics,
         }
     }
