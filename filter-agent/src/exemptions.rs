@@ -10,20 +10,17 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    fs::{self, DirBuilder, File, OpenOptions},
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context;
 use filter_common::{EXEMPTION_GROUP, EXEMPTION_GROUP_NAME, Smtp, SourceRule};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{GroupInfo, MapImage};
 use crate::policy::{self, PrefixError};
+use crate::state_file;
 
 /// The only state file version this agent reads and writes.
 const VERSION: u32 = 1;
@@ -97,19 +94,13 @@ impl ExemptionStore {
             path: path.to_path_buf(),
             items: BTreeMap::new(),
         };
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot read the exemptions file {}", path.display())
-                });
-            }
+        let Some(text) = state_file::read(path, "the exemptions file")? else {
+            return Ok(store);
         };
         let corrupt = |e: serde_saphyr::Error| {
             anyhow::anyhow!("{}: invalid exemptions file: {e}", path.display())
         };
-        let probe: VersionProbe = from_yaml(&text).map_err(corrupt)?;
+        let probe: VersionProbe = state_file::from_yaml(&text).map_err(corrupt)?;
         if probe.version != VERSION {
             anyhow::bail!(
                 "{}: exemptions file version {} is not supported (this agent knows version {VERSION})",
@@ -117,7 +108,7 @@ impl ExemptionStore {
                 probe.version
             );
         }
-        let file: StateFile = from_yaml(&text).map_err(corrupt)?;
+        let file: StateFile = state_file::from_yaml(&text).map_err(corrupt)?;
         for exemption in file.exemptions {
             let prefix = exemption.prefix;
             if store.items.insert(prefix, exemption).is_some() {
@@ -130,39 +121,9 @@ impl ExemptionStore {
         Ok(store)
     }
 
-    /// Writes the state file so that it holds either the old or the new contents, never a
-    /// mix, also across a crash or power loss: a temporary file in the same directory is
-    /// written and synced, renamed over the old one, and the directory synced.
+    /// Writes the state file whole or not at all (see [`state_file::write_atomically`]).
     pub fn save(&self) -> anyhow::Result<()> {
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-        let file_name = self
-            .path
-            .file_name()
-            .with_context(|| format!("{} is not a file name", self.path.display()))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(file_name);
-        temp_name.push(".tmp");
-        let temp = dir.join(temp_name);
-        let text = self.to_yaml()?;
-        let written = write_synced(&temp, text.as_bytes())
-            .and_then(|()| fs::rename(&temp, &self.path))
-            .with_context(|| format!("cannot write the exemptions file {}", self.path.display()));
-        if written.is_err() {
-            // Best effort: the error that matters is the one returned.
-            let _ = fs::remove_file(&temp);
-        }
-        written?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync the directory {}", dir.display()))
+        state_file::write_atomically(&self.path, &self.to_yaml()?, "the exemptions file")
     }
 
     fn to_yaml(&self) -> anyhow::Result<String> {
@@ -170,13 +131,7 @@ impl ExemptionStore {
             version: VERSION,
             exemptions: self.items.values().cloned().collect(),
         };
-        // YAML 1.2 rules, as the file is read: timestamps need no quotes. No `%YAML` line
-        // either, so the header stays the file's first line.
-        let options = serde_saphyr::ser_options! { yaml_12: true, no_lang_directive: true };
-        Ok(format!(
-            "{HEADER}{}",
-            serde_saphyr::to_string_with_options(&file, options)?
-        ))
+        Ok(format!("{HEADER}{}", state_file::to_yaml(&file)?))
     }
 
     pub fn insert(&mut self, exemption: Exemption) -> Result<(), ExemptionError> {
@@ -249,32 +204,8 @@ impl ExemptionStore {
     }
 }
 
-/// Reads YAML with the error on one line, as it goes into a log line.
-fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
-    serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
-}
-
-/// Creates `path` afresh with mode 0640 (whatever the umask), writes `bytes` and syncs.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // A temporary file left by a crash is stale: the rename never happened.
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    // create_new: never write through a file or link someone else put there.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o640)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(0o640))?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 /// Turns a request from the CLI into an exemption (not yet checked against the policy or
-/// stored). Times are kept in whole seconds, as the state file holds them: `added_at` is
-/// `now` rounded down, the expiry is rounded up so it never comes early.
+/// stored).
 pub fn parse_request(
     prefix: &str,
     reason: &str,
@@ -284,6 +215,36 @@ pub fn parse_request(
     now: SystemTime,
 ) -> Result<Exemption, ExemptionError> {
     let prefix = parse_prefix(prefix.trim())?;
+    let terms = parse_terms(reason, expires, until, added_by, now)?;
+    Ok(Exemption {
+        prefix,
+        reason: terms.reason,
+        added_by: terms.added_by,
+        added_at: terms.added_at,
+        expires_at: terms.expires_at,
+    })
+}
+
+/// Why, by whom, since and until when: what every exemption carries, by prefix or by
+/// subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terms {
+    pub reason: String,
+    pub added_by: String,
+    pub added_at: SystemTime,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// The reason and expiry of a request, checked. Times are kept in whole seconds, as the
+/// state files hold them: `added_at` is `now` rounded down, the expiry is rounded up so it
+/// never comes early.
+pub fn parse_terms(
+    reason: &str,
+    expires: Option<&str>,
+    until: Option<&str>,
+    added_by: &str,
+    now: SystemTime,
+) -> Result<Terms, ExemptionError> {
     let reason = reason.trim();
     if reason.is_empty() {
         return refuse("a reason is required (--reason TEXT), e.g. the ticket number");
@@ -303,8 +264,7 @@ pub fn parse_request(
         (None, Some(text)) => Some(expiry_at(now, text)?),
         (None, None) => None,
     };
-    Ok(Exemption {
-        prefix,
+    Ok(Terms {
         reason: reason.to_string(),
         added_by: added_by.to_string(),
         added_at: round_down(now),
@@ -389,7 +349,7 @@ fn round_up(t: SystemTime) -> SystemTime {
     }
 }
 
-fn time(t: SystemTime) -> humantime::Rfc3339Timestamp {
+pub fn time(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
 }
 
@@ -472,19 +432,28 @@ fn more_specific(image: &MapImage, prefix: IpNet) -> Vec<(IpNet, SourceRule)> {
 /// group [`EXEMPTION_GROUP`]. An exemption whose prefix the policy now lists itself is
 /// skipped, the policy's entry winning; those are returned for the agent to log.
 pub fn apply(image: &mut MapImage, store: &ExemptionStore) -> Vec<IpNet> {
+    apply_prefixes(image, store.iter().map(|e| e.prefix))
+}
+
+/// Adds `prefixes` to `image` as exemptions, as [`apply`] does; a prefix exempt already
+/// (by another exemption) is no change, one the policy lists is skipped and returned.
+pub fn apply_prefixes(
+    image: &mut MapImage,
+    prefixes: impl IntoIterator<Item = IpNet>,
+) -> Vec<IpNet> {
     let rule = SourceRule {
         group: EXEMPTION_GROUP,
         smtp: Smtp::Allow as u32,
     };
     let mut skipped = Vec::new();
     let mut applied = false;
-    for exemption in store.iter() {
-        match source(image, exemption.prefix) {
+    for prefix in prefixes {
+        match source(image, prefix) {
             // Already applied to this image: applying twice changes nothing.
             Some(existing) if existing == rule => applied = true,
-            Some(_) => skipped.push(exemption.prefix),
+            Some(_) => skipped.push(prefix),
             None => {
-                image.insert_source(exemption.prefix, rule);
+                image.insert_source(prefix, rule);
                 applied = true;
             }
         }
@@ -519,6 +488,8 @@ mod strict_prefix {
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+
+    use std::{fs, os::unix::fs::PermissionsExt};
 
     use filter_common::{Reason, Verdict};
     use tempfile::TempDir;

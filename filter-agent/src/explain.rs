@@ -32,6 +32,7 @@ pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explan
             Action::Drop
         },
         relay_limit: RelayLimit::of(&image.config),
+        subscriber: None,
     }
 }
 
@@ -60,6 +61,13 @@ impl Explanation {
             _ => format!("{} is in no group (unmanaged)", self.src),
         };
         let _ = writeln!(out, "source    {source}");
+        if let Some(subscriber) = &self.subscriber {
+            let _ = writeln!(
+                out,
+                "session   subscriber={subscriber} holds {} now",
+                self.src
+            );
+        }
         let relay = match self.relay_prefix {
             Some(prefix) => format!("{} is a relay ({prefix})", self.dst),
             None => format!("{} is not a relay", self.dst),

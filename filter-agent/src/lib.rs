@@ -14,3 +14,5 @@ pub mod model;
 pub mod policy;
 pub mod replay;
 pub mod rfc3339;
+pub mod state_file;
+pub mod subscribers;

@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use filter_common::{ActionStat, Counter, Family, Reason};
+
+use crate::subscribers::accounting::Outcome;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
@@ -45,6 +47,10 @@ pub struct Snapshot {
     /// (map name, entries, capacity)
     pub maps: Vec<(String, u64, u64)>,
     pub exemptions: u64,
+    /// RADIUS accounting requests by outcome.
+    pub radius_requests: Vec<(Outcome, u64)>,
+    /// Subscriber sessions known (hooks and RADIUS).
+    pub sessions: u64,
     pub policy_generation: u64,
     pub last_reload_success: bool,
     pub last_reload_time: SystemTime,
@@ -97,6 +103,8 @@ impl Default for Snapshot {
             groups: Vec::new(),
             maps: Vec::new(),
             exemptions: 0,
+            radius_requests: Outcome::ALL.iter().map(|&o| (o, 0)).collect(),
+            sessions: 0,
             policy_generation: 0,
             last_reload_success: false,
             last_reload_time: SystemTime::UNIX_EPOCH,
@@ -196,6 +204,22 @@ impl Collector for SnapshotCollector {
             None,
             "Exemptions granted from the command line (filter-agent exemptions add).",
             [([] as [(&str, &str); 0], s.exemptions)],
+        )?;
+        counters(
+            &mut encoder,
+            "radius_requests",
+            None,
+            "RADIUS accounting requests received, by outcome: applied, duplicate (answered again, not applied), or dropped (unknown-client, truncated, malformed, unsupported, bad-authenticator, invalid, failed).",
+            s.radius_requests
+                .iter()
+                .map(|(outcome, n)| ([("outcome", outcome.name())], *n)),
+        )?;
+        gauges(
+            &mut encoder,
+            "sessions",
+            None,
+            "Subscriber sessions known to the agent (hooks and RADIUS accounting).",
+            [([] as [(&str, &str); 0], s.sessions)],
         )?;
         gauges(
             &mut encoder,
@@ -525,6 +549,8 @@ mod tests {
             ],
             maps: vec![("SOURCES_V4".into(), 12, 1024)],
             exemptions: 2,
+            radius_requests: vec![(Outcome::Applied, 3), (Outcome::BadAuthenticator, 1)],
+            sessions: 2,
             policy_generation: 7,
             last_reload_success: true,
             last_reload_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
@@ -646,6 +672,11 @@ mod tests {
             r#"filter_agent_map_entries{map="SOURCES_V4"} 12"#,
             r#"filter_agent_map_capacity{map="SOURCES_V4"} 1024"#,
             "filter_agent_exemptions 2",
+            "# TYPE filter_agent_radius_requests counter",
+            r#"filter_agent_radius_requests_total{outcome="applied"} 3"#,
+            r#"filter_agent_radius_requests_total{outcome="bad-authenticator"} 1"#,
+            "# TYPE filter_agent_sessions gauge",
+            "filter_agent_sessions 2",
             "# TYPE filter_agent_policy_generation gauge",
             "filter_agent_policy_generation 7",
             "filter_agent_last_reload_success 1",
@@ -668,7 +699,11 @@ mod tests {
         }
 
         let samples = parse(&text);
-        assert_eq!(samples.len(), 4 * 2 + 2 * 2 + 2 + 4 + 6 + 1, "{text}");
+        assert_eq!(
+            samples.len(),
+            4 * 2 + 2 * 2 + 2 + 4 + 6 + 1 + 2 + 1,
+            "{text}"
+        );
         let group = samples
             .iter()
             .find(|s| s.name == "filter_agent_group_bytes_total" && s.value == 60.0)
@@ -708,12 +743,16 @@ mod tests {
     fn empty_snapshot_still_describes_every_family() {
         let text = render(&Snapshot::default());
         let samples = parse(&text);
-        assert_eq!(text.matches("# TYPE ").count(), 15, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 17, "{text}");
         let names: Vec<_> = samples.iter().map(|s| s.name.as_str()).collect();
+        let mut expected = vec!["filter_agent_exemptions"];
+        // Every outcome, so a rate() over it never starts from a missing series.
+        expected.extend(["filter_agent_radius_requests_total"; 9]);
+        expected.push("filter_agent_sessions");
+        assert_eq!(names[..11], expected[..]);
         assert_eq!(
-            names,
+            names[11..],
             [
-                "filter_agent_exemptions",
                 "filter_agent_policy_generation",
                 "filter_agent_last_reload_success",
                 "filter_agent_last_reload_timestamp_seconds",

@@ -311,6 +311,17 @@ impl Lab {
         }
     }
 
+    /// Gives the customers namespace one more source address (a subscriber's new session
+    /// address, say) on its veth; the router routes every customer prefix back already.
+    pub fn add_customer_address(&self, addr: IpAddr) -> anyhow::Result<()> {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        let nodad = if addr.is_ipv4() { "" } else { " nodad" };
+        ip::batch(
+            Some(&self.netns_name(Ns::Customers)),
+            &format!("addr add {addr}/{len} dev {}{nodad}\n", self.customer_if),
+        )
+    }
+
     /// `policies/lab.yaml` with its placeholder interface replaced by
     /// [`Lab::router_customer_if`].
     pub fn policy_yaml(&self) -> String {

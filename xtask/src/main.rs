@@ -72,8 +72,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Its rust-version is 1.88.
 const CARGO_DENY_VERSION: &str = "0.20.2";
 /// iproute2 for the labs; nftables and ethtool for `bench-live` (the nftables setups,
-/// and offload settings and per-queue XDP counters of the veths).
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "nftables", "ethtool"];
+/// and offload settings and per-queue XDP counters of the veths); freeradius and
+/// freeradius-utils (radclient) for the subscriber tests and the demo's RADIUS feed.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "ethtool",
+    "freeradius",
+    "freeradius-utils",
+];
 
 fn main() -> Result<()> {
     let root = workspace_root();

@@ -1,6 +1,8 @@
 //! The EVENTS ring buffer as the agent reads it: sampled drop events and offender alerts,
 //! each decoded fail-closed and written as one `key=value` log line.
 
+use std::net::IpAddr;
+
 use filter_common::{Event, EventKind, Family, Reason, Verdict, records};
 
 use super::{clock::Clock, offenders::AlertSettings};
@@ -49,7 +51,7 @@ pub fn flags_text(flags: u32) -> String {
 }
 
 /// A log value: bare if it is one plain word, otherwise quoted with escapes.
-fn value(text: &str) -> String {
+pub fn value(text: &str) -> String {
     if !text.is_empty()
         && text
             .chars()
@@ -65,6 +67,16 @@ fn value(text: &str) -> String {
 pub trait Names {
     fn group(&self, id: u32) -> String;
     fn interface(&self, ifindex: u32) -> String;
+    /// The subscriber whose session holds `source`, if known.
+    fn subscriber(&self, source: IpAddr) -> Option<String>;
+}
+
+/// ` subscriber=NAME` when a session holds the source, else nothing.
+fn subscriber_field(names: &dyn Names, source: Option<IpAddr>) -> String {
+    source
+        .and_then(|a| names.subscriber(a))
+        .map(|name| format!(" subscriber={}", value(&name)))
+        .unwrap_or_default()
 }
 
 /// The log line of one event; `None` for a kind this agent does not know.
@@ -76,7 +88,7 @@ pub fn log_line(
 ) -> Option<String> {
     match EventKind::try_from(event.kind).ok()? {
         EventKind::Sample => Some(format!(
-            "event=drop time={} interface={} family={} source={} sport={} destination={} dport={} verdict={} reason={} group={} flags={}",
+            "event=drop time={} interface={} family={} source={} sport={} destination={} dport={} verdict={} reason={} group={} flags={}{}",
             humantime::format_rfc3339_millis(clock.wall_of(event.time_ns)),
             value(&names.interface(event.ifindex)),
             Family::from_code(event.family).name(),
@@ -88,9 +100,10 @@ pub fn log_line(
             name_or_unknown(Reason::try_from(event.reason).map(Reason::name)),
             value(&names.group(event.group)),
             flags_text(event.tcp_flags),
+            subscriber_field(names, records::address(event.family, &event.source)),
         )),
         EventKind::Offender => Some(format!(
-            "event=offender source={} group={} attempts={} window={} threshold={}",
+            "event=offender source={} group={} attempts={} window={} threshold={}{}",
             event
                 .alert_key()
                 .map_or_else(|| "-".into(), |key| key.to_string()),
@@ -98,6 +111,7 @@ pub fn log_line(
             event.attempts,
             value(&alerts.window_text()),
             alerts.threshold,
+            subscriber_field(names, records::address(event.family, &event.source)),
         )),
     }
 }
@@ -124,6 +138,9 @@ mod tests {
         }
         fn interface(&self, ifindex: u32) -> String {
             format!("eth{ifindex}")
+        }
+        fn subscriber(&self, source: IpAddr) -> Option<String> {
+            (source == IpAddr::from([100, 64, 0, 20])).then(|| "alice".into())
         }
     }
 

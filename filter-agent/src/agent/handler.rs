@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use super::{
     clock::Clock,
     offenders::{self, AlertSettings},
-    state::{Agent, State, group_label},
+    state::{Agent, SessionSelector, State, group_label, subscriber_of_key},
 };
 use crate::{
     control::{
@@ -29,14 +29,15 @@ use crate::{
             AgentInfo, AttachedInterface, DEFAULT_TOP_OFFENDERS, EventRate, ExemptionChange,
             ExemptionEntry, ExemptionList, ExemptionSource, Explanation, FamilyCount, GroupCount,
             InterfaceCount, LastReload, MapUsage, OffenderAlerts, OffenderRow, Offenders,
-            PolicyStatus, ReasonCount, RelayLimit, Response, Stats, Status, StatusCounters,
-            timestamp,
+            PolicyStatus, ReasonCount, RelayLimit, Response, SessionChange, SessionEntry,
+            SessionList, Stats, Status, StatusCounters, SubscriberExemptionEntry, timestamp,
         },
     },
     dataplane::{Capacity, Dataplane},
     exemptions::{self, Exemption},
     explain,
     metrics::{Actions, Snapshot},
+    subscribers::{Feed, Session, SessionKey, SubscriberExemption, Subscribers, sessions},
 };
 
 pub struct AgentHandler {
@@ -99,6 +100,94 @@ impl Handler for AgentHandler {
                 explain_flow(&self.lock()?.state, src, dst, dport).map(Response::Explain)
             }
             Request::Offenders { top } => self.offenders(top).map(Response::Offenders),
+            Request::SessionsList => Ok(Response::Sessions(session_list(&self.lock()?.state))),
+            Request::SessionsUp {
+                subscriber,
+                addresses,
+                session_id,
+            } => {
+                let mut agent = self.lock()?;
+                let session = session_to_start(
+                    &subscriber,
+                    &addresses,
+                    session_id.as_deref(),
+                    SystemTime::now(),
+                )?;
+                let key = session.key.clone();
+                let notes = agent.session_up(session).map_err(failed)?;
+                let state = &agent.state;
+                let up = state
+                    .subscribers
+                    .sessions
+                    .get(&key)
+                    .map(|s| session_entry(state, s));
+                Ok(Response::SessionChange(SessionChange {
+                    up,
+                    down: Vec::new(),
+                    notes,
+                }))
+            }
+            Request::SessionsDown {
+                subscriber,
+                session_id,
+            } => {
+                let selector = match (subscriber, session_id) {
+                    (Some(name), None) => SessionSelector::Subscriber(
+                        sessions::check_name(&name, "subscriber name").map_err(bad)?,
+                    ),
+                    (None, Some(id)) => SessionSelector::SessionId(
+                        sessions::check_name(&id, "session id").map_err(bad)?,
+                    ),
+                    _ => return Err(bad("give either a subscriber or a session id")),
+                };
+                let mut agent = self.lock()?;
+                let ended = agent
+                    .sessions_down(&selector, &format!("sessions down by {}", peer.user))
+                    .map_err(failed)?;
+                let down = ended
+                    .iter()
+                    .map(|s| session_entry(&agent.state, s))
+                    .collect();
+                Ok(Response::SessionChange(SessionChange {
+                    up: None,
+                    down,
+                    notes: Vec::new(),
+                }))
+            }
+            Request::SubscriberExemptionsAdd {
+                subscriber,
+                reason,
+                expires,
+                until,
+            } => {
+                let subscriber =
+                    sessions::check_name(&subscriber, "subscriber name").map_err(bad)?;
+                let terms = exemptions::parse_terms(
+                    &reason,
+                    expires.as_deref(),
+                    until.as_deref(),
+                    &peer.user,
+                    SystemTime::now(),
+                )
+                .map_err(bad)?;
+                let mut agent = self.lock()?;
+                let exemption = SubscriberExemption::new(subscriber, terms);
+                agent
+                    .add_subscriber_exemption(exemption.clone())
+                    .map_err(failed)?;
+                Ok(Response::ExemptionChange(ExemptionChange::SubscriberAdded(
+                    subscriber_entry(&agent.state, &exemption),
+                )))
+            }
+            Request::SubscriberExemptionsRemove { subscriber } => {
+                let mut agent = self.lock()?;
+                let removed = agent
+                    .remove_subscriber_exemption(subscriber.trim(), &peer.user)
+                    .map_err(failed)?;
+                Ok(Response::ExemptionChange(
+                    ExemptionChange::SubscriberRemoved(subscriber_entry(&agent.state, &removed)),
+                ))
+            }
         }
     }
 }
@@ -242,6 +331,8 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
             map(maps::INTERFACE_SLOTS.name, slots_used, MAX_INTERFACES),
         ],
         exemptions: state.exemptions.len(),
+        sessions: state.subscribers.sessions.len(),
+        subscriber_exemptions: state.subscribers.exemptions.len(),
         counters: StatusCounters {
             packets: stats.by_reason.iter().map(|r| r.packets).sum(),
             blocked: count(Reason::Blocked),
@@ -278,6 +369,87 @@ fn cli_entry(e: &Exemption) -> ExemptionEntry {
     }
 }
 
+/// A session as listed.
+fn session_entry(state: &State, s: &Session) -> SessionEntry {
+    SessionEntry {
+        subscriber: s.subscriber.clone(),
+        feed: s.key.feed,
+        nas: s.key.nas.clone(),
+        session_id: s.key.session_id.clone(),
+        addresses: s.addresses.clone(),
+        started_at: timestamp(s.started_at),
+        updated_at: timestamp(s.updated_at),
+        exempt: state.subscribers.exemptions.get(&s.subscriber).is_some(),
+    }
+}
+
+/// Every session, by subscriber name.
+fn session_list(state: &State) -> SessionList {
+    let mut sessions: Vec<SessionEntry> = state
+        .subscribers
+        .sessions
+        .iter()
+        .map(|s| session_entry(state, s))
+        .collect();
+    sessions.sort_by(|a, b| (&a.subscriber, &a.session_id).cmp(&(&b.subscriber, &b.session_id)));
+    SessionList { sessions }
+}
+
+/// An exemption by subscriber as listed, with the addresses it is in force on now.
+fn subscriber_entry(state: &State, e: &SubscriberExemption) -> SubscriberExemptionEntry {
+    SubscriberExemptionEntry {
+        subscriber: e.subscriber.clone(),
+        addresses: state.subscribers.addresses_of(&e.subscriber),
+        reason: e.reason.clone(),
+        added_by: e.added_by.clone(),
+        added_at: timestamp(e.added_at),
+        expires_at: e.expires_at.map(timestamp),
+    }
+}
+
+/// The session a `sessions up` request describes, checked. Without a session id the
+/// subscriber's name is the id: one hook session per subscriber.
+fn session_to_start(
+    subscriber: &str,
+    addresses: &[String],
+    session_id: Option<&str>,
+    now: SystemTime,
+) -> Result<Session, ControlError> {
+    let subscriber = sessions::check_name(subscriber, "subscriber name").map_err(bad)?;
+    let session_id = match session_id {
+        Some(id) => sessions::check_name(id, "session id").map_err(bad)?,
+        None => subscriber.clone(),
+    };
+    if addresses.is_empty() {
+        return Err(bad("a session needs at least one address (--address ADDR)"));
+    }
+    if addresses.len() > sessions::MAX_ADDRESSES {
+        return Err(bad(format!(
+            "{} addresses; a session holds at most {}",
+            addresses.len(),
+            sessions::MAX_ADDRESSES
+        )));
+    }
+    let addresses = addresses
+        .iter()
+        .map(|text| {
+            let prefix = exemptions::parse_prefix(text.trim()).map_err(bad)?;
+            sessions::check_address(prefix).map_err(bad)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Session {
+        key: SessionKey {
+            feed: Feed::Hook,
+            nas: None,
+            session_id,
+        },
+        subscriber,
+        addresses,
+        started_at: now,
+        updated_at: now,
+    })
+}
+
 /// Policy allow prefixes (source `policy`), then CLI exemptions (source `cli`).
 fn exemption_list(state: &State) -> ExemptionList {
     let image = &state.policy_image;
@@ -303,7 +475,15 @@ fn exemption_list(state: &State) -> ExemptionList {
         }
     }
     list.extend(state.exemptions.iter().map(cli_entry));
-    ExemptionList { exemptions: list }
+    ExemptionList {
+        exemptions: list,
+        subscribers: state
+            .subscribers
+            .exemptions
+            .iter()
+            .map(|e| subscriber_entry(state, e))
+            .collect(),
+    }
 }
 
 /// The exemption an add request asks for, checked against the policy in force.
@@ -341,13 +521,16 @@ fn explain_flow(
             "--src {src} and --dst {dst} are of different address families"
         )));
     }
-    Ok(explain::explain(&state.applied, src, dst, dport))
+    let mut explanation = explain::explain(&state.applied, src, dst, dport);
+    explanation.subscriber = state.subscribers.name_at(src).map(str::to_string);
+    Ok(explanation)
 }
 
 /// What listing the offenders needs from the agent: taken under its lock, used without.
 struct OffenderView {
     settings: AlertSettings,
     groups: BTreeMap<u32, String>,
+    subscribers: Subscribers,
 }
 
 impl OffenderView {
@@ -360,6 +543,7 @@ impl OffenderView {
                 .iter()
                 .map(|(&id, group)| (id, group.name.clone()))
                 .collect(),
+            subscribers: state.subscribers.clone(),
         }
     }
 }
@@ -385,7 +569,10 @@ fn offenders(
                 view.groups.get(&record.group).map(String::as_str),
                 record.group,
             );
-            OffenderRow::new(key, record, group, settings, &clock)
+            OffenderRow {
+                subscriber: subscriber_of_key(&view.subscribers, key),
+                ..OffenderRow::new(key, record, group, settings, &clock)
+            }
         })
         .collect();
     Offenders {
@@ -466,6 +653,8 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
         offenders_over_threshold: over_threshold as u64,
         maps: Vec::new(),
         exemptions: agent.state.exemptions.len() as u64,
+        radius_requests: agent.state.radius.counters.snapshot(),
+        sessions: agent.state.subscribers.sessions.len() as u64,
         policy_generation: agent.state.generation,
         last_reload_success: agent.state.last_reload.ok,
         last_reload_time: agent.state.last_reload.at,
@@ -590,6 +779,9 @@ relays: [203.0.113.25]
             },
             started_at: at(1_799_999_999),
             over_threshold: Default::default(),
+            subscribers: Subscribers::load(store.parent().unwrap()).unwrap(),
+            sessions_touched: false,
+            radius: Default::default(),
         }
     }
 

@@ -33,7 +33,11 @@ use crate::{
     exemptions::ExemptionStore,
     image::MapImage,
     metrics,
-    policy::{self, Policy},
+    policy::{self, Policy, RadiusAccounting},
+    subscribers::{
+        Subscribers,
+        accounting::{self, Client, Clients},
+    },
 };
 pub use options::AgentOptions;
 use state::{Agent, ReloadResult, State};
@@ -98,6 +102,7 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         )
     })?;
     let exemptions = ExemptionStore::load(&options.state_file)?;
+    let subscribers = Subscribers::load(&options.state_dir)?;
     let pins = PinDir::open_locked(&options.pin_path)?;
     let (listener, _) = control::bind(&options.socket, options.socket_group.as_deref())?;
     let writers_gid = match &options.writers_group {
@@ -144,6 +149,9 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             },
             started_at: now,
             over_threshold: Default::default(),
+            subscribers,
+            sessions_touched: false,
+            radius: Default::default(),
         },
     };
     agent.apply_image(policy, image, sha256)?;
@@ -155,11 +163,13 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         .map(|a| format!("{}({},prog {})", a.interface, a.mode, a.program_id))
         .collect();
     info!(
-        "enforcing after {} ms on [{}], pin path {}, {} exemptions, control socket {}",
+        "enforcing after {} ms on [{}], pin path {}, {} exemptions, {} subscriber exemptions, {} sessions, control socket {}",
         started.elapsed().as_millis(),
         attached.join(", "),
         options.pin_path.display(),
         agent.state.exemptions.len(),
+        agent.state.subscribers.exemptions.len(),
+        agent.state.subscribers.sessions.len(),
         options.socket.display()
     );
     if let Err(err) = agent.seed_over_threshold() {
@@ -211,6 +221,8 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     // left in the ring buffer are taken then).
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
     let lock = || agent.lock().expect("agent state poisoned");
+    let mut radius = RadiusListener::default();
+    radius.follow(&agent);
     loop {
         tokio::select! {
             _ = hangup.recv() => lock().reload("SIGHUP"),
@@ -224,6 +236,7 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             _ = expiry.tick() => {
                 let mut agent = lock();
                 agent.expire_exemptions();
+                agent.expire_subscribers();
                 if let Some(ring) = events.as_mut() {
                     agent.handle_events(&drain(ring.get_mut()));
                 }
@@ -232,10 +245,111 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
+        // A reload may have moved the RADIUS listener.
+        radius.follow(&agent);
     }
     let _ = std::fs::remove_file(&options.socket);
     info!("stopping; the filter stays attached and enforcing (`filter-agent detach` removes it)");
     Ok(())
+}
+
+/// The task serving RADIUS accounting, where the policy in force wants one.
+#[derive(Default)]
+struct RadiusListener {
+    task: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+}
+
+impl RadiusListener {
+    /// Serves a socket the last (re)load bound, or stops when the policy has no listener.
+    fn follow(&mut self, agent: &Arc<Mutex<Agent>>) {
+        let mut locked = agent.lock().expect("agent state poisoned");
+        let radius = &mut locked.state.radius;
+        if let Some(socket) = radius.bound.take() {
+            let addr = match socket.local_addr() {
+                Ok(addr) => addr,
+                Err(err) => {
+                    error!("the RADIUS accounting socket has no address: {err}");
+                    return;
+                }
+            };
+            let socket = match tokio::net::UdpSocket::from_std(socket) {
+                Ok(socket) => socket,
+                Err(err) => {
+                    error!("cannot serve RADIUS accounting on {addr}: {err}");
+                    return;
+                }
+            };
+            if let Some((old, task)) = self.task.take() {
+                task.abort();
+                info!("radius accounting no longer on {old}");
+            }
+            let apply: Arc<accounting::Apply> = {
+                let agent = agent.clone();
+                Arc::new(move |change, now| {
+                    agent
+                        .lock()
+                        .map_err(|_| anyhow!("agent state poisoned"))?
+                        .apply_accounting(change, now)
+                })
+            };
+            let task = tokio::spawn(accounting::serve(
+                socket,
+                radius.clients.clone(),
+                radius.counters.clone(),
+                apply,
+            ));
+            info!("radius accounting on udp {addr}");
+            self.task = Some((addr, task));
+        } else if radius.listen.is_none()
+            && let Some((old, task)) = self.task.take()
+        {
+            task.abort();
+            info!("radius accounting no longer on {old} (not in the policy)");
+        }
+    }
+}
+
+/// The RADIUS clients of `radius` with their secrets read from their files; a trailing
+/// newline is not part of a secret.
+pub(crate) fn radius_clients(radius: &RadiusAccounting) -> Result<Clients> {
+    let mut clients = Vec::new();
+    for client in &radius.clients {
+        let path = &client.secret_file;
+        let mut secret = std::fs::read(path).with_context(|| {
+            format!(
+                "reading the RADIUS secret of client {} from {}",
+                client.address,
+                path.display()
+            )
+        })?;
+        for end in [b"\n", b"\r"] {
+            if secret.last() == Some(&end[0]) {
+                secret.pop();
+            }
+        }
+        if secret.is_empty() {
+            bail!(
+                "the RADIUS secret of client {} in {} is empty",
+                client.address,
+                path.display()
+            );
+        }
+        if std::fs::metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o004 != 0
+        }) {
+            warn!(
+                "{} (the RADIUS secret of client {}) is readable by everyone; chmod o-r it",
+                path.display(),
+                client.address
+            );
+        }
+        clients.push(Client {
+            address: client.address,
+            secret,
+        });
+    }
+    Ok(Clients(clients))
 }
 
 /// Waits until the ring buffer has events and takes up to [`EVENT_BATCH`] of them; never

@@ -160,6 +160,7 @@ impl OffenderRow {
             destinations_saturated: destinations.saturated,
             last_destination: endpoint_text(key.family, record.last_destination, record.last_dport),
             over_threshold: settings.over_threshold(record, clock.monotonic_ns),
+            subscriber: None,
         }
     }
 }
@@ -316,6 +317,7 @@ mod tests {
                 destinations_saturated: false,
                 last_destination: "203.0.113.9:25".into(),
                 over_threshold: true,
+                subscriber: None,
             }
         );
         // The window ended: nothing in it, not over the threshold any more.

@@ -3,12 +3,14 @@
 
 use std::{
     collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::{Arc, RwLock},
     time::{Instant, SystemTime},
 };
 
 use anyhow::{Result, bail};
-use filter_common::{Event, EventKind};
+use filter_common::{Event, EventKind, SourceKey};
 use ipnet::IpNet;
 use log::{debug, error, info, warn};
 
@@ -24,6 +26,10 @@ use crate::{
     exemptions::{self, Exemption, ExemptionStore},
     image::MapImage,
     policy::Policy,
+    subscribers::{
+        self, Session, SubscriberExemption, Subscribers,
+        accounting::{Change, Clients, Counters},
+    },
 };
 
 /// The outcome of the last (re)load, for `status` and metrics.
@@ -59,6 +65,30 @@ pub struct State {
     pub started_at: SystemTime,
     /// Sources that raised an offender alert whose window has not ended.
     pub over_threshold: OverThreshold,
+    /// Who is online with which addresses, and who is exempt by name.
+    pub subscribers: Subscribers,
+    /// Interim-Updates moved session times the sessions file does not have yet.
+    pub sessions_touched: bool,
+    pub radius: RadiusState,
+}
+
+/// The RADIUS accounting listener as the policy in force wants it.
+#[derive(Debug, Default)]
+pub struct RadiusState {
+    /// The address listened on, if any.
+    pub listen: Option<SocketAddr>,
+    /// A socket bound for a new listen address, for the main loop to serve.
+    pub bound: Option<std::net::UdpSocket>,
+    /// The clients and secrets in force, shared with the listener.
+    pub clients: Arc<RwLock<Clients>>,
+    pub counters: Arc<Counters>,
+}
+
+/// Which sessions `sessions down` ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionSelector {
+    Subscriber(String),
+    SessionId(String),
 }
 
 /// The group ids an image uses, by name: what a recompile keeps.
@@ -88,6 +118,22 @@ impl Agent {
     ) -> Result<()> {
         let started = Instant::now();
         check_interfaces(&policy)?;
+        let radius = policy.subscribers.radius_accounting.as_ref();
+        let clients = match radius {
+            Some(radius) => super::radius_clients(radius)?,
+            None => Clients::default(),
+        };
+        let listen = radius.map(|r| r.listen);
+        let bound = match listen {
+            Some(addr) if Some(addr) != self.state.radius.listen => Some(
+                std::net::UdpSocket::bind(addr)
+                    .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot listen for RADIUS accounting on {addr}: {e}")
+                    })?,
+            ),
+            _ => None,
+        };
         let report = self.sync(&policy_image)?;
         for interface in &policy.interfaces {
             self.dataplane
@@ -112,6 +158,16 @@ impl Agent {
             self.state.exemptions.len(),
             started.elapsed().as_millis()
         );
+        *self
+            .state
+            .radius
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = clients;
+        if bound.is_some() {
+            self.state.radius.bound = bound;
+        }
+        self.state.radius.listen = listen;
         self.state.policy = policy;
         self.state.policy_image = policy_image;
         self.state.policy_sha256 = sha256;
@@ -127,6 +183,7 @@ impl Agent {
                 "exemption {skipped} is now a prefix of the policy itself; the policy's entry applies"
             );
         }
+        subscribers::apply(&mut want, policy_image, &self.state.subscribers);
         let report = self.dataplane.sync_from(&self.state.applied, &want);
         if report.is_err() {
             // A failed sync may have applied part of the plan: learn what the maps hold.
@@ -230,6 +287,288 @@ impl Agent {
         }
     }
 
+    /// Changes the sessions or subscriber exemptions with `change`, then persists and
+    /// applies the result; on any error the previous state is restored, in the files and
+    /// in the kernel, and the error returned.
+    fn change_subscribers<R>(
+        &mut self,
+        change: impl FnOnce(&mut Subscribers) -> Result<R>,
+    ) -> Result<R> {
+        let before = self.state.subscribers.clone();
+        let result = change(&mut self.state.subscribers).and_then(|r| {
+            self.save_subscribers(&before)?;
+            let policy_image = self.state.policy_image.clone();
+            self.sync(&policy_image)?;
+            Ok(r)
+        });
+        if result.is_err() {
+            let failed = std::mem::replace(&mut self.state.subscribers, before);
+            if let Err(err) = self.save_subscribers(&failed) {
+                error!("restoring the subscriber files after a failed change: {err:#}");
+            }
+            let policy_image = self.state.policy_image.clone();
+            if let Err(err) = self.sync(&policy_image) {
+                error!("restoring the kernel after a failed subscriber change: {err:#}");
+            }
+        }
+        result
+    }
+
+    /// Writes the subscriber files that differ from `before`.
+    fn save_subscribers(&mut self, before: &Subscribers) -> Result<()> {
+        let now = &self.state.subscribers;
+        if now.sessions != before.sessions || self.state.sessions_touched {
+            now.sessions.save()?;
+            self.state.sessions_touched = false;
+        }
+        if now.exemptions != before.exemptions {
+            now.exemptions.save()?;
+        }
+        Ok(())
+    }
+
+    /// A session starts or changes its addresses (`sessions up`, a RADIUS Start or
+    /// Interim-Update). Returns notes for the caller: addresses where an exemption has
+    /// nothing to do.
+    pub fn session_up(&mut self, session: Session) -> Result<Vec<String>> {
+        let notes: Vec<String> = session
+            .addresses
+            .iter()
+            .filter_map(|&a| subscribers::note_for(&self.state.policy_image, a))
+            .map(|note| format!("session {} of {}: {note}", session.key, session.subscriber))
+            .collect();
+        let logged = session.clone();
+        let report = self.change_subscribers(|subscribers| Ok(subscribers.sessions.up(session)))?;
+        for (address, from, subscriber) in &report.moved {
+            warn!(
+                "session address {address} claimed by two sessions: the newest wins, {} (subscriber={}) over {from} (subscriber={})",
+                logged.key,
+                events::value(&logged.subscriber),
+                events::value(subscriber)
+            );
+        }
+        for emptied in &report.emptied {
+            info!(
+                "session ended session={} subscriber={}: its last address went to a newer session",
+                emptied.key,
+                events::value(&emptied.subscriber)
+            );
+        }
+        let addresses: Vec<String> = logged.addresses.iter().map(ToString::to_string).collect();
+        info!(
+            "session {} session={} subscriber={} addresses=[{}]{}",
+            if report.previous.is_some() {
+                "updated"
+            } else {
+                "up"
+            },
+            logged.key,
+            events::value(&logged.subscriber),
+            addresses.join(","),
+            if self
+                .state
+                .subscribers
+                .exemptions
+                .get(&logged.subscriber)
+                .is_some()
+            {
+                " exempt=yes"
+            } else {
+                ""
+            }
+        );
+        for note in &notes {
+            info!("{note}");
+        }
+        Ok(notes)
+    }
+
+    /// Ends the sessions `selector` picks (`sessions down`); none is an error.
+    pub fn sessions_down(&mut self, selector: &SessionSelector, why: &str) -> Result<Vec<Session>> {
+        let ended = self.change_subscribers(|subscribers| {
+            let ended = subscribers.sessions.remove_where(|s| match selector {
+                SessionSelector::Subscriber(name) => &s.subscriber == name,
+                SessionSelector::SessionId(id) => {
+                    s.key.feed == subscribers::Feed::Hook && &s.key.session_id == id
+                }
+            });
+            if ended.is_empty() {
+                bail!(
+                    "no session {}",
+                    match selector {
+                        SessionSelector::Subscriber(name) => format!("of subscriber {name}"),
+                        SessionSelector::SessionId(id) => format!("with session id {id}"),
+                    }
+                );
+            }
+            Ok(ended)
+        })?;
+        for session in &ended {
+            log_ended(session, why);
+        }
+        Ok(ended)
+    }
+
+    /// Applies what an accounting request says (see [`Change`]).
+    pub fn apply_accounting(&mut self, change: Change, now: SystemTime) -> Result<()> {
+        match change {
+            Change::Up {
+                key,
+                subscriber,
+                addresses,
+                status,
+            } => {
+                let known = self.state.subscribers.sessions.get(&key);
+                let unchanged = known.is_some_and(|s| {
+                    s.subscriber == subscriber
+                        && (addresses.is_empty() || {
+                            let mut sorted = addresses.clone();
+                            sorted.sort();
+                            sorted.dedup();
+                            s.addresses == sorted
+                        })
+                });
+                if unchanged {
+                    self.state.subscribers.sessions.touch(&key, now);
+                    self.state.sessions_touched = true;
+                    return Ok(());
+                }
+                if addresses.is_empty() {
+                    debug!(
+                        "radius {} for {key} without an address: nothing to record",
+                        status.name()
+                    );
+                    return Ok(());
+                }
+                self.session_up(Session {
+                    key,
+                    subscriber,
+                    addresses,
+                    started_at: now,
+                    updated_at: now,
+                })
+                .map(|_| ())
+            }
+            Change::Stop { key } => {
+                let ended = self.change_subscribers(|s| Ok(s.sessions.remove(&key)))?;
+                match ended {
+                    Some(session) => log_ended(&session, "radius Stop"),
+                    None => debug!("radius Stop for {key}, which is not known"),
+                }
+                Ok(())
+            }
+            Change::NasRestart { nas, status } => {
+                let ended = self.change_subscribers(|s| {
+                    Ok(s.sessions.remove_where(|session| {
+                        session.key.feed == subscribers::Feed::Radius
+                            && session.key.nas.as_deref() == Some(nas.as_str())
+                    }))
+                })?;
+                info!(
+                    "radius {} from nas={nas}: {} sessions ended",
+                    status.name(),
+                    ended.len()
+                );
+                for session in &ended {
+                    log_ended(session, status.name());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Grants an exemption by subscriber name: persisted, then applied to the addresses
+    /// the subscriber holds now (and to those of every later session).
+    pub fn add_subscriber_exemption(&mut self, exemption: SubscriberExemption) -> Result<()> {
+        let logged = exemption.clone();
+        self.change_subscribers(|s| Ok(s.exemptions.insert(exemption)?))?;
+        let addresses: Vec<String> = self
+            .state
+            .subscribers
+            .addresses_of(&logged.subscriber)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        info!(
+            "exemption added subscriber={} addresses=[{}] by={} reason={:?} expires={}",
+            events::value(&logged.subscriber),
+            addresses.join(","),
+            logged.added_by,
+            logged.reason,
+            logged
+                .expires_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_else(|| "never".into())
+        );
+        Ok(())
+    }
+
+    pub fn remove_subscriber_exemption(
+        &mut self,
+        subscriber: &str,
+        by: &str,
+    ) -> Result<SubscriberExemption> {
+        let removed = self.change_subscribers(|s| Ok(s.exemptions.remove(subscriber)?))?;
+        info!(
+            "exemption removed subscriber={} by={by}",
+            events::value(subscriber)
+        );
+        Ok(removed)
+    }
+
+    /// Once a second: subscriber exemptions whose time is up, RADIUS sessions past the
+    /// timeout, and session times from Interim-Updates written out.
+    pub fn expire_subscribers(&mut self) {
+        let now = SystemTime::now();
+        let timeout = self.state.policy.subscribers.session_timeout;
+        let subscribers = &self.state.subscribers;
+        let due = subscribers
+            .exemptions
+            .iter()
+            .any(|e| e.expires_at.is_some_and(|at| at <= now))
+            || timeout.is_some_and(|timeout| {
+                subscribers.sessions.iter().any(|s| {
+                    s.key.feed == subscribers::Feed::Radius
+                        && now
+                            .duration_since(s.updated_at)
+                            .is_ok_and(|idle| idle >= timeout)
+                })
+            });
+        if !due {
+            if self.state.sessions_touched {
+                match self.state.subscribers.sessions.save() {
+                    Ok(()) => self.state.sessions_touched = false,
+                    Err(err) => error!("saving session times: {err:#}"),
+                }
+            }
+            return;
+        }
+        let result = self.change_subscribers(|s| {
+            let expired = s.exemptions.take_expired(now);
+            let stale = match timeout {
+                Some(timeout) => s.sessions.take_stale(now, timeout),
+                None => Vec::new(),
+            };
+            Ok((expired, stale))
+        });
+        match result {
+            Ok((expired, stale)) => {
+                for e in &expired {
+                    info!(
+                        "exemption expired subscriber={} reason={:?} added_by={}",
+                        events::value(&e.subscriber),
+                        e.reason,
+                        e.added_by
+                    );
+                }
+                for session in &stale {
+                    log_ended(session, "session_timeout");
+                }
+            }
+            Err(err) => error!("expiring subscriber exemptions and sessions: {err:#}"),
+        }
+    }
+
     /// Logs each event as one line and notes offender alerts.
     pub fn handle_events(&mut self, batch: &[Event]) {
         if batch.is_empty() {
@@ -329,9 +668,35 @@ impl Names for Agent {
         self.state.group_name(id)
     }
 
+    fn subscriber(&self, source: IpAddr) -> Option<String> {
+        self.state.subscribers.name_at(source).map(str::to_string)
+    }
+
     fn interface(&self, ifindex: u32) -> String {
         interface_name(ifindex)
     }
+}
+
+/// The subscriber whose session holds an offender key: the IPv4 address, or (any part of)
+/// the IPv6 /64.
+pub fn subscriber_of_key(subscribers: &Subscribers, source: &SourceKey) -> Option<String> {
+    let sessions = &subscribers.sessions;
+    match source.ip()? {
+        v4 @ IpAddr::V4(_) => sessions.holder_of(v4),
+        v6 => sessions.holder_of_prefix(IpNet::new(v6, 64).ok()?),
+    }
+    .map(|s| s.subscriber.clone())
+}
+
+fn log_ended(session: &Session, why: &str) {
+    let addresses: Vec<String> = session.addresses.iter().map(ToString::to_string).collect();
+    info!(
+        "session down session={} subscriber={} addresses=[{}] why={}",
+        session.key,
+        events::value(&session.subscriber),
+        addresses.join(","),
+        events::value(why)
+    );
 }
 
 /// A group's name as logs and listings show it: `-` for none (id 0), `group-N` for an id

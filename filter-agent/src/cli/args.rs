@@ -81,6 +81,15 @@ close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
         #[arg(long, global = true, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Subscriber sessions: who is online with which addresses. `up` and `down` are what
+    /// the BNG's hooks call (packaging/ppp/ip-up and ip-down for pppd); RADIUS accounting
+    /// (subscribers.radius_accounting in the policy) feeds the same table.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+        #[arg(long, global = true, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Write shell completions (bash, zsh, fish) and man pages into DIR.
     #[command(hide = true)]
     Docs {
@@ -212,15 +221,70 @@ impl From<RunArgs> for AgentOptions {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// A subscriber's session holds these addresses now (replacing what that session held;
+    /// an address another session held moves here: the newest claim wins).
+    #[command(after_help = "Examples:
+  filter-agent sessions up --subscriber alice --address 100.64.0.20
+  filter-agent sessions up --subscriber alice --address 100.64.0.20 --address 2001:db8:1000:20::/56 --session-id ppp0-4242
+
+Without --session-id the subscriber's name identifies the session (one per subscriber).")]
+    Up {
+        #[arg(long, value_name = "NAME")]
+        subscriber: String,
+        /// An IPv4 address, an IPv6 address or prefix (repeat for several).
+        #[arg(long = "address", value_name = "ADDR", required = true)]
+        addresses: Vec<String>,
+        #[arg(long, value_name = "ID")]
+        session_id: Option<String>,
+    },
+    /// Sessions end: every session of a subscriber, or the hook session with this id.
+    #[command(after_help = "Examples:
+  filter-agent sessions down --subscriber alice
+  filter-agent sessions down --session-id ppp0-4242")]
+    Down {
+        #[arg(
+            long,
+            value_name = "NAME",
+            required_unless_present = "session_id",
+            conflicts_with = "session_id"
+        )]
+        subscriber: Option<String>,
+        #[arg(long, value_name = "ID")]
+        session_id: Option<String>,
+    },
+    /// Every session: subscriber, feed, BNG, session id, addresses, since when.
+    #[command(
+        after_help = "Examples:\n  filter-agent sessions list\n  filter-agent sessions list --json"
+    )]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ExemptionsCommand {
-    /// Let PREFIX send on port 25, at once and across restarts. It must lie in a block group.
+    /// Let PREFIX, or every address of a subscriber's sessions, send on port 25, at once
+    /// and across restarts. A prefix must lie in a block group.
     #[command(after_help = "Examples:
   filter-agent exemptions add 100.64.12.34/32 --reason \"ticket 4711: own MTA\"
   filter-agent exemptions add 2001:db8:1000:42::/64 --reason \"pilot\" --expires 7d
-  filter-agent exemptions add 100.64.12.34 --reason \"migration\" --until 2026-12-31T23:00:00Z")]
+  filter-agent exemptions add 100.64.12.34 --reason \"migration\" --until 2026-12-31T23:00:00Z
+  filter-agent exemptions add --subscriber alice --reason \"ticket 4711: own MTA\" --expires 30d
+
+By subscriber, the exemption follows the subscriber's sessions: it is in force on the
+addresses they hold now, moves with every reconnect and leaves the kernel while offline.")]
     Add {
-        #[arg(value_name = "PREFIX")]
-        prefix: String,
+        #[arg(
+            value_name = "PREFIX",
+            required_unless_present = "subscriber",
+            conflicts_with = "subscriber"
+        )]
+        prefix: Option<String>,
+        /// Exempt this subscriber (by the name the hooks and RADIUS report) instead.
+        #[arg(long, value_name = "NAME")]
+        subscriber: Option<String>,
         /// Why (a ticket number, a name): shown in `list` and the logs.
         #[arg(long)]
         reason: String,
@@ -232,12 +296,21 @@ pub enum ExemptionsCommand {
         until: Option<String>,
     },
     /// Revoke an exemption granted with `add`.
-    #[command(after_help = "Example:\n  filter-agent exemptions remove 100.64.12.34/32")]
+    #[command(
+        after_help = "Examples:\n  filter-agent exemptions remove 100.64.12.34/32\n  filter-agent exemptions remove --subscriber alice"
+    )]
     Remove {
-        #[arg(value_name = "PREFIX")]
-        prefix: String,
+        #[arg(
+            value_name = "PREFIX",
+            required_unless_present = "subscriber",
+            conflicts_with = "subscriber"
+        )]
+        prefix: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        subscriber: Option<String>,
     },
-    /// Every exemption: policy allow prefixes (source policy) and CLI ones (source cli).
+    /// Every exemption: policy allow prefixes (source policy), CLI ones (source cli), and
+    /// those by subscriber with the addresses they are in force on.
     #[command(
         after_help = "Examples:\n  filter-agent exemptions list\n  filter-agent exemptions list --json"
     )]

@@ -15,7 +15,7 @@ use crate::control::{
     self, Request,
     protocol::{
         EventRate, ExemptionChange, ExemptionList, OffenderAlerts, Offenders, PolicyStatus,
-        RelayLimit, Stats, Status, sorted,
+        RelayLimit, SessionChange, SessionEntry, SessionList, Stats, Status, sorted,
     },
 };
 
@@ -109,6 +109,10 @@ fn render_status(status: &Status) -> String {
         policy.prefixes,
         policy.relays,
         status.exemptions
+    );
+    out += &format!(
+        "subscribers  {} sessions, {} exempt by name\n",
+        status.sessions, status.subscriber_exemptions
     );
     out += &format!(
         "last reload  {} at {}: {}\n",
@@ -207,6 +211,8 @@ fn render_offenders(reply: &Offenders) -> String {
         "at {}: {} sources with blocked attempts, {} over threshold ({alerts})\n",
         reply.at, reply.sources, reply.over_threshold,
     );
+    // The SUBSCRIBER column only where some session names a source.
+    let named = reply.offenders.iter().any(|o| o.subscriber.is_some());
     let rows: Vec<Vec<String>> = reply
         .offenders
         .iter()
@@ -216,7 +222,7 @@ fn render_offenders(reply: &Offenders) -> String {
             } else {
                 "≈"
             };
-            vec![
+            let mut row = vec![
                 o.source.clone(),
                 o.group.clone(),
                 o.attempts.to_string(),
@@ -226,27 +232,32 @@ fn render_offenders(reply: &Offenders) -> String {
                 format!("{estimate}{}", o.destinations),
                 o.last_destination.clone(),
                 if o.over_threshold { "yes" } else { "no" }.to_string(),
-            ]
+            ];
+            if named {
+                row.push(o.subscriber.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
     if rows.is_empty() {
         return out;
     }
+    let mut header = vec![
+        "SOURCE",
+        "GROUP",
+        "ATTEMPTS",
+        "IN WINDOW",
+        "FIRST SEEN",
+        "LAST SEEN",
+        "DESTINATIONS",
+        "LAST DESTINATION",
+        "OVER THRESHOLD",
+    ];
+    if named {
+        header.push("SUBSCRIBER");
+    }
     out += "\n";
-    out += &table(
-        &[
-            "SOURCE",
-            "GROUP",
-            "ATTEMPTS",
-            "IN WINDOW",
-            "FIRST SEEN",
-            "LAST SEEN",
-            "DESTINATIONS",
-            "LAST DESTINATION",
-            "OVER THRESHOLD",
-        ],
-        &rows,
-    );
+    out += &table(&header, &rows);
     out += "\nDESTINATIONS is an estimate (linear counting over a 64-bit sketch): close for a handful, saturated above about 266.\n";
     out
 }
@@ -256,6 +267,11 @@ pub fn exemptions_list(socket: &Path, json: bool) -> Result<()> {
     if json {
         return print_json(&list);
     }
+    print!("{}", render_exemptions(&list));
+    Ok(())
+}
+
+fn render_exemptions(list: &ExemptionList) -> String {
     let rows: Vec<Vec<String>> = list
         .exemptions
         .iter()
@@ -270,31 +286,167 @@ pub fn exemptions_list(socket: &Path, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "PREFIX", "SOURCE", "REASON", "ADDED BY", "ADDED AT", "EXPIRES"
-            ],
-            &rows
-        )
+    let mut out = table(
+        &[
+            "PREFIX", "SOURCE", "REASON", "ADDED BY", "ADDED AT", "EXPIRES",
+        ],
+        &rows,
     );
-    Ok(())
+    if !list.subscribers.is_empty() {
+        let rows: Vec<Vec<String>> = list
+            .subscribers
+            .iter()
+            .map(|e| {
+                vec![
+                    e.subscriber.clone(),
+                    addresses_text(&e.addresses),
+                    e.reason.clone(),
+                    e.added_by.clone(),
+                    e.added_at.clone(),
+                    e.expires_at.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        out += "\n";
+        out += &table(
+            &[
+                "SUBSCRIBER",
+                "ADDRESSES NOW",
+                "REASON",
+                "ADDED BY",
+                "ADDED AT",
+                "EXPIRES",
+            ],
+            &rows,
+        );
+    }
+    out
+}
+
+/// `a, b`; `offline` when there are none.
+fn addresses_text(addresses: &[ipnet::IpNet]) -> String {
+    if addresses.is_empty() {
+        return "offline".into();
+    }
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn exemptions_change(socket: &Path, request: Request) -> Result<()> {
     let (what, e) = match call(socket, &request)? {
         ExemptionChange::Added(e) => ("added", e),
         ExemptionChange::Removed(e) => ("removed", e),
-    };
-    let expires = match &e.expires_at {
-        None => String::new(),
-        Some(t) => format!(", expires {t}"),
+        ExemptionChange::SubscriberAdded(e) => {
+            println!(
+                "exemption added: subscriber {} ({}{}); in force now on {}, and on every address its sessions get",
+                e.subscriber,
+                e.reason,
+                expires_text(&e.expires_at),
+                match addresses_text(&e.addresses).as_str() {
+                    "offline" => "nothing (offline)".to_string(),
+                    text => text.to_string(),
+                }
+            );
+            return Ok(());
+        }
+        ExemptionChange::SubscriberRemoved(e) => {
+            println!(
+                "exemption removed: subscriber {} ({}); {} blocked again in the kernel now",
+                e.subscriber,
+                e.reason,
+                match addresses_text(&e.addresses).as_str() {
+                    "offline" => "no address".to_string(),
+                    text => text.to_string(),
+                }
+            );
+            return Ok(());
+        }
     };
     println!(
-        "exemption {what}: {} ({}{expires}); in force in the kernel now",
-        e.prefix, e.reason
+        "exemption {what}: {} ({}{}); in force in the kernel now",
+        e.prefix,
+        e.reason,
+        expires_text(&e.expires_at)
     );
+    Ok(())
+}
+
+fn expires_text(expires_at: &Option<String>) -> String {
+    match expires_at {
+        None => String::new(),
+        Some(t) => format!(", expires {t}"),
+    }
+}
+
+pub fn sessions_list(socket: &Path, json: bool) -> Result<()> {
+    let list: SessionList = call(socket, &Request::SessionsList)?;
+    if json {
+        return print_json(&list);
+    }
+    print!("{}", render_sessions(&list.sessions));
+    Ok(())
+}
+
+fn render_sessions(sessions: &[SessionEntry]) -> String {
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.subscriber.clone(),
+                addresses_text(&s.addresses),
+                s.feed.name().to_string(),
+                s.nas.clone().unwrap_or_else(|| "-".into()),
+                s.session_id.clone(),
+                s.started_at.clone(),
+                s.updated_at.clone(),
+                if s.exempt { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SUBSCRIBER",
+            "ADDRESSES",
+            "FEED",
+            "NAS",
+            "SESSION ID",
+            "STARTED",
+            "UPDATED",
+            "EXEMPT",
+        ],
+        &rows,
+    )
+}
+
+pub fn session_change(socket: &Path, request: Request) -> Result<()> {
+    let change: SessionChange = call(socket, &request)?;
+    if let Some(s) = &change.up {
+        println!(
+            "session up: {} ({}) holds {}{}",
+            s.subscriber,
+            s.session_id,
+            addresses_text(&s.addresses),
+            if s.exempt {
+                "; exempt by name, in force in the kernel now"
+            } else {
+                ""
+            }
+        );
+    }
+    for s in &change.down {
+        println!(
+            "session down: {} ({}) no longer holds {}",
+            s.subscriber,
+            s.session_id,
+            addresses_text(&s.addresses)
+        );
+    }
+    for note in &change.notes {
+        println!("note: {note}");
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use super::{
-    args::{Cli, Command, ExemptionsCommand, Format},
+    args::{Cli, Command, ExemptionsCommand, Format, SessionsCommand},
     manpages, render,
 };
 use crate::{
@@ -64,21 +64,64 @@ fn run(command: Command) -> Result<ExitCode> {
                 ExemptionsCommand::List { json } => render::exemptions_list(&socket, json)?,
                 ExemptionsCommand::Add {
                     prefix,
+                    subscriber,
                     reason,
                     expires,
                     until,
                 } => render::exemptions_change(
                     &socket,
-                    Request::ExemptionsAdd {
-                        prefix,
-                        reason,
-                        expires,
-                        until,
+                    match (prefix, subscriber) {
+                        (_, Some(subscriber)) => Request::SubscriberExemptionsAdd {
+                            subscriber,
+                            reason,
+                            expires,
+                            until,
+                        },
+                        (prefix, None) => Request::ExemptionsAdd {
+                            prefix: prefix.unwrap_or_default(),
+                            reason,
+                            expires,
+                            until,
+                        },
                     },
                 )?,
-                ExemptionsCommand::Remove { prefix } => {
-                    render::exemptions_change(&socket, Request::ExemptionsRemove { prefix })?
-                }
+                ExemptionsCommand::Remove { prefix, subscriber } => render::exemptions_change(
+                    &socket,
+                    match (prefix, subscriber) {
+                        (_, Some(subscriber)) => Request::SubscriberExemptionsRemove { subscriber },
+                        (prefix, None) => Request::ExemptionsRemove {
+                            prefix: prefix.unwrap_or_default(),
+                        },
+                    },
+                )?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions { command, socket } => {
+            match command {
+                SessionsCommand::List { json } => render::sessions_list(&socket, json)?,
+                SessionsCommand::Up {
+                    subscriber,
+                    addresses,
+                    session_id,
+                } => render::session_change(
+                    &socket,
+                    Request::SessionsUp {
+                        subscriber,
+                        addresses,
+                        session_id,
+                    },
+                )?,
+                SessionsCommand::Down {
+                    subscriber,
+                    session_id,
+                } => render::session_change(
+                    &socket,
+                    Request::SessionsDown {
+                        subscriber,
+                        session_id,
+                    },
+                )?,
             }
             Ok(ExitCode::SUCCESS)
         }

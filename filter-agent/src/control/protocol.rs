@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::{dataplane::AttachedInterface, metrics::Actions, policy::Mode};
+pub use crate::{dataplane::AttachedInterface, metrics::Actions, policy::Mode, subscribers::Feed};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -48,6 +48,31 @@ pub enum Request {
         #[serde(default)]
         top: Option<usize>,
     },
+    /// A subscriber's session has these addresses now (a hook: pppd's ip-up).
+    SessionsUp {
+        subscriber: String,
+        addresses: Vec<String>,
+        #[serde(default)]
+        session_id: Option<String>,
+    },
+    /// Sessions end (a hook: pppd's ip-down): one of the two is given.
+    SessionsDown {
+        #[serde(default)]
+        subscriber: Option<String>,
+        #[serde(default)]
+        session_id: Option<String>,
+    },
+    SessionsList,
+    /// An exemption by subscriber name, following the subscriber's sessions.
+    SubscriberExemptionsAdd {
+        subscriber: String,
+        reason: String,
+        expires: Option<String>,
+        until: Option<String>,
+    },
+    SubscriberExemptionsRemove {
+        subscriber: String,
+    },
 }
 
 /// How many offenders `filter-agent offenders` lists unless told otherwise.
@@ -55,7 +80,7 @@ pub const DEFAULT_TOP_OFFENDERS: usize = 20;
 
 /// The wire names of the commands, to tell an unknown command from a bad known one.
 /// A test holds it to the enum.
-const COMMANDS: [&str; 7] = [
+const COMMANDS: [&str; 12] = [
     "status",
     "stats",
     "exemptions-list",
@@ -63,6 +88,11 @@ const COMMANDS: [&str; 7] = [
     "exemptions-remove",
     "explain",
     "offenders",
+    "sessions-up",
+    "sessions-down",
+    "sessions-list",
+    "subscriber-exemptions-add",
+    "subscriber-exemptions-remove",
 ];
 
 impl Request {
@@ -70,7 +100,12 @@ impl Request {
     pub fn is_mutation(&self) -> bool {
         matches!(
             self,
-            Request::ExemptionsAdd { .. } | Request::ExemptionsRemove { .. }
+            Request::ExemptionsAdd { .. }
+                | Request::ExemptionsRemove { .. }
+                | Request::SessionsUp { .. }
+                | Request::SessionsDown { .. }
+                | Request::SubscriberExemptionsAdd { .. }
+                | Request::SubscriberExemptionsRemove { .. }
         )
     }
 }
@@ -192,6 +227,8 @@ pub enum Response {
     ExemptionChange(ExemptionChange),
     Explain(Explanation),
     Offenders(Offenders),
+    Sessions(SessionList),
+    SessionChange(SessionChange),
 }
 
 /// Timestamps in replies are RFC 3339 UTC in whole seconds, e.g. `2026-11-28T09:53:50Z`.
@@ -212,6 +249,11 @@ pub struct Status {
     /// CLI exemptions in force.
     pub exemptions: usize,
     pub counters: StatusCounters,
+    /// Sessions known, and exemptions by subscriber name (an older agent sends none).
+    #[serde(default)]
+    pub sessions: usize,
+    #[serde(default)]
+    pub subscriber_exemptions: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,10 +423,56 @@ pub struct InterfaceCount {
     pub bytes: u64,
 }
 
-/// Reply to `exemptions-list`: the policy's allow prefixes, then the CLI exemptions.
+/// Reply to `exemptions-list`: the policy's allow prefixes, then the CLI exemptions; and
+/// the exemptions by subscriber.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExemptionList {
     pub exemptions: Vec<ExemptionEntry>,
+    #[serde(default)]
+    pub subscribers: Vec<SubscriberExemptionEntry>,
+}
+
+/// An exemption by subscriber name, with the addresses it is in force on now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberExemptionEntry {
+    pub subscriber: String,
+    /// The addresses of the subscriber's sessions; empty while offline.
+    pub addresses: Vec<IpNet>,
+    pub reason: String,
+    pub added_by: String,
+    pub added_at: String,
+    pub expires_at: Option<String>,
+}
+
+/// Reply to `sessions-list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub subscriber: String,
+    pub feed: Feed,
+    /// The BNG of a RADIUS session.
+    pub nas: Option<String>,
+    pub session_id: String,
+    pub addresses: Vec<IpNet>,
+    pub started_at: String,
+    pub updated_at: String,
+    /// Whether the subscriber is exempt by name.
+    pub exempt: bool,
+}
+
+/// Reply to `sessions-up` and `sessions-down`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionChange {
+    /// The session as it is now (`sessions-up`).
+    pub up: Option<SessionEntry>,
+    /// The sessions ended (`sessions-down`).
+    pub down: Vec<SessionEntry>,
+    /// Addresses where an exemption has nothing to do (outside every block group).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,10 +508,12 @@ impl ExemptionSource {
 /// Reply to `exemptions-add` (`{"added": ...}`) and `exemptions-remove`
 /// (`{"removed": ...}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ExemptionChange {
     Added(ExemptionEntry),
     Removed(ExemptionEntry),
+    SubscriberAdded(SubscriberExemptionEntry),
+    SubscriberRemoved(SubscriberExemptionEntry),
 }
 
 /// Reply to `explain`: the reference model's verdict on one flow, and what decided it.
@@ -447,6 +537,9 @@ pub struct Explanation {
     /// The relay limit, when the policy sets one.
     #[serde(default)]
     pub relay_limit: Option<RelayLimit>,
+    /// The subscriber whose session holds the source (asked of a running agent).
+    #[serde(default)]
+    pub subscriber: Option<String>,
 }
 
 fn drop_action() -> Action {
@@ -484,6 +577,9 @@ pub struct OffenderRow {
     pub destinations_saturated: bool,
     pub last_destination: String,
     pub over_threshold: bool,
+    /// The subscriber whose session holds the source now, if known.
+    #[serde(default)]
+    pub subscriber: Option<String>,
 }
 
 /// Parses one request, checking in the order that gives the most useful error: JSON, then
@@ -597,6 +693,25 @@ mod tests {
             },
             Request::Offenders { top: Some(5) },
             Request::Offenders { top: None },
+            Request::SessionsUp {
+                subscriber: "alice".into(),
+                addresses: vec!["100.64.0.20".into(), "2001:db8:1000:20::/64".into()],
+                session_id: Some("ppp0-1234".into()),
+            },
+            Request::SessionsDown {
+                subscriber: None,
+                session_id: Some("ppp0-1234".into()),
+            },
+            Request::SessionsList,
+            Request::SubscriberExemptionsAdd {
+                subscriber: "alice".into(),
+                reason: "ticket 4711".into(),
+                expires: None,
+                until: None,
+            },
+            Request::SubscriberExemptionsRemove {
+                subscriber: "alice".into(),
+            },
         ];
         for request in &all {
             match request {
@@ -606,7 +721,12 @@ mod tests {
                 | Request::ExemptionsAdd { .. }
                 | Request::ExemptionsRemove { .. }
                 | Request::Explain { .. }
-                | Request::Offenders { .. } => {}
+                | Request::Offenders { .. }
+                | Request::SessionsUp { .. }
+                | Request::SessionsDown { .. }
+                | Request::SessionsList
+                | Request::SubscriberExemptionsAdd { .. }
+                | Request::SubscriberExemptionsRemove { .. } => {}
             }
         }
         all
@@ -685,7 +805,10 @@ mod tests {
         let mutations: Vec<bool> = every_request().iter().map(Request::is_mutation).collect();
         assert_eq!(
             mutations,
-            [false, false, false, true, true, true, false, false, false],
+            [
+                false, false, false, true, true, true, false, false, false, true, true, false,
+                true, true
+            ],
             "{:?}",
             every_request()
         );

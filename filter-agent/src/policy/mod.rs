@@ -19,7 +19,7 @@ pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
 pub use prefix::{PrefixError, parse_prefix};
 pub use schema::{
     DEFAULT_EVENTS_PER_SECOND, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy,
-    RelayLimit, VERSION, XdpMode,
+    RadiusAccounting, RadiusClient, RelayLimit, Subscribers, VERSION, XdpMode,
 };
 
 /// A valid policy and the warnings it drew.

@@ -1,6 +1,6 @@
 //! The policy as the agent uses it, once validated.
 
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
@@ -33,6 +33,43 @@ pub struct Policy {
     pub offenders: Option<Offenders>,
     pub events: Events,
     pub interfaces: Vec<Interface>,
+    /// Where subscriber sessions come from besides the hooks, and how long they last.
+    pub subscribers: Subscribers,
+}
+
+/// `subscribers`: RADIUS accounting as a source of sessions, and their timeout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Subscribers {
+    pub radius_accounting: Option<RadiusAccounting>,
+    /// A RADIUS session with no update for this long has ended; `None`: only a Stop (or
+    /// Accounting-On/Off) ends it.
+    #[serde(serialize_with = "human_duration_option")]
+    pub session_timeout: Option<Duration>,
+}
+
+/// `subscribers.radius_accounting`: a UDP listener for RFC 2866 accounting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RadiusAccounting {
+    pub listen: SocketAddr,
+    pub clients: Vec<RadiusClient>,
+}
+
+/// A BNG (or a prefix of them, or the RADIUS server replicating for them) and the file
+/// holding the secret it signs with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RadiusClient {
+    pub address: IpNet,
+    pub secret_file: PathBuf,
+}
+
+fn human_duration_option<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(d) => human_duration(d, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// `relay_limit`: SYNs from a block group's source to the relays on the filtered ports,

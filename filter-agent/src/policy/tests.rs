@@ -201,7 +201,7 @@ interfaces:
         hints,
         [
             Some(
-                "did you mean \"mode\"? known keys: version, mode, action, ports, groups, relays, relay_limit, offenders, events, interfaces"
+                "did you mean \"mode\"? known keys: version, mode, action, ports, groups, relays, relay_limit, offenders, events, interfaces, subscribers"
             ),
             None,
             Some("did you mean \"prefixes\"? known keys: name, smtp, prefixes"),
@@ -998,7 +998,7 @@ realy_limit: 5
                 (6, 1),
                 "unknown key \"realy_limit\" in the policy",
                 Some(
-                    "did you mean \"relay_limit\"? known keys: version, mode, action, ports, groups, relays, relay_limit, offenders, events, interfaces"
+                    "did you mean \"relay_limit\"? known keys: version, mode, action, ports, groups, relays, relay_limit, offenders, events, interfaces, subscribers"
                 )
             ),
         ]
@@ -1064,4 +1064,80 @@ events: { per_second: 0 }
     let json = serde_json::to_value(parse("version: 1\n", FILE).unwrap().policy).unwrap();
     assert_eq!(json["relay_limit"], serde_json::Value::Null);
     assert_eq!(json["events"]["per_second"], 10);
+}
+
+#[test]
+fn subscribers_take_radius_accounting_and_a_session_timeout() {
+    let policy = crate::policy::parse(
+        "version: 1
+subscribers:
+  radius_accounting:
+    listen: \"127.0.0.1:1813\"
+    clients:
+      - address: 127.0.0.1
+        secret_file: /etc/filter-agent/radius.secret
+      - address: 192.0.2.0/28
+        secret_file: /etc/filter-agent/bng.secret
+  session_timeout: 2h
+",
+        "p.yaml",
+    )
+    .unwrap()
+    .policy;
+    let radius = policy.subscribers.radius_accounting.unwrap();
+    assert_eq!(radius.listen, "127.0.0.1:1813".parse().unwrap());
+    assert_eq!(radius.clients.len(), 2);
+    assert_eq!(radius.clients[0].address, net("127.0.0.1/32"));
+    assert_eq!(radius.clients[1].secret_file, std::path::Path::new("/etc/filter-agent/bng.secret"));
+    assert_eq!(policy.subscribers.session_timeout, Some(std::time::Duration::from_secs(7200)));
+    // Without the section: no listener, no timeout.
+    let none = crate::policy::parse("version: 1\n", "p.yaml").unwrap().policy;
+    assert_eq!(none.subscribers, Default::default());
+}
+
+#[test]
+fn bad_subscribers_sections_are_located_errors() {
+    let cases = [
+        (
+            "subscribers:\n  radius_accounting:\n    listen: 1813\n    clients: [{address: 127.0.0.1, secret_file: /s}]\n",
+            (4, 13),
+            "listen \"1813\" is not an address and port",
+        ),
+        (
+            "subscribers:\n  radius_accounting:\n    listen: \"127.0.0.1:1813\"\n    clients: []\n",
+            (5, 14),
+            "radius_accounting lists no clients, so every request would be dropped",
+        ),
+        (
+            "subscribers:\n  radius_accounting:\n    listen: \"127.0.0.1:1813\"\n    clients: [{address: 127.0.0.1, secret_file: radius.secret}]\n",
+            (5, 49),
+            "secret_file \"radius.secret\" is not an absolute path",
+        ),
+        (
+            "subscribers:\n  radius_accounting:\n    listen: \"127.0.0.1:1813\"\n    clients: [{address: 127.0.0.1/8, secret_file: /s}]\n",
+            (5, 25),
+            "client address 127.0.0.1/8 has host bits set",
+        ),
+        (
+            "subscribers:\n  radius_accounting:\n    listen: \"127.0.0.1:1813\"\n    clients: [{address: 127.0.0.1, secret_file: /s}, {address: 127.0.0.1, secret_file: /t}]\n",
+            (5, 64),
+            "client 127.0.0.1/32 is listed twice (first on line 5)",
+        ),
+        (
+            "subscribers:\n  radius_accounting:\n    listen: \"127.0.0.1:1813\"\n    clients: [{address: 127.0.0.1, secret_file: /s}]\n  session_timeout: 10s\n",
+            (6, 20),
+            "session_timeout 10s is out of range",
+        ),
+        (
+            "subscribers:\n  radius_acounting: {}\n",
+            (3, 3),
+            "unknown key \"radius_acounting\" in subscribers",
+        ),
+    ];
+    for (section, place, message) in cases {
+        let d = one_error(&format!("version: 1\n{section}"));
+        assert_eq!((at(&d), d.message.as_str()), (place, message), "{section}");
+    }
+    let warned = crate::policy::parse("version: 1\nsubscribers:\n  session_timeout: 2h\n", "p.yaml").unwrap();
+    assert!(warned.warnings[0].message.starts_with("session_timeout has no effect without radius_accounting"));
 }

@@ -15,7 +15,8 @@ use super::diagnostic::{Diagnostic, PolicyErrors, Severity};
 use super::locate::{Node, Pos, Value, parse_yaml};
 use super::prefix::{PrefixError, parse_prefix};
 use super::schema::{
-    DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy, RelayLimit, VERSION, XdpMode,
+    DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy, RadiusAccounting,
+    RadiusClient, RelayLimit, Subscribers, VERSION, XdpMode,
 };
 use filter_common::{Action, Smtp};
 
@@ -30,7 +31,14 @@ const POLICY_KEYS: &[&str] = &[
     "offenders",
     "events",
     "interfaces",
+    "subscribers",
 ];
+const SUBSCRIBERS_KEYS: &[&str] = &["radius_accounting", "session_timeout"];
+const RADIUS_KEYS: &[&str] = &["listen", "clients"];
+const RADIUS_CLIENT_KEYS: &[&str] = &["address", "secret_file"];
+/// RADIUS sessions last from a minute without an update to a month.
+const MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 const GROUP_KEYS: &[&str] = &["name", "smtp", "prefixes"];
 const INTERFACE_KEYS: &[&str] = &["name", "xdp_mode"];
 const RELAY_LIMIT_KEYS: &[&str] = &["syn_per_minute", "burst"];
@@ -201,6 +209,7 @@ impl Checker<'_> {
         let interfaces = fields
             .get("interfaces")
             .map_or_else(Vec::new, |n| self.interfaces(n));
+        let subscribers = fields.get("subscribers").map(|n| self.subscribers(n));
         if let (Some(node), Some(Action::Reject), Some(Mode::Monitor)) =
             (fields.get("action"), action, mode)
         {
@@ -233,6 +242,122 @@ impl Checker<'_> {
             offenders: offenders.flatten(),
             events: events.flatten().unwrap_or_default(),
             interfaces,
+            subscribers: subscribers.flatten().unwrap_or_default(),
+        })
+    }
+
+    /// `subscribers: { radius_accounting: {...}, session_timeout: DURATION }`.
+    fn subscribers(&mut self, node: &Node) -> Option<Subscribers> {
+        let fields = self.fields(node, "subscribers".to_string(), SUBSCRIBERS_KEYS)?;
+        let radius = fields.get("radius_accounting").map(|n| self.radius(n));
+        let timeout = fields.get("session_timeout").map(|n| {
+            self.duration(
+                n,
+                "session_timeout",
+                MIN_SESSION_TIMEOUT,
+                MAX_SESSION_TIMEOUT,
+            )
+        });
+        if let (Some(node), None) = (
+            fields.get("session_timeout"),
+            fields.get("radius_accounting"),
+        ) {
+            self.warning(
+                node.pos,
+                "session_timeout has no effect without radius_accounting: hook sessions end with their ip-down hook".to_string(),
+                None,
+            );
+        }
+        Some(Subscribers {
+            radius_accounting: match radius {
+                Some(radius) => Some(radius?),
+                None => None,
+            },
+            session_timeout: match timeout {
+                Some(timeout) => Some(timeout?),
+                None => None,
+            },
+        })
+    }
+
+    /// `radius_accounting: { listen: ADDR:PORT, clients: [{address, secret_file}] }`.
+    fn radius(&mut self, node: &Node) -> Option<RadiusAccounting> {
+        let fields = self.fields(node, "radius_accounting".to_string(), RADIUS_KEYS)?;
+        let listen = self.required(&fields, "listen").and_then(|n| {
+            let text = self.string(n, "an address and port for listen")?;
+            let parsed = text.parse::<std::net::SocketAddr>().ok();
+            match parsed {
+                Some(addr) if addr.port() != 0 => Some(addr),
+                _ => {
+                    self.error(
+                        n.pos,
+                        format!("listen \"{text}\" is not an address and port"),
+                        Some(
+                            "write ADDRESS:PORT, e.g. \"127.0.0.1:1813\" or \"[::1]:1813\""
+                                .to_string(),
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let clients_node = self.required(&fields, "clients");
+        let mut clients = Vec::new();
+        let mut seen: HashMap<IpNet, Pos> = HashMap::new();
+        if let Some(list_node) = clients_node
+            && let Some(items) = self.list(list_node, "clients")
+        {
+            if items.is_empty() {
+                self.error(
+                    list_node.pos,
+                    "radius_accounting lists no clients, so every request would be dropped".to_string(),
+                    Some("list the BNGs (or the RADIUS server replicating for them) with their secret_file".to_string()),
+                );
+            }
+            for (index, item) in items.iter().enumerate() {
+                let Some(client) =
+                    self.fields(item, format!("client #{}", index + 1), RADIUS_CLIENT_KEYS)
+                else {
+                    continue;
+                };
+                let address = self.required(&client, "address").and_then(|n| {
+                    let address = self.prefix(n, "client address", RELAY_HINT)?;
+                    if let Some(first) = first_seen(&mut seen, address, n.pos) {
+                        self.error(
+                            n.pos,
+                            format!(
+                                "client {address} is listed twice (first on line {})",
+                                first.line
+                            ),
+                            None,
+                        );
+                        return None;
+                    }
+                    Some(address)
+                });
+                let secret_file = self.required(&client, "secret_file").and_then(|n| {
+                    let path = self.string(n, "a file name for secret_file")?;
+                    if !path.starts_with('/') {
+                        self.error(
+                            n.pos,
+                            format!("secret_file \"{path}\" is not an absolute path"),
+                            Some("e.g. /etc/filter-agent/radius.secret".to_string()),
+                        );
+                        return None;
+                    }
+                    Some(std::path::PathBuf::from(path))
+                });
+                if let (Some(address), Some(secret_file)) = (address, secret_file) {
+                    clients.push(RadiusClient {
+                        address,
+                        secret_file,
+                    });
+                }
+            }
+        }
+        Some(RadiusAccounting {
+            listen: listen?,
+            clients,
         })
     }
 
