@@ -10,6 +10,7 @@
 
 use std::{
     fmt::Write as _,
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -41,14 +42,14 @@ const FULL: Plan = Plan {
     sizes: &[(1_000, 5), (100_000, 3), (1_000_000, 1)],
     change_prefixes: 100_000,
     changes: 5,
-    replay_frames: 100_000,
+    replay_frames: 1_000_000,
     replay_runs: 3,
 };
 const QUICK: Plan = Plan {
     sizes: &[(1_000, 1), (100_000, 1)],
     change_prefixes: 100_000,
     changes: 2,
-    replay_frames: 10_000,
+    replay_frames: 100_000,
     replay_runs: 1,
 };
 
@@ -468,13 +469,17 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
 fn replay(bench: &Bench, plan: &Plan) -> Result<Replay> {
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/policy.yaml");
     let mut rng = fastrand::Rng::with_seed(6);
-    let frames: Vec<Vec<u8>> = (0..plan.replay_frames)
-        .map(|_| filter_testkit::random::random_frame(&mut rng))
-        .collect();
     let capture = bench.dir().join("replay.pcap");
     let one = bench.dir().join("replay-one.pcap");
-    filter_agent::capture::write_pcap_to(std::fs::File::create(&capture)?, &frames)?;
-    filter_agent::capture::write_pcap_to(std::fs::File::create(&one)?, &frames[..1])?;
+    let file = std::io::BufWriter::new(std::fs::File::create(&capture)?);
+    let mut writer = filter_agent::capture::FrameWriter::new(file)?;
+    let first = filter_testkit::random::random_frame(&mut rng);
+    writer.write(&first)?;
+    for _ in 1..plan.replay_frames {
+        writer.write(&filter_testkit::random::random_frame(&mut rng))?;
+    }
+    writer.into_inner().flush()?;
+    filter_agent::capture::write_pcap_to(std::fs::File::create(&one)?, &[first])?;
     let time = |path: &Path| -> Result<f64> {
         let started = Instant::now();
         let out = Command::new(AGENT)

@@ -5,12 +5,12 @@
 use std::process::Command;
 
 use filter_agent::{
-    capture::{parse_expect, read_frames},
+    capture::{Outcome, parse_expect, read_frames},
     dataplane::Dataplane,
     image::MapImage,
     model::{self, Model},
     policy,
-    replay::{self, hex},
+    replay::hex,
 };
 use filter_common::Verdict;
 use filter_testkit::corpus::{
@@ -41,13 +41,12 @@ fn every_corpus_frame_gets_its_hand_judged_verdict_from_the_kernel() {
     for (frame, want) in frames.iter().zip(&expected) {
         let got = dataplane.judge(frame).unwrap();
         let verdict = got.verdict.name();
-        if got.verdict != want.verdict || got.reason != want.reason || got.reply.is_some() {
+        if Outcome::Judged(got.verdict, got.reason) != want.verdict || got.reply.is_some() {
             failures.push(format!(
-                "frame {} (expect line {}): want {} {}, kernel {} {}",
+                "frame {} (expect line {}): want {}, kernel {} {}",
                 want.frame,
                 want.line,
                 want.verdict,
-                want.reason,
                 verdict,
                 got.reason.name()
             ));
@@ -87,13 +86,12 @@ fn every_reject_corpus_frame_gets_its_verdict_and_its_reply_from_the_kernel() {
         let got = dataplane.judge(frame).unwrap();
         let by_model = model.judge_frame(&image, frame, 0);
         let verdict = got.verdict.name();
-        if got.verdict != want.verdict || got.reason != want.reason {
+        if Outcome::Judged(got.verdict, got.reason) != want.verdict {
             failures.push(format!(
-                "frame {} (expect line {}): want {} {}, kernel {} {}",
+                "frame {} (expect line {}): want {}, kernel {} {}",
                 want.frame,
                 want.line,
                 want.verdict,
-                want.reason,
                 verdict,
                 got.reason.name()
             ));
@@ -107,7 +105,8 @@ fn every_reject_corpus_frame_gets_its_verdict_and_its_reply_from_the_kernel() {
                 by_model.reason.name()
             ));
         }
-        let want_reply = (want.verdict == Verdict::Reject).then(|| replies.next().unwrap());
+        let want_reply = matches!(want.verdict, Outcome::Judged(Verdict::Reject, _))
+            .then(|| replies.next().unwrap());
         if got.reply.as_ref() != want_reply || by_model.reply.as_ref() != want_reply {
             failures.push(format!(
                 "frame {}: reply differs\n  frame   {}\n  kernel  {}\n  builder {}\n  model   {}",
@@ -135,47 +134,107 @@ fn every_reject_corpus_frame_gets_its_verdict_and_its_reply_from_the_kernel() {
 #[test]
 fn replay_reports_the_replies_and_writes_them_to_a_pcap() {
     let files: CorpusFiles = REJECT_CORPUS;
-    let image = policy_image(files.policy);
-    let verdicts = replay::replay(&image, &[corpus_dir().join(files.pcap)]).unwrap();
-    let expected =
-        parse_expect(&std::fs::read_to_string(corpus_dir().join(files.expect)).unwrap()).unwrap();
-    assert!(replay::mismatches(&verdicts, &expected, &corpus_dir().join(files.expect)).is_empty());
-
+    let frames = read_frames(corpus_dir().join(files.pcap)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replies.pcap");
-    let written = replay::write_replies(&path, &verdicts).unwrap();
+    let out = replay_command_for(files.policy)
+        .args(["--format", "json", "--replies"])
+        .arg(&path)
+        .arg(corpus_dir().join(files.pcap))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     let stored = std::fs::read(corpus_dir().join(files.replies.unwrap())).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), stored, "{}", path.display());
-    assert_eq!(written, read_frames(&path).unwrap().len());
-    drop(dir);
+    let written = read_frames(&path).unwrap().len();
+    assert!(
+        stderr.contains(&format!("{written} replies written to")),
+        "{stderr}"
+    );
 
-    let mut json = Vec::new();
-    replay::print_json(&mut json, &verdicts).unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8(json)
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    for (line, v) in lines.iter().zip(&verdicts) {
-        match &v.reply {
+    assert_eq!(lines.len(), frames.len());
+    let mut replies = 0;
+    for (line, frame) in lines.iter().zip(&frames) {
+        match line.get("reply") {
             Some(reply) => {
                 assert_eq!(line["verdict"], "reject");
-                assert_eq!(line["reply"], hex(reply));
-                let frame =
-                    read_frames(corpus_dir().join(files.pcap)).unwrap()[v.frame - 1].clone();
-                assert_eq!(Some(reply.clone()), model::reply_to(&frame));
+                assert_eq!(
+                    reply.as_str(),
+                    model::reply_to(frame).map(|r| hex(&r)).as_deref()
+                );
+                replies += 1;
             }
-            None => assert!(line.get("reply").is_none(), "{line}"),
+            None => assert_ne!(line["verdict"], "reject", "{line}"),
         }
     }
-    let mut table = Vec::new();
-    replay::print_table(&mut table, &verdicts).unwrap();
-    let table = String::from_utf8(table).unwrap();
+    assert_eq!(replies, written);
+
+    let table = replay_command_for(files.policy)
+        .arg(corpus_dir().join(files.pcap))
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
     assert!(
         table.contains("(answered: tcp rst+ack 203.0.113.9 -> 100.64.1.10 port 49152, 54 bytes)"),
         "{table}"
     );
     assert!(table.contains("rate-limited"), "{table}");
+}
+
+/// The replay entry point reports what the production entry decides, frame for frame, on
+/// the differential test's random mix, and moves the same counters and offender records.
+#[test]
+fn the_replay_entry_reports_what_the_production_entry_decides() {
+    let image = policy_image(REJECT_CORPUS.policy);
+    let production = Dataplane::load_with(&image).expect("load the XDP program (root?)");
+    let replay = Dataplane::load_with(&image).unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut output = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..5000 {
+        let frame = filter_testkit::random::random_frame(&mut rng);
+        let want = production.judge(&frame).unwrap();
+        let got = replay.judge_replay(&frame, &mut output).unwrap();
+        assert_eq!(
+            (got.verdict, got.reason, got.family, got.reply),
+            (
+                want.verdict,
+                want.reason,
+                want.family,
+                want.reply.as_deref()
+            ),
+            "frame {i}: {}",
+            hex(&frame)
+        );
+        let by_model = Model::new().judge_frame(&image, &frame, 0);
+        if got.reason != filter_common::Reason::RateLimited {
+            assert_eq!(got.group, by_model.group, "frame {i}: {}", hex(&frame));
+        }
+        seen.insert((got.verdict, got.reason));
+    }
+    assert!(seen.len() >= 8, "too few kinds of verdict: {seen:?}");
+    assert_eq!(
+        production.reason_counters(0).unwrap(),
+        replay.reason_counters(0).unwrap()
+    );
+    let offenders = |dataplane: &Dataplane| {
+        let mut records: Vec<_> = dataplane
+            .offenders()
+            .unwrap()
+            .into_iter()
+            .map(|(key, record)| (key.address, record.attempts, record.group))
+            .collect();
+        records.sort();
+        records
+    };
+    assert_eq!(offenders(&production), offenders(&replay));
+    assert!(!offenders(&replay).is_empty());
 }
 
 fn replay_command() -> Command {
@@ -227,8 +286,13 @@ fn replay_prints_one_json_object_per_frame_in_capture_order() {
     assert_eq!(lines.len(), expected.len());
     for (line, want) in lines.iter().zip(&expected) {
         assert_eq!(line["frame"], want.frame);
-        assert_eq!(line["verdict"], want.verdict.name(), "frame {}", want.frame);
-        assert_eq!(line["reason"], want.reason.name(), "frame {}", want.frame);
+        let got = format!(
+            "{} {}",
+            line["verdict"].as_str().unwrap(),
+            line["reason"].as_str().unwrap()
+        );
+        assert_eq!(got, want.verdict.to_string(), "frame {}", want.frame);
+        assert_eq!(line["engine"], "kernel");
     }
 }
 
@@ -278,7 +342,7 @@ fn replay_expect_passes_on_the_corpus_and_lists_each_mismatch() {
 }
 
 #[test]
-fn replay_refuses_an_invalid_policy_with_its_location() {
+fn replay_refuses_an_invalid_policy_with_its_location_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("bad.yaml");
     std::fs::write(
@@ -295,7 +359,233 @@ fn replay_refuses_an_invalid_policy_with_its_location() {
         .unwrap();
     drop(dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("bad.yaml:5:"), "{stderr}");
     assert!(stderr.contains("10.0.0.0/8"), "{stderr}");
+}
+
+/// The corpus policy with one prefix moved: residential's IPv6 /36 now belongs to the
+/// leased-line group, which may send.
+fn moved_policy(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(corpus_dir().join("policy.yaml")).unwrap();
+    let moved = text
+        .replace(
+            "prefixes: [100.64.0.0/10, \"2001:db8:1000::/36\"]",
+            "prefixes: [100.64.0.0/10]",
+        )
+        .replace(
+            "prefixes: [198.51.100.128/25, \"2001:db8:3000::/48\"]",
+            "prefixes: [198.51.100.128/25, \"2001:db8:3000::/48\", \"2001:db8:1000::/36\"]",
+        );
+    assert_ne!(
+        moved, text,
+        "the corpus policy's prefixes changed: update this test"
+    );
+    let path = dir.join("moved.yaml");
+    std::fs::write(&path, moved).unwrap();
+    path
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8(stdout.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect()
+}
+
+/// `--baseline`: exactly the frames from the moved prefix change, each reported with
+/// both decisions, grouped under that prefix; `--fail-on-change` turns that into exit 1.
+#[test]
+fn replay_baseline_reports_exactly_the_frames_of_the_moved_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let moved = moved_policy(dir.path());
+    let pcap = corpus_dir().join("corpus.pcap");
+    // Under the baseline alone: the frames the residential IPv6 prefix decides.
+    let before = replay_command()
+        .args(["--format", "json"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    assert!(before.status.success());
+    let expected: Vec<u64> = json_lines(&before.stdout)
+        .iter()
+        .filter(|l| l["group"] == "residential" && l["family"] == "ipv6")
+        .map(|l| l["frame"].as_u64().unwrap())
+        .collect();
+    assert!(expected.len() >= 5, "{expected:?}");
+
+    let compare = |policy: &std::path::Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_filter-agent"))
+            .arg("replay")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--baseline")
+            .arg(corpus_dir().join("policy.yaml"))
+            .args(extra)
+            .arg(&pcap)
+            .output()
+            .unwrap()
+    };
+    let out = compare(&moved, &["--format", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let mut lines = json_lines(&out.stdout);
+    let summary = lines.pop().unwrap();
+    let changed: Vec<u64> = lines.iter().map(|l| l["frame"].as_u64().unwrap()).collect();
+    assert_eq!(changed, expected);
+    for line in &lines {
+        assert_eq!(line["baseline"]["group"], "residential", "{line}");
+        assert_eq!(line["policy"]["group"], "leased-line", "{line}");
+        assert_ne!(
+            (&line["baseline"]["verdict"], &line["baseline"]["reason"]),
+            (&line["policy"]["verdict"], &line["policy"]["reason"]),
+            "{line}"
+        );
+        assert!(line["index"].is_u64(), "{line}");
+        assert_eq!(line["engine"], "kernel");
+    }
+    let summary = &summary["summary"];
+    assert_eq!(summary["changed"], expected.len(), "{summary}");
+    assert_eq!(summary["frames"], 169, "{summary}");
+    let groups = summary["groups"].as_array().unwrap();
+    assert!(!groups.is_empty());
+    assert!(
+        groups.iter().all(|g| g["prefix"] == "2001:db8:1000::/36"),
+        "{summary}"
+    );
+    let total: u64 = groups.iter().map(|g| g["frames"].as_u64().unwrap()).sum();
+    assert_eq!(total, expected.len() as u64);
+
+    let table = compare(&moved, &[]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.starts_with(&format!("{} of 169 frames change", expected.len())),
+        "{text}"
+    );
+    assert!(text.contains("2001:db8:1000::/36"), "{text}");
+    assert!(
+        text.contains("baseline: drop blocked (group residential)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("policy:   pass exempt (group leased-line)"),
+        "{text}"
+    );
+
+    let failing = compare(&moved, &["--fail-on-change"]);
+    assert_eq!(failing.status.code(), Some(1));
+    let unchanged = compare(
+        &corpus_dir().join("policy.yaml"),
+        &["--fail-on-change", "--format", "json"],
+    );
+    assert_eq!(unchanged.status.code(), Some(0));
+    let lines = json_lines(&unchanged.stdout);
+    assert_eq!(lines.len(), 1, "only the summary: {lines:?}");
+    assert_eq!(lines[0]["summary"]["changed"], 0);
+}
+
+/// `--format junit`: one test case per capture, a failure per mismatch, valid XML.
+#[test]
+fn replay_junit_has_a_case_per_capture_and_a_failure_per_mismatch() {
+    let text = std::fs::read_to_string(corpus_dir().join("corpus.expect")).unwrap();
+    let flipped = text.replacen("1 drop blocked", "1 pass relay", 1).replacen(
+        "\n2 drop blocked",
+        "\n2 pass exempt",
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad_expect = dir.path().join("flipped.expect");
+    std::fs::write(&bad_expect, flipped).unwrap();
+    let junit = |expect: &std::path::Path| {
+        let out = replay_command()
+            .args(["--format", "junit", "--expect"])
+            .arg(expect)
+            .arg(corpus_dir().join("corpus.pcap"))
+            .output()
+            .unwrap();
+        let xml = String::from_utf8(out.stdout).unwrap();
+        // Well-formed, and what it holds.
+        let mut reader = quick_xml::Reader::from_str(&xml);
+        let (mut cases, mut failures) = (Vec::new(), Vec::new());
+        loop {
+            match reader.read_event().expect("well-formed XML") {
+                quick_xml::events::Event::Eof => break,
+                quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                    let attribute = |name: &[u8]| {
+                        e.try_get_attribute(name)
+                            .unwrap()
+                            .map(|a| a.unescape_value().unwrap().into_owned())
+                    };
+                    match e.name().as_ref() {
+                        b"testcase" => cases.push(attribute(b"name").unwrap()),
+                        b"failure" => failures.push(attribute(b"message").unwrap()),
+                        b"property" => assert_eq!(attribute(b"value").unwrap(), "kernel"),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        (out.status.code(), cases, failures)
+    };
+    let (status, cases, failures) = junit(&bad_expect);
+    assert_eq!(status, Some(1));
+    assert_eq!(cases.len(), 1);
+    assert!(cases[0].ends_with("corpus.pcap"), "{cases:?}");
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures[0].contains("frame 1 ") && failures[0].contains("expected pass relay"));
+    assert!(failures[1].contains("frame 2 ") && failures[1].contains("expected pass exempt"));
+
+    let (status, cases, failures) = junit(&corpus_dir().join("corpus.expect"));
+    assert_eq!(status, Some(0));
+    assert_eq!(cases.len(), 1);
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// `--engine model` judges without BPF (here: as an unprivileged user, for whom the
+/// kernel engine cannot run, exit 2) and says so on every output.
+#[test]
+fn replay_engine_model_runs_without_privileges_and_says_so() {
+    let as_nobody = |extra: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_filter-agent"))
+            .arg("replay")
+            .arg("--policy")
+            .arg(corpus_dir().join("policy.yaml"))
+            .args(extra)
+            .arg("--expect")
+            .arg(corpus_dir().join("corpus.expect"))
+            .arg(corpus_dir().join("corpus.pcap"))
+            .output()
+            .expect("setpriv (util-linux) runs the agent as nobody")
+    };
+    let kernel = as_nobody(&[]);
+    let stderr = String::from_utf8_lossy(&kernel.stderr);
+    assert_eq!(kernel.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+
+    let json = as_nobody(&["--engine", "model", "--format", "json"]);
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    assert_eq!(json.status.code(), Some(0), "{stderr}");
+    let lines = json_lines(&json.stdout);
+    assert_eq!(lines.len(), 169);
+    assert!(lines.iter().all(|l| l["engine"] == "model"), "{lines:?}");
+    assert!(stderr.contains("judged by the reference model"), "{stderr}");
+    assert!(stderr.contains("all 169 frames match"), "{stderr}");
+
+    let table = as_nobody(&["--engine", "model"]);
+    assert_eq!(table.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("169 frames, judged by the reference model (--engine model)"),
+        "{text}"
+    );
+    let junit = as_nobody(&["--engine", "model", "--format", "junit"]);
+    let xml = String::from_utf8_lossy(&junit.stdout);
+    assert!(
+        xml.contains(r#"<property name="engine" value="model"/>"#),
+        "{xml}"
+    );
 }

@@ -26,7 +26,7 @@ pub use maps::{
 };
 pub use records::{
     Counter, DESTINATION_SKETCH_BITS, Event, GROUP_NAME_MAX, GroupName, INTERFACE_NAME_MAX,
-    InterfaceSlot, Offender, SourceKey, SourceRule,
+    InterfaceSlot, Offender, REPLAY_REPORT_MAGIC, ReplayReport, SourceKey, SourceRule,
 };
 pub use verdict::{
     Action, ActionStat, EventKind, FAMILY_COUNT, Family, REASON_COUNT, Reason, Smtp, Verdict,
@@ -34,6 +34,9 @@ pub use verdict::{
 
 /// The XDP entry point that filters.
 pub const PROGRAM_FILTER: &str = "smtp_filter";
+/// The filter as `replay` runs it (BPF_PROG_TEST_RUN only, never attached): the same
+/// decision, counters and records, plus a [`ReplayReport`] in the metadata area.
+pub const PROGRAM_REPLAY: &str = "smtp_filter_replay";
 /// An XDP program that only returns `XDP_PASS`: the benchmark baseline.
 pub const PROGRAM_PASS_BASELINE: &str = "pass_baseline";
 /// An XDP program that only returns `XDP_DROP`: the floor of any drop path.

@@ -245,3 +245,46 @@ mod tests {
         assert!(!SourceRule { group: 1, smtp: 0 }.allows());
     }
 }
+
+/// What the replay entry point (`PROGRAM_REPLAY`) writes into the XDP metadata area in
+/// front of the frame, so `replay` reads the kernel's decision from the test run's output
+/// instead of diffing counters. Numbers as in [`crate::Verdict`], [`crate::Reason`],
+/// [`crate::Family`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// [`REPLAY_REPORT_MAGIC`]: tells a report from frame bytes.
+    pub magic: u32,
+    pub verdict: u8,
+    pub reason: u8,
+    pub family: u8,
+    pub padding: u8,
+    /// Group whose prefix matched the source; 0 when none.
+    pub group: u32,
+}
+
+/// "RPLY".
+pub const REPLAY_REPORT_MAGIC: u32 = 0x5250_4c59;
+
+impl ReplayReport {
+    /// Reads a report from the start of a test run's output (native byte order).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+        };
+        let report = ReplayReport {
+            magic: word(0)?,
+            verdict: bytes[4],
+            reason: bytes[5],
+            family: bytes[6],
+            padding: bytes[7],
+            group: word(8)?,
+        };
+        (report.magic == REPLAY_REPORT_MAGIC).then_some(report)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ReplayReport>() == 12);

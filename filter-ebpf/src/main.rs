@@ -12,6 +12,7 @@ mod limit;
 mod maps;
 mod observe;
 mod parse;
+mod replay;
 mod reply;
 
 use aya_ebpf::{
@@ -33,6 +34,27 @@ pub fn smtp_filter(ctx: XdpContext) -> u32 {
         // Passing the decision through a map makes those paths one state.
         Judged::NeedsSource(decision) => match maps::stash(decision) {
             Some(stored) => act::finish(&ctx, stored),
+            None => XDP_DROP,
+        },
+    }
+}
+
+/// The filter as `filter-agent replay` runs it through BPF_PROG_TEST_RUN (never
+/// attached): the same decision, counters, records and replies as `smtp_filter`, the
+/// decision also reported in the metadata area (see `replay`). A separate entry, so the
+/// production path pays nothing for it.
+#[xdp]
+pub fn smtp_filter_replay(ctx: XdpContext) -> u32 {
+    match decide::judge(&ctx) {
+        Judged::Passed(decision) => {
+            act::count(&ctx, &decision);
+            replay::reported(&ctx, &decision, XDP_PASS)
+        }
+        Judged::NeedsSource(decision) => match maps::stash(decision) {
+            Some(stored) => {
+                let action = act::finish(&ctx, stored);
+                replay::reported(&ctx, stored, action)
+            }
             None => XDP_DROP,
         },
     }

@@ -2,20 +2,42 @@
 //!
 //! UTF-8 lines `N VERDICT REASON  # description`, N the 1-based frame number across all
 //! captures given, VERDICT `pass`, `drop` or `reject`, REASON any reason name
-//! (`rate-limited` included); blank lines and `#` lines are ignored. JSON-lines objects
-//! `{"frame":N,"verdict":"...","reason":"..."}` are accepted too (other keys ignored).
+//! (`rate-limited` included), or `N skipped` for a record of a link type replay cannot
+//! judge; blank lines and `#` lines are ignored. JSON-lines objects
+//! `{"frame":N,"verdict":"...","reason":"..."}` are accepted too (other keys ignored), so
+//! `replay --format json` output is an expect file.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use anyhow::{Context, anyhow, bail};
 use filter_common::{Reason, Verdict};
 
-/// One expectation: frame `frame` (1-based) gets `verdict` for `reason`.
+/// What became of one frame: judged, or skipped (a link type replay cannot judge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Judged(Verdict, Reason),
+    Skipped,
+}
+
+/// `drop blocked`, `skipped`.
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Judged(verdict, reason) => write!(f, "{verdict} {reason}"),
+            Outcome::Skipped => f.write_str(SKIPPED),
+        }
+    }
+}
+
+/// The verdict name of a skipped record, in expect files and replay's output.
+pub const SKIPPED: &str = "skipped";
+
+/// One expectation: frame `frame` (1-based) gets `verdict`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
     pub frame: usize,
-    pub verdict: Verdict,
-    pub reason: Reason,
+    pub verdict: Outcome,
     /// 1-based line of the expect file, for error messages.
     pub line: usize,
 }
@@ -49,11 +71,13 @@ pub fn parse_expect(text: &str) -> anyhow::Result<Vec<Expected>> {
 fn parse_columns(content: &str, line: usize) -> anyhow::Result<Expected> {
     let fields = content.split('#').next().unwrap_or_default();
     let fields: Vec<&str> = fields.split_whitespace().collect();
-    let [frame, verdict, reason] = fields[..] else {
-        bail!(
+    let (frame, verdict, reason) = match fields[..] {
+        [frame, verdict @ SKIPPED] => (frame, verdict, None),
+        [frame, verdict, reason] => (frame, verdict, Some(reason)),
+        _ => bail!(
             "expected `N VERDICT REASON  # description`, found {} fields",
             fields.len()
-        );
+        ),
     };
     let frame = frame
         .parse()
@@ -77,25 +101,46 @@ fn parse_json(content: &str, line: usize) -> anyhow::Result<Expected> {
             .as_str()
             .ok_or_else(|| anyhow!("{name:?} is not a string"))
     };
-    checked(frame, text("verdict")?, text("reason")?, line)
+    let verdict = text("verdict")?;
+    // A skipped record has no reason (null in replay's output).
+    let reason = match verdict {
+        SKIPPED => None,
+        _ => Some(text("reason")?),
+    };
+    checked(frame, verdict, reason, line)
 }
 
-fn checked(frame: usize, verdict: &str, reason: &str, line: usize) -> anyhow::Result<Expected> {
+fn checked(
+    frame: usize,
+    verdict: &str,
+    reason: Option<&str>,
+    line: usize,
+) -> anyhow::Result<Expected> {
     if frame == 0 {
         bail!("frame numbers start at 1");
     }
+    if verdict == SKIPPED {
+        return Ok(Expected {
+            frame,
+            verdict: Outcome::Skipped,
+            line,
+        });
+    }
     let Some(verdict_value) = Verdict::from_name(verdict) else {
         let names: Vec<&str> = Verdict::ALL.iter().map(|v| v.name()).collect();
-        bail!("verdict {verdict:?} is not one of {}", names.join(", "));
+        bail!(
+            "verdict {verdict:?} is not one of {}, {SKIPPED}",
+            names.join(", ")
+        );
     };
+    let reason = reason.unwrap_or_default();
     let Some(reason_value) = Reason::from_name(reason) else {
         let names: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
         bail!("unknown reason {reason:?} (one of {})", names.join(", "));
     };
     Ok(Expected {
         frame,
-        verdict: verdict_value,
-        reason: reason_value,
+        verdict: Outcome::Judged(verdict_value, reason_value),
         line,
     })
 }
@@ -105,10 +150,16 @@ mod tests {
     use super::*;
 
     fn expected(frame: usize, verdict: &str, reason: &str, line: usize) -> Expected {
+        let verdict = match verdict {
+            SKIPPED => Outcome::Skipped,
+            _ => Outcome::Judged(
+                Verdict::from_name(verdict).unwrap(),
+                Reason::from_name(reason).unwrap(),
+            ),
+        };
         Expected {
             frame,
-            verdict: Verdict::from_name(verdict).unwrap(),
-            reason: Reason::from_name(reason).unwrap(),
+            verdict,
             line,
         }
     }
@@ -123,7 +174,9 @@ mod tests {
                     5 reject blocked\n\
                     6 drop rate-limited  # over the relay limit\n\
                     {\"frame\":4,\"verdict\":\"pass\",\"reason\":\"malformed\",\"note\":\"x\"}\n\
-                    {\"reason\":\"port\",\"verdict\":\"pass\",\"frame\":10}\n";
+                    {\"reason\":\"port\",\"verdict\":\"pass\",\"frame\":10}\n\
+                    11 skipped  # a LINKTYPE_NULL record\n\
+                    {\"frame\":12,\"verdict\":\"skipped\",\"reason\":null}\n";
         assert_eq!(
             parse_expect(text).unwrap(),
             [
@@ -134,6 +187,8 @@ mod tests {
                 expected(6, "drop", "rate-limited", 7),
                 expected(4, "pass", "malformed", 8),
                 expected(10, "pass", "port", 9),
+                expected(11, "skipped", "", 10),
+                expected(12, "skipped", "", 11),
             ]
         );
     }
@@ -147,7 +202,7 @@ mod tests {
             (
                 "1 refuse blocked\n",
                 "line 1",
-                "not one of pass, drop, reject",
+                "not one of pass, drop, reject, skipped",
             ),
             ("1 drop spam\n", "line 1", "unknown reason"),
             (

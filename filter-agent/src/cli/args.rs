@@ -2,9 +2,9 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::{agent::AgentOptions, control::protocol::DEFAULT_TOP_OFFENDERS, defaults};
+use crate::{agent::AgentOptions, control::protocol::DEFAULT_TOP_OFFENDERS, defaults, replay};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -115,29 +115,52 @@ close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
         json: bool,
     },
     /// Run captured frames through the real XDP program (not attached) and print the
-    /// kernel's verdict for each. Needs root.
+    /// kernel's verdict for each; with --baseline, only what a policy change changes.
+    /// Needs root (or --engine model).
     #[command(after_help = "Examples:
   filter-agent replay --policy policies/example.yaml capture.pcapng
   filter-agent replay --policy tests/corpus/policy.yaml --expect tests/corpus/corpus.expect tests/corpus/corpus.pcap
   filter-agent replay --policy p.yaml --format json capture.pcap > verdicts.jsonl
   filter-agent replay --policy tests/corpus/reject.yaml --replies replies.pcap tests/corpus/reject.pcap
+  filter-agent replay --policy new.yaml --baseline old.yaml --fail-on-change yesterday.pcap
+  filter-agent replay --policy p.yaml --expect p.expect --format junit ci/*.pcap > replay.xml
+
+Captures: pcap (either byte order, micro- or nanosecond) and pcapng (any interfaces,
+options and blocks), with Ethernet, Linux cooked (SLL, SLL2, `tcpdump -i any`) or raw
+IPv4/IPv6 frames; records of other link types are reported as skipped. Frames cut by a
+snap length are judged on the bytes captured and marked truncated.
 
 The --expect file has one line per frame, `N VERDICT REASON  # comment` (N counts frames
-across all captures from 1), or JSON lines as printed by --format json. Any mismatch
-exits with status 1.")]
+across all captures from 1; `N skipped` for a record that is not judged), or JSON lines
+as printed by --format json.
+
+Exit status: 0 every frame as expected (and, with --fail-on-change, none changed),
+1 a mismatch against --expect or a change under --fail-on-change, 2 replay could not
+run (no root or BPF, an unreadable or invalid policy, an unreadable capture).")]
     Replay {
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-        /// Expected verdicts; exit 1 listing every frame whose kernel verdict differs.
+        /// The policy in force today: judge every frame under both and print only the
+        /// frames whose verdict or reason differs, grouped by source prefix and group.
+        #[arg(long, value_name = "FILE")]
+        baseline: Option<PathBuf>,
+        /// With --baseline: exit 1 when any frame changes.
+        #[arg(long, requires = "baseline")]
+        fail_on_change: bool,
+        #[arg(long, value_enum, default_value_t = replay::Format::Table)]
+        format: replay::Format,
+        /// Who judges: the kernel program (needs root), or the reference model for
+        /// runners without BPF (every output then says so).
+        #[arg(long, value_enum, default_value_t = replay::Engine::Kernel)]
+        engine: replay::Engine,
+        /// Expected verdicts; exit 1 listing every frame whose verdict differs.
         #[arg(long, value_name = "FILE")]
         expect: Option<PathBuf>,
         /// Write the frames the program sent back (reject's TCP resets) to this pcap, in
         /// frame order.
         #[arg(long, value_name = "FILE")]
         replies: Option<PathBuf>,
-        /// pcap or pcapng files with Ethernet frames.
+        /// pcap or pcapng files.
         #[arg(required = true, value_name = "CAPTURE")]
         captures: Vec<PathBuf>,
     },
@@ -326,10 +349,4 @@ fn parse_top(text: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use super::{
-    args::{Cli, Command, ExemptionsCommand, Format, SessionsCommand},
+    args::{Cli, Command, ExemptionsCommand, SessionsCommand},
     manpages, render,
 };
 use crate::{
@@ -169,49 +169,31 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Replay {
             policy,
+            baseline,
+            fail_on_change,
             format,
+            engine,
             expect,
             replies,
             captures,
-        } => {
-            let image = load_policy(&policy)?.compile();
-            let expected = match &expect {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    Some(
-                        capture::parse_expect(&text)
-                            .with_context(|| format!("in {}", path.display()))?,
-                    )
+        } => Ok(
+            match run_replay(ReplayArgs {
+                policy,
+                baseline,
+                fail_on_change,
+                format,
+                engine,
+                expect,
+                replies,
+                captures,
+            }) {
+                Ok(code) => code,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(REPLAY_COULD_NOT_RUN)
                 }
-                None => None,
-            };
-            let verdicts = replay::replay(&image, &captures)?;
-            if let Some(path) = &replies {
-                let written = replay::write_replies(path, &verdicts)?;
-                eprintln!("{written} replies written to {}", path.display());
-            }
-            let mut stdout = io::stdout().lock();
-            match format {
-                Format::Table => replay::print_table(&mut stdout, &verdicts)?,
-                Format::Json => {
-                    replay::print_json(&mut stdout, &verdicts)?;
-                    eprint!("{}", replay::summary(&verdicts));
-                }
-            }
-            if let (Some(expected), Some(path)) = (expected, expect) {
-                let problems = replay::mismatches(&verdicts, &expected, &path);
-                if !problems.is_empty() {
-                    for problem in &problems {
-                        eprintln!("mismatch: {problem}");
-                    }
-                    eprintln!("{} mismatches against {}", problems.len(), path.display());
-                    return Ok(ExitCode::FAILURE);
-                }
-                eprintln!("all {} frames match {}", verdicts.len(), path.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+            },
+        ),
         Command::Explain {
             policy,
             socket,
@@ -238,4 +220,60 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `replay`'s exit status when it could not run at all (as opposed to 1: it ran and found
+/// a mismatch or a change).
+const REPLAY_COULD_NOT_RUN: u8 = 2;
+
+struct ReplayArgs {
+    policy: std::path::PathBuf,
+    baseline: Option<std::path::PathBuf>,
+    fail_on_change: bool,
+    format: replay::Format,
+    engine: replay::Engine,
+    expect: Option<std::path::PathBuf>,
+    replies: Option<std::path::PathBuf>,
+    captures: Vec<std::path::PathBuf>,
+}
+
+fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
+    let image = load_policy(&args.policy)?.compile();
+    let baseline = match &args.baseline {
+        Some(path) => Some(load_policy(path)?.compile()),
+        None => None,
+    };
+    let expected = match &args.expect {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let expected =
+                capture::parse_expect(&text).with_context(|| format!("in {}", path.display()))?;
+            Some(replay::ExpectCheck::new(path.clone(), expected))
+        }
+        None => None,
+    };
+    let changes = baseline
+        .as_ref()
+        .map(|old| replay::Changes::new(image.clone(), old.clone(), args.fail_on_change));
+    let mut replay = replay::Replay::new(image, baseline, args.engine)?;
+    let stdout = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut output = replay::Output::new(stdout, args.format, args.engine, &args.captures);
+    if let Some(check) = expected {
+        output = output.expect(check);
+    }
+    if let Some(path) = &args.replies {
+        output = output.replies(path)?;
+    }
+    if let Some(changes) = changes {
+        output = output.changes(changes);
+    }
+    replay.run(&args.captures, &mut output)?;
+    let ending = output.finish()?;
+    let changed = args.fail_on_change && ending.changes > 0;
+    Ok(if ending.mismatches > 0 || changed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -17,7 +17,7 @@ use aya::{
 use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, FAMILY_COUNT, Family, GroupName,
     InterfaceSlot, MapSpec, Offender, PROGRAM_DROP_BASELINE, PROGRAM_FILTER, PROGRAM_PASS_BASELINE,
-    REASON_COUNT, Reason, SourceKey, SourceRule, Verdict,
+    PROGRAM_REPLAY, REASON_COUNT, Reason, ReplayReport, SourceKey, SourceRule, Verdict,
     maps::{
         self, ACTION_STATS, CONFIG_SLOT, EVENTS, FILTER_CONFIG, GROUP_NAMES, GROUP_STATS,
         IFINDEX_SLOTS, INTERFACE_SLOTS, OFFENDERS, REASON_STATS, SOURCES_V4, SOURCES_V6,
@@ -106,7 +106,12 @@ impl Dataplane {
             .load(OBJECT)
             .context("loading the XDP object into the kernel")
             .map_err(explain_permission)?;
-        for name in [PROGRAM_FILTER, PROGRAM_PASS_BASELINE, PROGRAM_DROP_BASELINE] {
+        for name in [
+            PROGRAM_FILTER,
+            PROGRAM_REPLAY,
+            PROGRAM_PASS_BASELINE,
+            PROGRAM_DROP_BASELINE,
+        ] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -305,6 +310,56 @@ impl Dataplane {
         })
     }
 
+    /// Judges one frame through the replay entry point: one test run a frame, the
+    /// decision read from its report, no counter read. Counters, relay buckets, offender
+    /// records and replies move exactly as under the production entry (same code, same
+    /// maps).
+    ///
+    /// `output` is the run's output buffer, reused from frame to frame (a reply is read
+    /// from it).
+    pub fn judge_replay<'o>(&self, frame: &[u8], output: &'o mut Vec<u8>) -> Result<Judgement<'o>> {
+        if frame.len() < MIN_FRAME_LEN || frame.len() > MAX_TEST_FRAME_LEN {
+            bail!(
+                "a {}-byte frame is outside what XDP test runs take \
+                 ({MIN_FRAME_LEN}..={MAX_TEST_FRAME_LEN})",
+                frame.len()
+            );
+        }
+        output.resize(MAX_OUTPUT, 0);
+        let result = self
+            .program(PROGRAM_REPLAY)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(output),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN failed")?;
+        let output = &output[..(result.data_size_out as usize).min(MAX_OUTPUT)];
+        let report = ReplayReport::from_bytes(output)
+            .context("the replay program left no report in the metadata area")?;
+        let decoded = (
+            Reason::try_from(u32::from(report.reason)),
+            Family::try_from(u32::from(report.family)),
+        );
+        let (Ok(reason), Ok(family)) = decoded else {
+            bail!("the replay program reported an unknown reason or family: {report:?}");
+        };
+        let after_report = &output[size_of::<ReplayReport>()..];
+        let (verdict, reply) = match result.return_value {
+            XDP_DROP => (Verdict::Drop, None),
+            XDP_PASS => (Verdict::Pass, None),
+            XDP_TX => (Verdict::Reject, Some(after_report)),
+            other => bail!("the filter returned unexpected XDP action {other}"),
+        };
+        Ok(Judgement {
+            verdict,
+            reason,
+            family,
+            group: report.group,
+            reply,
+        })
+    }
+
     /// What the program did besides passing and dropping, summed over CPUs, indexed by
     /// `ActionStat as usize`.
     pub fn action_stats(&self) -> Result<[u64; ActionStat::ALL.len()]> {
@@ -476,6 +531,23 @@ fn run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u
     output.truncate(result.data_size_out as usize);
     Ok((result.return_value, result.duration, output))
 }
+
+/// The kernel's decision on one frame, as the replay entry reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judgement<'o> {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub family: Family,
+    /// Group whose prefix matched the source; 0 when none.
+    pub group: u32,
+    /// The frame sent back (XDP_TX), for `Verdict::Reject`.
+    pub reply: Option<&'o [u8]>,
+}
+
+/// The largest frame BPF_PROG_TEST_RUN accepts for a non-multi-buffer XDP program
+/// (a page less headroom and shared info). Longer frames are judged on this prefix:
+/// the decision reads only headers.
+pub const MAX_TEST_FRAME_LEN: usize = 3520;
 
 /// Turns the kernel's EPERM (and the verifier's EACCES without CAP_PERFMON) into advice:
 /// loading this program needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
