@@ -391,3 +391,31 @@ fn a_file_that_is_no_capture_cannot_be_replayed_exit_2() {
         run.stderr
     );
 }
+
+#[test]
+fn a_record_bigger_than_the_read_buffer_is_read_and_an_absurd_one_ends_the_file() {
+    // 2 MiB (a SYN and a trailer): more than the reader's first buffer; judged on the
+    // first 3520 bytes.
+    let mut jumbo = syn(RESIDENTIAL_V4, REMOTE_V4);
+    jumbo.resize(2 << 20, 0);
+    let mut bytes = Pcap::new(linktype::ETHERNET)
+        .frame(&jumbo)
+        .frame(&syn(LEASED_LINE_V4, REMOTE_V4))
+        .bytes();
+    // A record header claiming 4 GiB, as damage leaves one.
+    bytes.extend([0; 8]);
+    bytes.extend(0xffff_fff0u32.to_le_bytes());
+    bytes.extend(0xffff_fff0u32.to_le_bytes());
+    bytes.extend([0; 64]);
+    let (verdicts, run) = verdicts(&[bytes]);
+    assert_eq!(verdicts, ["drop blocked", "pass exempt"]);
+    assert_eq!(run.lines[0]["len"], jumbo.len());
+    let note = run.lines[0]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("judged on its first 3520 bytes"), "{note}");
+    assert!(
+        run.stderr
+            .contains("ended after 2 records: record 3 claims more than 64 MiB"),
+        "{}",
+        run.stderr
+    );
+}

@@ -474,7 +474,13 @@ fn replay_baseline_reports_exactly_the_frames_of_the_moved_prefix() {
     );
 
     let failing = compare(&moved, &["--fail-on-change"]);
-    assert_eq!(failing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failing.stderr);
+    assert_eq!(failing.status.code(), Some(1), "{stderr}");
+    let listed = stderr
+        .lines()
+        .filter(|l| l.starts_with("change: frame "))
+        .count();
+    assert_eq!(listed, expected.len(), "{stderr}");
     let unchanged = compare(
         &corpus_dir().join("policy.yaml"),
         &["--fail-on-change", "--format", "json"],

@@ -158,6 +158,7 @@ pub fn for_each_record(
     };
     let mut state = ReadState::default();
     let mut scratch = Vec::new();
+    let mut capacity = BUFFER;
     loop {
         let early = match reader.next() {
             Ok((consumed, block)) => {
@@ -173,7 +174,7 @@ pub fn for_each_record(
                 continue;
             }
             Err(PcapError::BufferTooSmall) => {
-                let capacity = reader.data().len().max(BUFFER) * 2;
+                capacity *= 2;
                 if capacity <= MAX_RECORD && reader.grow(capacity) {
                     continue;
                 }

@@ -215,6 +215,9 @@ pub struct Output<W: Write> {
     skipped: BTreeMap<i32, (LinkType, usize)>,
     truncated: usize,
     frames: usize,
+    /// Frames whose verdict differs from the expected one.
+    mismatches: usize,
+    /// Failures listed so far (mismatches, and changes under --fail-on-change).
     listed: usize,
     captures: Vec<CaptureReport>,
     label_width: usize,
@@ -255,6 +258,7 @@ impl<W: Write> Output<W> {
             skipped: BTreeMap::new(),
             truncated: 0,
             frames: 0,
+            mismatches: 0,
             listed: 0,
             captures,
             label_width,
@@ -340,7 +344,8 @@ impl<W: Write> Output<W> {
         }
         let last = self.captures.len().saturating_sub(1);
         for failure in past_the_end {
-            self.fail(last, failure);
+            self.mismatches += 1;
+            self.fail(last, format!("mismatch: {failure}"));
         }
         if let Some((path, writer)) = self.replies.take() {
             let written = writer.written();
@@ -372,25 +377,14 @@ impl<W: Write> Output<W> {
             }
         }
         self.out.flush()?;
-        let mismatches: usize = self
-            .captures
-            .iter()
-            .map(|c| c.failures.len() + c.unlisted)
-            .sum();
+        let mismatches = self.mismatches;
         let changed = changes.as_ref().map_or(0, Changes::changed);
-        if self.expect.is_some() || changes.is_some() {
-            let label = if changes.is_some() {
-                "change"
-            } else {
-                "mismatch"
-            };
-            for failure in self.captures.iter().flat_map(|c| &c.failures) {
-                eprintln!("{label}: {failure}");
-            }
-            let unlisted: usize = self.captures.iter().map(|c| c.unlisted).sum();
-            if unlisted > 0 {
-                eprintln!("... and {unlisted} more");
-            }
+        for failure in self.captures.iter().flat_map(|c| &c.failures) {
+            eprintln!("{failure}");
+        }
+        let unlisted: usize = self.captures.iter().map(|c| c.unlisted).sum();
+        if unlisted > 0 {
+            eprintln!("... and {unlisted} more");
         }
         if let Some(expect) = &self.expect {
             let path = expect.path.display();
@@ -568,7 +562,8 @@ impl<W: Write> Sink for Output<W> {
         if let Some(expect) = &mut self.expect
             && let Some(failure) = expect.check(frame, self.engine, &self.label)
         {
-            self.fail(frame.capture, failure);
+            self.mismatches += 1;
+            self.fail(frame.capture, format!("mismatch: {failure}"));
         }
         if let (Some((path, writer)), Some(reply)) = (&mut self.replies, frame.policy.reply) {
             writer
@@ -601,7 +596,7 @@ impl<W: Write> Sink for Output<W> {
             }
             if changes.fail_on_change() {
                 let failure = format!(
-                    "frame {} ({}): {} under the baseline, {} under the policy",
+                    "change: frame {} ({}): {} under the baseline, {} under the policy",
                     frame.frame, self.label, baseline.verdict, frame.policy.verdict
                 );
                 self.fail(frame.capture, failure);
