@@ -1088,10 +1088,18 @@ subscribers:
     assert_eq!(radius.listen, "127.0.0.1:1813".parse().unwrap());
     assert_eq!(radius.clients.len(), 2);
     assert_eq!(radius.clients[0].address, net("127.0.0.1/32"));
-    assert_eq!(radius.clients[1].secret_file, std::path::Path::new("/etc/filter-agent/bng.secret"));
-    assert_eq!(policy.subscribers.session_timeout, Some(std::time::Duration::from_secs(7200)));
+    assert_eq!(
+        radius.clients[1].secret_file,
+        std::path::Path::new("/etc/filter-agent/bng.secret")
+    );
+    assert_eq!(
+        policy.subscribers.session_timeout,
+        Some(std::time::Duration::from_secs(7200))
+    );
     // Without the section: no listener, no timeout.
-    let none = crate::policy::parse("version: 1\n", "p.yaml").unwrap().policy;
+    let none = crate::policy::parse("version: 1\n", "p.yaml")
+        .unwrap()
+        .policy;
     assert_eq!(none.subscribers, Default::default());
 }
 
@@ -1138,6 +1146,14 @@ fn bad_subscribers_sections_are_located_errors() {
         let d = one_error(&format!("version: 1\n{section}"));
         assert_eq!((at(&d), d.message.as_str()), (place, message), "{section}");
     }
-    let warned = crate::policy::parse("version: 1\nsubscribers:\n  session_timeout: 2h\n", "p.yaml").unwrap();
-    assert!(warned.warnings[0].message.starts_with("session_timeout has no effect without radius_accounting"));
+    let warned = crate::policy::parse(
+        "version: 1\nsubscribers:\n  session_timeout: 2h\n",
+        "p.yaml",
+    )
+    .unwrap();
+    assert!(
+        warned.warnings[0]
+            .message
+            .starts_with("session_timeout has no effect without radius_accounting")
+    );
 }
