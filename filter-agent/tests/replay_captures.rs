@@ -339,6 +339,8 @@ fn records_of_other_link_types_are_skipped_counted_and_only_fail_when_expected_o
     assert_eq!(verdicts, ["skipped", "skipped", "drop blocked"]);
     assert_eq!(run.lines[0]["linktype"], "null");
     assert_eq!(run.lines[0]["reason"], Value::Null);
+    assert_eq!(run.lines[0]["len"], 8);
+    assert_eq!(run.lines[0]["group"], Value::Null);
     assert!(
         run.stderr
             .contains("2  skipped: link type null (0) is not judged"),

@@ -93,8 +93,12 @@ impl fmt::Display for LinkType {
             LinkType::Ipv4 => f.write_str("ipv4"),
             LinkType::Ipv6 => f.write_str("ipv6"),
             LinkType::Other(number) => match Linktype(*number).to_string() {
-                // pcap-parser names the ones it knows, upper case; the rest by number.
-                name if name.starts_with(|c: char| c.is_ascii_alphabetic()) => {
+                // pcap-parser names the ones it knows, upper case (others as
+                // "Linktype(147 / 0x93)"): those by name, the rest by number.
+                name if name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') =>
+                {
                     f.write_str(&name.to_ascii_lowercase())
                 }
                 _ => write!(f, "{number}"),
@@ -113,6 +117,8 @@ pub struct Record<'a> {
     /// why.
     pub frame: Option<&'a [u8]>,
     pub skip: Option<&'static str>,
+    /// Bytes captured: `frame`'s length, or the record's for a skipped one.
+    pub len: usize,
     /// The record's length on the wire, counted as `frame` is (an Ethernet header in
     /// place of a cooked one).
     pub orig_len: usize,
@@ -279,6 +285,7 @@ impl ReadState {
             Ok(frame) => (Some(frame), None),
             Err(why) => (None, Some(why)),
         };
+        let len = frame.map_or(data.len(), <[u8]>::len);
         let orig_len = match (linktype, frame) {
             (LinkType::Ethernet, _) | (_, None) => orig_len,
             (other, Some(_)) => frame_orig_len(other.header_len()),
@@ -288,6 +295,7 @@ impl ReadState {
             linktype,
             frame,
             skip,
+            len,
             orig_len,
             truncated,
             over_snaplen,
@@ -395,4 +403,34 @@ pub fn read_frames(path: impl AsRef<Path>) -> anyhow::Result<Vec<Vec<u8>>> {
         bail!("{}: {early}", path.display());
     }
     Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_types_are_named_as_the_registry_names_them() {
+        let names: Vec<String> = [1, 113, 276, 101, 12, 228, 229, 0, 108, 147]
+            .into_iter()
+            .map(|number| LinkType::from_number(number).to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ethernet",
+                "linux_sll",
+                "linux_sll2",
+                "raw",
+                "raw",
+                "ipv4",
+                "ipv6",
+                "null",
+                "loop",
+                "147"
+            ]
+        );
+        assert!(!LinkType::from_number(0).is_supported());
+        assert_eq!(LinkType::from_number(12).number(), 101);
+    }
 }

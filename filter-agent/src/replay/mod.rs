@@ -226,7 +226,7 @@ impl Replay {
                         index: record.index,
                         linktype: record.linktype,
                         bytes: None,
-                        len: 0,
+                        len: record.len,
                         orig_len: record.orig_len,
                         truncated: record.truncated,
                         note: Some(&note),
