@@ -177,6 +177,7 @@ fn start_agent(bench: &Bench, policy: &Path) -> Result<AgentProcess> {
         state_dir: bench.dir().join("state"),
         args: Vec::new(),
         log_filter: Some("info"),
+        env: Vec::new(),
         own_process_group: false,
     })
 }

@@ -441,6 +441,7 @@ impl Agent {
             state_dir: dir.join("state"),
             args: Vec::new(),
             log_filter: Some("info"),
+            env: Vec::new(),
             // Ctrl-C at the terminal reaches the demo only; the demo stops the agent. If
             // the demo is killed outright, the agent gets SIGTERM rather than running on.
             own_process_group: true,

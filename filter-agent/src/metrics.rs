@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub actions: Actions,
     /// Sources whose offender alert window is running.
     pub offenders_over_threshold: u64,
+    /// Changes applied with --confirm-within that the agent rolled back by itself.
+    pub automatic_rollbacks: u64,
 }
 
 /// What the program did besides passing and dropping, from ACTION_STATS.
@@ -111,6 +113,7 @@ impl Default for Snapshot {
             attached_interfaces: Vec::new(),
             actions: Actions::default(),
             offenders_over_threshold: 0,
+            automatic_rollbacks: 0,
         }
     }
 }
@@ -245,6 +248,13 @@ impl Collector for SnapshotCollector {
             Some(Unit::Seconds),
             "Unix time of the last policy reload attempt, applied or refused.",
             [([] as [(&str, &str); 0], reload_time)],
+        )?;
+        counters(
+            &mut encoder,
+            "automatic_rollbacks",
+            None,
+            "Changes applied with --confirm-within and not confirmed in time, which the agent rolled back by itself.",
+            [([] as [(&str, &str); 0], s.automatic_rollbacks)],
         )?;
 
         let none = || [] as [(&str, &str); 0];
@@ -563,6 +573,7 @@ mod tests {
                 offender_alerts: 2,
             },
             offenders_over_threshold: 1,
+            automatic_rollbacks: 1,
         }
     }
 
@@ -682,6 +693,8 @@ mod tests {
             "filter_agent_last_reload_success 1",
             "# UNIT filter_agent_last_reload_timestamp_seconds seconds",
             "filter_agent_last_reload_timestamp_seconds 1700000000.5",
+            "# TYPE filter_agent_automatic_rollbacks counter",
+            "filter_agent_automatic_rollbacks_total 1",
             "# HELP filter_agent_attached 1 for each interface the filter is attached to, with its XDP mode and program id.",
             r#"filter_agent_attached{interface="eth1",mode="native",program_id="42"} 1"#,
             "# TYPE filter_agent_resets_sent counter",
@@ -701,7 +714,7 @@ mod tests {
         let samples = parse(&text);
         assert_eq!(
             samples.len(),
-            4 * 2 + 2 * 2 + 2 + 4 + 6 + 1 + 2 + 1,
+            4 * 2 + 2 * 2 + 2 + 4 + 7 + 1 + 2 + 1,
             "{text}"
         );
         let group = samples
@@ -743,7 +756,7 @@ mod tests {
     fn empty_snapshot_still_describes_every_family() {
         let text = render(&Snapshot::default());
         let samples = parse(&text);
-        assert_eq!(text.matches("# TYPE ").count(), 17, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 18, "{text}");
         let names: Vec<_> = samples.iter().map(|s| s.name.as_str()).collect();
         let mut expected = vec!["filter_agent_exemptions"];
         // Every outcome, so a rate() over it never starts from a missing series.
@@ -756,6 +769,7 @@ mod tests {
                 "filter_agent_policy_generation",
                 "filter_agent_last_reload_success",
                 "filter_agent_last_reload_timestamp_seconds",
+                "filter_agent_automatic_rollbacks_total",
                 "filter_agent_resets_sent_total",
                 "filter_agent_events_total",
                 "filter_agent_events_total",

@@ -1,6 +1,7 @@
-//! The agent's files in its state directory (exemptions, subscriber exemptions, sessions):
-//! each written whole or not at all, also across a crash or power loss, and read as YAML
-//! with errors on one line (they go into log lines).
+//! The agent's files in its state directory (exemptions, subscriber exemptions, sessions,
+//! the policy history and a pending rollback) and the policy file `apply` writes: each
+//! written whole or not at all, also across a crash or power loss, and read as YAML with
+//! errors on one line (they go into log lines).
 
 use std::{
     fs::{self, DirBuilder, File, OpenOptions},
@@ -14,7 +15,18 @@ use anyhow::Context;
 /// Writes `text` to `path` so that it holds either the old or the new contents, never a
 /// mix: a temporary file in the same directory is written and synced, renamed over the old
 /// one, and the directory synced. `what` names the file in errors ("the exemptions file").
+/// The file gets mode 0640.
 pub fn write_atomically(path: &Path, text: &str, what: &str) -> anyhow::Result<()> {
+    write_atomically_with_mode(path, text.as_bytes(), 0o640, what)
+}
+
+/// [`write_atomically`] with the bytes given and the file's mode (whatever the umask).
+pub fn write_atomically_with_mode(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    what: &str,
+) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -31,7 +43,7 @@ pub fn write_atomically(path: &Path, text: &str, what: &str) -> anyhow::Result<(
     temp_name.push(file_name);
     temp_name.push(".tmp");
     let temp = dir.join(temp_name);
-    let written = write_synced(&temp, text.as_bytes())
+    let written = write_synced(&temp, bytes, mode)
         .and_then(|()| fs::rename(&temp, path))
         .with_context(|| format!("cannot write {what} {}", path.display()));
     if written.is_err() {
@@ -39,6 +51,11 @@ pub fn write_atomically(path: &Path, text: &str, what: &str) -> anyhow::Result<(
         let _ = fs::remove_file(&temp);
     }
     written?;
+    sync_dir(dir)
+}
+
+/// Makes a rename or removal in `dir` durable.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync the directory {}", dir.display()))
@@ -65,8 +82,8 @@ pub fn to_yaml<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
     Ok(serde_saphyr::to_string_with_options(value, options)?)
 }
 
-/// Creates `path` afresh with mode 0640 (whatever the umask), writes `bytes` and syncs.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` afresh with `mode` (whatever the umask), writes `bytes` and syncs.
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     // A temporary file left by a crash is stale: the rename never happened.
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -76,9 +93,31 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o640)
+        .mode(mode)
         .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(0o640))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn replaces_the_file_whole_with_its_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/file.yaml");
+        write_atomically(&path, "one", "the file").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        write_atomically_with_mode(&path, b"two", 0o644, "the file").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["file.yaml"]);
+    }
 }

@@ -48,6 +48,8 @@ pub struct AgentOptions {
     pub args: Vec<String>,
     /// `RUST_LOG` for the agent; `None` leaves the caller's.
     pub log_filter: Option<&'static str>,
+    /// More environment for the agent (e.g. systemd's NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
     /// A process group of its own, so that Ctrl-C at a terminal reaches only the caller
     /// (which then stops the agent); the agent also gets SIGTERM if the caller dies.
     pub own_process_group: bool,
@@ -85,6 +87,7 @@ impl AgentProcess {
         if let Some(filter) = options.log_filter {
             cmd.env("RUST_LOG", filter);
         }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         if options.own_process_group {
             cmd.process_group(0);
             // SAFETY: prctl is async-signal-safe and touches only the child's own state.
@@ -312,6 +315,16 @@ impl Scratch {
 
     /// Starts `filter-agent run` as [`Scratch::start_agent`] does, without waiting.
     pub fn spawn_agent(&self, lab: &Lab, extra: &[&str]) -> AgentProcess {
+        self.spawn_agent_with_env(lab, extra, Vec::new())
+    }
+
+    /// [`Scratch::spawn_agent`] with more environment.
+    pub fn spawn_agent_with_env(
+        &self,
+        lab: &Lab,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> AgentProcess {
         AgentProcess::spawn(&AgentOptions {
             binary: self.binary.clone(),
             netns: lab.netns_path(Ns::Router),
@@ -321,6 +334,7 @@ impl Scratch {
             state_dir: self.state_dir(),
             args: extra.iter().map(|a| a.to_string()).collect(),
             log_filter: None,
+            env,
             own_process_group: false,
         })
         .expect("start filter-agent")

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use super::{
     clock::Clock,
+    history::Origin,
     offenders::{self, AlertSettings},
     state::{Agent, SessionSelector, State, group_label, subscriber_of_key},
 };
@@ -28,9 +29,10 @@ use crate::{
         protocol::{
             AgentInfo, AttachedInterface, DEFAULT_TOP_OFFENDERS, EventRate, ExemptionChange,
             ExemptionEntry, ExemptionList, ExemptionSource, Explanation, FamilyCount, GroupCount,
-            InterfaceCount, LastReload, MapUsage, OffenderAlerts, OffenderRow, Offenders,
-            PolicyStatus, ReasonCount, RelayLimit, Response, SessionChange, SessionEntry,
-            SessionList, Stats, Status, StatusCounters, SubscriberExemptionEntry, timestamp,
+            History, How, InterfaceCount, LastReload, MapUsage, OffenderAlerts, OffenderRow,
+            Offenders, PolicyStatus, ReasonCount, RelayLimit, Response, SessionChange,
+            SessionEntry, SessionList, Stats, Status, StatusCounters, SubscriberExemptionEntry,
+            timestamp,
         },
     },
     dataplane::{Capacity, Dataplane},
@@ -188,6 +190,38 @@ impl Handler for AgentHandler {
                     ExemptionChange::SubscriberRemoved(subscriber_entry(&agent.state, &removed)),
                 ))
             }
+            Request::Reload => {
+                let origin = Origin::new(How::Reload, Some(peer.user.clone()));
+                let applied = self.lock()?.reload(origin).map_err(failed)?;
+                Ok(Response::Applied(applied))
+            }
+            Request::Apply {
+                policy,
+                confirm_within,
+            } => {
+                let mut agent = self.lock()?;
+                let applied = agent
+                    .apply_policy(
+                        policy.text,
+                        &policy.name,
+                        confirm_within.as_deref(),
+                        &peer.user,
+                    )
+                    .map_err(failed)?;
+                Ok(Response::Applied(applied))
+            }
+            Request::Confirm => {
+                let confirmed = self.lock()?.confirm(&peer.user).map_err(failed)?;
+                Ok(Response::Confirmed(confirmed))
+            }
+            Request::Rollback { to, confirm_within } => {
+                let mut agent = self.lock()?;
+                let applied = agent
+                    .roll_back(to, confirm_within.as_deref(), &peer.user)
+                    .map_err(failed)?;
+                Ok(Response::Applied(applied))
+            }
+            Request::History => Ok(Response::History(history(&self.lock()?.state))),
         }
     }
 }
@@ -346,6 +380,15 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
             offender_alerts: stats.actions.offender_alerts,
             offenders_over_threshold: stats.offenders_over_threshold,
         },
+    }
+}
+
+/// The generations kept and the pending rollback.
+fn history(state: &State) -> History {
+    History {
+        current: Some(state.generation),
+        pending: state.pending.get().cloned(),
+        generations: state.history.generations().to_vec(),
     }
 }
 
@@ -659,6 +702,7 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
         last_reload_success: agent.state.last_reload.ok,
         last_reload_time: agent.state.last_reload.at,
         attached_interfaces: Vec::new(),
+        automatic_rollbacks: agent.state.automatic_rollbacks,
     };
     let stats = Stats {
         at: timestamp(SystemTime::now()),
@@ -730,7 +774,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        agent::state::ReloadResult, control::protocol::sorted, exemptions::ExemptionStore,
+        agent::{
+            history::{PendingStore, PolicyHistory},
+            state::ReloadResult,
+        },
+        control::protocol::sorted,
+        exemptions::ExemptionStore,
     };
 
     const POLICY: &str = "version: 1
@@ -763,15 +812,20 @@ relays: [203.0.113.25]
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        let dir = store.parent().unwrap().to_path_buf();
         State {
             policy_path: "/etc/filter-agent/policy.yaml".into(),
             policy: loaded.policy,
+            policy_text: policy.to_string(),
             policy_sha256: "ab".repeat(32),
             policy_loaded_at: at(1_800_000_000),
             policy_image: image.clone(),
             exemptions: ExemptionStore::load(&store).unwrap(),
             applied: image,
             generation: 1,
+            history: PolicyHistory::load(&dir.join("history")).unwrap(),
+            pending: PendingStore::load(&dir.join("pending-rollback.json")).unwrap(),
+            automatic_rollbacks: 0,
             last_reload: ReloadResult {
                 ok: true,
                 at: at(1_800_000_000),

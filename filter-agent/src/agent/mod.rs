@@ -3,9 +3,11 @@
 //! filter attached and enforcing: the kernel holds all state (pinned maps and links), so a
 //! restarted agent picks up where this one left off.
 
+mod change;
 pub mod clock;
 pub mod events;
 mod handler;
+mod history;
 pub mod offenders;
 mod options;
 mod state;
@@ -28,7 +30,7 @@ use tokio::{
 };
 
 use crate::{
-    control,
+    control::{self, protocol::How},
     dataplane::{Capacity, Dataplane, PinDir},
     exemptions::ExemptionStore,
     image::MapImage,
@@ -39,6 +41,8 @@ use crate::{
         accounting::{self, Client, Clients},
     },
 };
+pub use history::{HISTORY_KEPT, parse_confirm_within};
+use history::{Origin, PendingStore, PolicyHistory};
 pub use options::AgentOptions;
 use state::{Agent, ReloadResult, State};
 
@@ -55,12 +59,15 @@ pub fn run(options: AgentOptions) -> Result<()> {
         .block_on(run_async(options))
 }
 
-/// Loads the policy, logging its warnings; errors are returned whole. Returns the policy
-/// and the SHA-256 of the file it was read from.
-fn load_policy(path: &Path) -> Result<(Policy, String)> {
-    policy::load_reporting(path, |warning| {
+/// Loads the policy, logging its warnings; errors are returned whole. Returns the policy,
+/// its text and the text's SHA-256.
+fn load_policy(path: &Path) -> Result<(Policy, String, String)> {
+    let text = policy::read(path)?;
+    let policy = policy::parse_reporting(&text, &path.display().to_string(), |warning| {
         warn!("{}", one_line(&warning.to_string()));
-    })
+    })?;
+    let sha256 = policy::sha256_hex(text.as_bytes());
+    Ok((policy, text, sha256))
 }
 
 /// Journald and log shippers want one event per line.
@@ -88,7 +95,7 @@ fn check_interfaces(policy: &Policy) -> Result<()> {
 
 async fn run_async(options: AgentOptions) -> Result<()> {
     let started = Instant::now();
-    let (policy, sha256) = load_policy(&options.policy).with_context(|| {
+    let (policy, text, sha256) = load_policy(&options.policy).with_context(|| {
         format!(
             "policy {} rejected; nothing attached",
             options.policy.display()
@@ -103,6 +110,8 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     })?;
     let exemptions = ExemptionStore::load(&options.state_file)?;
     let subscribers = Subscribers::load(&options.state_dir)?;
+    let history = PolicyHistory::load(&options.state_dir.join(history::HISTORY_DIR))?;
+    let pending = PendingStore::load(&options.state_dir.join(history::PENDING_FILE))?;
     let pins = PinDir::open_locked(&options.pin_path)?;
     let (listener, _) = control::bind(&options.socket, options.socket_group.as_deref())?;
     let writers_gid = match &options.writers_group {
@@ -129,6 +138,10 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         policy.compile_with_ids(&kernel_ids)
     };
     let now = SystemTime::now();
+    // The generation in force continues the history; a text that differs from its last
+    // one (edited while the agent was stopped, or never seen) is a new generation.
+    let generation = history.current().map_or(0, |g| g.generation);
+    let new_generation = history.current().is_none_or(|g| g.sha256 != sha256);
     let mut agent = Agent {
         pins,
         dataplane,
@@ -137,11 +150,15 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             // Set by `apply_image` below, like the policy.
             policy_image: MapImage::new(applied.config),
             policy: policy.clone(),
+            policy_text: text,
             policy_sha256: sha256.clone(),
             policy_loaded_at: now,
             exemptions,
             applied,
-            generation: 0,
+            generation,
+            history,
+            pending,
+            automatic_rollbacks: 0,
             last_reload: ReloadResult {
                 ok: true,
                 at: now,
@@ -154,8 +171,24 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             radius: Default::default(),
         },
     };
-    agent.apply_image(policy, image, sha256)?;
+    agent.apply_image(
+        policy,
+        image,
+        sha256,
+        generation + u64::from(new_generation),
+    )?;
+    if new_generation {
+        agent.record(Origin::new(How::Start, None));
+    }
     agent.state.last_reload.message = format!("generation {} in force", agent.state.generation);
+    if let Some((pending, left)) = agent.pending_deadline() {
+        warn!(
+            "generation {} is not confirmed: generation {} is applied again in {} unless `filter-agent confirm` comes first",
+            pending.generation,
+            pending.rollback_to,
+            humantime::format_duration(Duration::from_secs(left.as_secs()))
+        );
+    }
     let attached: Vec<String> = agent
         .pins
         .attached()?
@@ -172,6 +205,14 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         agent.state.subscribers.sessions.len(),
         options.socket.display()
     );
+    // systemd (Type=notify) starts what is ordered after us only now: the filter enforces.
+    let ready = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("enforcing generation {}", agent.state.generation)),
+    ]);
+    if let Err(err) = ready {
+        warn!("cannot tell systemd that the filter is enforcing (NOTIFY_SOCKET): {err}");
+    }
     if let Err(err) = agent.seed_over_threshold() {
         warn!("cannot read the offender records: {err:#}");
     }
@@ -213,7 +254,16 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     }
 
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
-    let _watcher = watch(&options.policy, file_tx)?;
+    // With --no-watch the sender is dropped: the file is read on SIGHUP and `reload` only.
+    let _watcher = if options.watch {
+        Some(watch(&options.policy, file_tx)?)
+    } else {
+        info!(
+            "not watching {}: it is read on SIGHUP and `filter-agent reload`",
+            options.policy.display()
+        );
+        None
+    };
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -225,16 +275,19 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     radius.follow(&agent);
     loop {
         tokio::select! {
-            _ = hangup.recv() => lock().reload("SIGHUP"),
+            _ = hangup.recv() => {
+                let _ = lock().reload(Origin::new(How::Sighup, None));
+            }
             Some(()) = file_rx.recv() => {
                 // Let the burst of events from one save settle, then reload once.
                 tokio::time::sleep(SETTLE).await;
                 while file_rx.try_recv().is_ok() {}
-                lock().reload("policy file changed");
+                let _ = lock().reload(Origin::new(How::FileChange, None));
             }
             batch = next_events(&mut events) => lock().handle_events(&batch),
             _ = expiry.tick() => {
                 let mut agent = lock();
+                agent.roll_back_if_unconfirmed();
                 agent.expire_exemptions();
                 agent.expire_subscribers();
                 if let Some(ring) = events.as_mut() {

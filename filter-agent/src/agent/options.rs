@@ -5,8 +5,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentOptions {
-    /// The policy file; watched, and re-read on SIGHUP.
+    /// The policy file; re-read on SIGHUP and `reload`, and when it changes if `watch`.
     pub policy: PathBuf,
+    pub watch: bool,
     /// Where maps and links are pinned.
     pub pin_path: PathBuf,
     /// The control socket.

@@ -18,14 +18,16 @@ use super::{
     check_interfaces,
     clock::{self, Clock},
     events::{self, Names},
-    ifindex, load_policy,
+    history::{Origin, PendingStore, PolicyHistory},
+    ifindex,
     offenders::{AlertSettings, OverThreshold},
 };
 use crate::{
+    control::protocol::Applied,
     dataplane::{Dataplane, PinDir},
     exemptions::{self, Exemption, ExemptionStore},
     image::MapImage,
-    policy::Policy,
+    policy::{self, Policy},
     subscribers::{
         self, Session, SubscriberExemption, Subscribers,
         accounting::{Change, Clients, Counters},
@@ -50,8 +52,9 @@ pub struct Agent {
 /// What is in force, as plain data: everything a reply reads that is not in the kernel.
 pub struct State {
     pub policy_path: PathBuf,
-    /// The policy in force, its hash and when it was loaded.
+    /// The policy in force, its text, its hash and when it was loaded.
     pub policy: Policy,
+    pub policy_text: String,
     pub policy_sha256: String,
     pub policy_loaded_at: SystemTime,
     /// The policy compiled alone: what exemptions are checked against.
@@ -60,7 +63,13 @@ pub struct State {
     /// What the maps hold: read from the kernel at start, then the image last applied
     /// (this agent is the maps' only writer), so a reload diffs without reading them back.
     pub applied: MapImage,
+    /// The generation in force (the history's last, unless recording it failed).
     pub generation: u64,
+    pub history: PolicyHistory,
+    /// The rollback of an unconfirmed change, if one is due.
+    pub pending: PendingStore,
+    /// Unconfirmed changes this agent rolled back by itself.
+    pub automatic_rollbacks: u64,
     pub last_reload: ReloadResult,
     pub started_at: SystemTime,
     /// Sources that raised an offender alert whose window has not ended.
@@ -101,20 +110,15 @@ pub fn group_ids(image: &MapImage) -> BTreeMap<String, u32> {
 }
 
 impl Agent {
-    /// Makes the kernel match `policy` plus the exemptions: maps first (hole-free), then
-    /// attachments. On error nothing of `policy` is kept as "in force".
-    pub fn apply(&mut self, policy: Policy, sha256: String) -> Result<()> {
-        let policy_image = policy.compile_with_ids(&group_ids(&self.state.applied));
-        self.apply_image(policy, policy_image, sha256)
-    }
-
-    /// [`Agent::apply`] with the policy compiled already, keeping the ids of
-    /// `self.state.applied`.
+    /// Makes the kernel match `policy` (compiled, keeping the ids of
+    /// `self.state.applied`) plus the exemptions: maps first (hole-free), then attachments,
+    /// as `generation`. On error nothing of `policy` is kept as "in force".
     pub fn apply_image(
         &mut self,
         policy: Policy,
         policy_image: MapImage,
         sha256: String,
+        generation: u64,
     ) -> Result<()> {
         let started = Instant::now();
         check_interfaces(&policy)?;
@@ -147,7 +151,7 @@ impl Agent {
                 self.dataplane.release_interface_slot(&pinned)?;
             }
         }
-        self.state.generation += 1;
+        self.state.generation = generation;
         info!(
             "policy={} generation={} groups={} prefixes={} relays={} exemptions={} {report} applied_ms={}",
             self.state.policy_path.display(),
@@ -194,13 +198,16 @@ impl Agent {
         report
     }
 
-    pub fn reload(&mut self, why: &str) {
-        info!("reload requested ({why})");
+    /// Re-reads the policy file and applies it; the outcome is also kept for `status`.
+    pub fn reload(&mut self, origin: Origin) -> Result<Applied> {
+        info!("reload requested ({})", origin.how.name());
         let started = Instant::now();
-        let result = load_policy(&self.state.policy_path)
-            .and_then(|(policy, sha256)| self.apply(policy, sha256));
-        self.state.last_reload = match result {
-            Ok(()) => {
+        let path = self.state.policy_path.clone();
+        let result = policy::read(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| self.change_to(text, &path.display().to_string(), origin));
+        self.state.last_reload = match &result {
+            Ok(_) => {
                 info!(
                     "reload done in {} ms (parse, validate, sync)",
                     started.elapsed().as_millis()
@@ -223,6 +230,7 @@ impl Agent {
                 }
             }
         };
+        result
     }
 
     /// Grants an exemption: checked, persisted, then applied.

@@ -185,14 +185,82 @@ run (no root or BPF, an unreadable or invalid policy, an unreadable capture).")]
         #[arg(long)]
         json: bool,
     },
+    /// Ask the agent to re-read its policy file and wait: exit 0 when applied, 1 (with
+    /// the errors, each at its line) when refused; the policy in force then stays.
+    #[command(after_help = "Examples:
+  filter-agent reload
+  systemctl reload filter-agent     # ExecReload runs `filter-agent reload`")]
+    Reload {
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Apply a policy through the agent (the same hole-free sync as a reload) and write it
+    /// to the agent's policy file, so file and kernel agree. With --confirm-within, the
+    /// agent applies the previous generation again by itself unless `confirm` comes in
+    /// time, also across a restart or kill -9 of the agent.
+    #[command(after_help = "Examples:
+  filter-agent plan --policy new.yaml
+  filter-agent apply --policy new.yaml --confirm-within 5m
+  filter-agent confirm
+
+Exit status 1 when the policy is refused: nothing changed.")]
+    Apply {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Roll back unless `filter-agent confirm` comes within DURATION (10s to 1d, e.g. 5m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_confirm_within)]
+        confirm_within: Option<String>,
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Keep the change applied with --confirm-within: its rollback is cancelled.
+    #[command(after_help = "Example:\n  filter-agent confirm")]
+    Confirm {
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Apply an earlier generation of the policy again, byte for byte, and write it to the
+    /// policy file (default: the generation before the one in force).
+    #[command(after_help = "Examples:
+  filter-agent history
+  filter-agent rollback
+  filter-agent rollback --to 12 --confirm-within 10m")]
+    Rollback {
+        /// The generation to apply again (see `filter-agent history`).
+        #[arg(long, value_name = "GENERATION")]
+        to: Option<u64>,
+        /// As for `apply`: roll back again unless confirmed within DURATION.
+        #[arg(long, value_name = "DURATION", value_parser = parse_confirm_within)]
+        confirm_within: Option<String>,
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The generations of the policy applied (the last 50): when, how (start, file change,
+    /// SIGHUP, reload, apply, rollback), by whom, and the text's SHA-256.
+    #[command(after_help = "Examples:\n  filter-agent history\n  filter-agent history --json")]
+    History {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+/// `--confirm-within`, checked before anything is sent.
+fn parse_confirm_within(text: &str) -> Result<String, String> {
+    crate::agent::parse_confirm_within(text).map(|_| text.to_string())
 }
 
 /// `filter-agent run`'s options.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The policy file; watched, and re-read on SIGHUP.
+    /// The policy file; watched, and re-read on SIGHUP and `filter-agent reload`.
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
+    /// Do not watch the policy file: read it only at start, on SIGHUP and on
+    /// `filter-agent reload` (for sites where saving a file must not change the network).
+    #[arg(long)]
+    pub no_watch: bool,
     /// Where maps and links are pinned (bpffs is mounted there if needed).
     #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH)]
     pub pin_path: PathBuf,
@@ -222,6 +290,7 @@ impl From<RunArgs> for AgentOptions {
     fn from(args: RunArgs) -> AgentOptions {
         let RunArgs {
             policy,
+            no_watch,
             pin_path,
             socket,
             socket_group,
@@ -232,6 +301,7 @@ impl From<RunArgs> for AgentOptions {
         } = args;
         AgentOptions {
             policy,
+            watch: !no_watch,
             pin_path,
             socket,
             socket_group,

@@ -2,6 +2,7 @@
 //! agent's replies, `manpages` writes man pages and completions.
 
 pub mod args;
+mod change;
 pub mod manpages;
 pub mod render;
 mod run;

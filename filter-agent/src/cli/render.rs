@@ -35,7 +35,7 @@ pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T> 
 }
 
 /// `--json`: the reply as the agent sent it (keys sorted), indented.
-fn print_json(reply: &impl Serialize) -> Result<()> {
+pub(super) fn print_json(reply: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&sorted(reply)?)?);
     Ok(())
 }

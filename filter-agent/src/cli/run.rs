@@ -8,7 +8,7 @@ use clap::Parser;
 
 use super::{
     args::{Cli, Command, ExemptionsCommand, SessionsCommand},
-    manpages, render,
+    change, manpages, render,
 };
 use crate::{
     agent, capture,
@@ -194,6 +194,49 @@ fn run(command: Command) -> Result<ExitCode> {
                 }
             },
         ),
+        Command::Reload { socket } => {
+            change::applied(&socket, &Request::Reload)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply {
+            policy,
+            confirm_within,
+            socket,
+        } => {
+            // Checked here first: the errors name the file as the operator wrote it.
+            let text = policy::read(&policy)?;
+            if let Err(errors) =
+                policy::parse_reporting(&text, &policy.display().to_string(), |warning| {
+                    eprintln!("{warning}")
+                })
+            {
+                bail!(
+                    "{errors}\npolicy {} rejected; nothing changed",
+                    policy.display()
+                );
+            }
+            change::applied(
+                &socket,
+                &change::apply_request(&policy, text, confirm_within),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Confirm { socket } => {
+            change::confirm(&socket)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback {
+            to,
+            confirm_within,
+            socket,
+        } => {
+            change::applied(&socket, &Request::Rollback { to, confirm_within })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { json, socket } => {
+            change::history(&socket, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Explain {
             policy,
             socket,

@@ -16,19 +16,25 @@ use super::{
     protocol::{PROTOCOL_VERSION, Reply, Request, encode_request},
 };
 
-/// Long enough for a large policy's map writes, short enough that a stuck agent is noticed.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connects to the agent at `path`, sends `request` and returns its reply, the result read
-/// as `T` (an error reply is still `Ok`: look at `ok`).
+/// Connects to the agent at `path`, sends `request` (and the policy it carries, after its
+/// line) and returns its reply, the result read as `T` (an error reply is still `Ok`: look
+/// at `ok`). Waits [`Request::reply_timeout`]: long enough for a large policy's map
+/// writes, short enough that a stuck agent is noticed.
 pub fn request<T: DeserializeOwned>(path: &Path, request: &Request) -> anyhow::Result<Reply<T>> {
     let mut stream = UnixStream::connect(path).map_err(|e| connect_error(path, e))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-    let sent = stream.write_all(&encode_request(request));
+    let reply_timeout = request.reply_timeout();
+    stream.set_read_timeout(Some(reply_timeout))?;
+    stream.set_write_timeout(Some(reply_timeout))?;
+    let mut request = request.clone();
+    let upload = request
+        .upload_mut()
+        .map(|upload| std::mem::take(&mut upload.text));
+    let sent = stream
+        .write_all(&encode_request(&request))
+        .and_then(|()| upload.map_or(Ok(()), |text| stream.write_all(text.as_bytes())));
     // An agent that refuses a request may hang up before reading all of it; its reply,
     // if any, says more than our write error.
-    let bytes = match (read_reply(&mut stream, path), sent) {
+    let bytes = match (read_reply(&mut stream, path, reply_timeout), sent) {
         (Ok(bytes), _) => bytes,
         (Err(_), Err(e)) => {
             return Err(e).with_context(|| {
@@ -57,7 +63,11 @@ pub fn request<T: DeserializeOwned>(path: &Path, request: &Request) -> anyhow::R
 }
 
 /// The reply's bytes, up to its newline.
-fn read_reply(stream: &mut UnixStream, path: &Path) -> anyhow::Result<Vec<u8>> {
+fn read_reply(
+    stream: &mut UnixStream,
+    path: &Path,
+    reply_timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     // Up to the newline, not the end of the stream: an agent that hung up on a request it
     // did not read in full leaves us a reply followed by ECONNRESET.
@@ -69,7 +79,7 @@ fn read_reply(stream: &mut UnixStream, path: &Path) -> anyhow::Result<Vec<u8>> {
             bail!(
                 "the agent at {} did not reply within {}",
                 path.display(),
-                humantime::format_duration(REPLY_TIMEOUT)
+                humantime::format_duration(reply_timeout)
             );
         }
         return Err(e)

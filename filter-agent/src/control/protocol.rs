@@ -73,6 +73,55 @@ pub enum Request {
     SubscriberExemptionsRemove {
         subscriber: String,
     },
+    /// Re-read the policy file and apply it; the reply says whether it was.
+    Reload,
+    /// Apply the uploaded policy (and write it to the policy file); with
+    /// `confirm_within`, roll back unless `confirm` comes within that time.
+    Apply {
+        policy: PolicyUpload,
+        #[serde(default)]
+        confirm_within: Option<String>,
+    },
+    /// Keep the change a pending rollback would undo.
+    Confirm,
+    /// Apply an earlier generation again (default: the one before the one in force).
+    Rollback {
+        #[serde(default)]
+        to: Option<u64>,
+        #[serde(default)]
+        confirm_within: Option<String>,
+    },
+    /// The generations kept, oldest first.
+    History,
+}
+
+/// A policy sent with a request: `bytes` bytes of its text follow the request's newline
+/// (policies can be far larger than a request line may be). The server reads them into
+/// `text` once the request is known and allowed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyUpload {
+    /// What diagnostics call it: the file the CLI read.
+    pub name: String,
+    pub bytes: usize,
+    #[serde(skip)]
+    pub text: String,
+}
+
+/// Logged with every request: the name and size, never the whole text.
+impl fmt::Debug for PolicyUpload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} bytes)", self.name, self.bytes)
+    }
+}
+
+impl PolicyUpload {
+    pub fn new(name: String, text: String) -> PolicyUpload {
+        PolicyUpload {
+            name,
+            bytes: text.len(),
+            text,
+        }
+    }
 }
 
 /// How many offenders `filter-agent offenders` lists unless told otherwise.
@@ -80,7 +129,7 @@ pub const DEFAULT_TOP_OFFENDERS: usize = 20;
 
 /// The wire names of the commands, to tell an unknown command from a bad known one.
 /// A test holds it to the enum.
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 17] = [
     "status",
     "stats",
     "exemptions-list",
@@ -93,20 +142,60 @@ const COMMANDS: [&str; 12] = [
     "sessions-list",
     "subscriber-exemptions-add",
     "subscriber-exemptions-remove",
+    "reload",
+    "apply",
+    "confirm",
+    "rollback",
+    "history",
 ];
+
+/// Largest policy a request may carry: a million prefixes with room to spare.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024 * 1024;
 
 impl Request {
     /// Whether the request changes what the filter does (and so needs a writer).
     pub fn is_mutation(&self) -> bool {
-        matches!(
-            self,
+        self.change_name().is_some()
+    }
+
+    /// What a mutation does, as a refusal names it; `None` for reads.
+    pub fn change_name(&self) -> Option<&'static str> {
+        match self {
             Request::ExemptionsAdd { .. }
-                | Request::ExemptionsRemove { .. }
-                | Request::SessionsUp { .. }
-                | Request::SessionsDown { .. }
-                | Request::SubscriberExemptionsAdd { .. }
-                | Request::SubscriberExemptionsRemove { .. }
-        )
+            | Request::ExemptionsRemove { .. }
+            | Request::SubscriberExemptionsAdd { .. }
+            | Request::SubscriberExemptionsRemove { .. } => Some("adding or removing exemptions"),
+            Request::SessionsUp { .. } | Request::SessionsDown { .. } => {
+                Some("changing subscriber sessions")
+            }
+            Request::Reload => Some("reloading the policy"),
+            Request::Apply { .. } => Some("applying a policy"),
+            Request::Confirm => Some("confirming a change"),
+            Request::Rollback { .. } => Some("rolling back"),
+            _ => None,
+        }
+    }
+
+    pub fn has_upload(&self) -> bool {
+        matches!(self, Request::Apply { .. })
+    }
+
+    /// The policy this request carries after its line, if any.
+    pub fn upload_mut(&mut self) -> Option<&mut PolicyUpload> {
+        match self {
+            Request::Apply { policy, .. } => Some(policy),
+            _ => None,
+        }
+    }
+
+    /// Changes wait for the maps to be written (a large policy takes seconds).
+    pub fn reply_timeout(&self) -> std::time::Duration {
+        match self {
+            Request::Reload | Request::Apply { .. } | Request::Rollback { .. } => {
+                std::time::Duration::from_secs(120)
+            }
+            _ => std::time::Duration::from_secs(10),
+        }
     }
 }
 
@@ -229,6 +318,101 @@ pub enum Response {
     Offenders(Offenders),
     Sessions(SessionList),
     SessionChange(SessionChange),
+    Applied(Applied),
+    Confirmed(Confirmed),
+    History(History),
+}
+
+/// How a generation of the policy came to be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum How {
+    /// The agent started with it.
+    Start,
+    /// The policy file changed (the agent watches it).
+    FileChange,
+    Sighup,
+    /// `filter-agent reload`.
+    Reload,
+    /// `filter-agent apply`.
+    Apply,
+    /// `filter-agent rollback`, or an unconfirmed change undone by the agent.
+    Rollback,
+}
+
+impl How {
+    pub fn name(self) -> &'static str {
+        match self {
+            How::Start => "start",
+            How::FileChange => "file change",
+            How::Sighup => "SIGHUP",
+            How::Reload => "reload",
+            How::Apply => "apply",
+            How::Rollback => "rollback",
+        }
+    }
+}
+
+/// One applied generation of the policy, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    pub generation: u64,
+    /// Of the policy text, which the history keeps byte for byte.
+    pub sha256: String,
+    pub bytes: u64,
+    pub applied_at: String,
+    pub how: How,
+    /// The peer's user for a request over the socket, `agent` for an automatic rollback;
+    /// `None` for a file change or a signal.
+    pub who: Option<String>,
+    /// For a rollback: the generation whose text it applied again.
+    pub restores: Option<u64>,
+    pub note: Option<String>,
+}
+
+/// A change that is undone unless confirmed in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRollback {
+    /// The unconfirmed generation.
+    pub generation: u64,
+    /// What is applied again at the deadline.
+    pub rollback_to: u64,
+    pub deadline: String,
+    pub confirm_within: String,
+    pub requested_by: String,
+}
+
+/// Reply to `reload`, `apply` and `rollback`: the generation in force now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The policy file, which holds this generation's text.
+    pub policy_file: PathBuf,
+    pub generation: u64,
+    pub sha256: String,
+    /// False when the text equals the generation in force (nothing new recorded).
+    pub new_generation: bool,
+    /// Set when this change must be confirmed.
+    pub pending: Option<PendingRollback>,
+    /// An earlier pending rollback this change settled.
+    pub settled: Option<PendingRollback>,
+}
+
+/// Reply to `confirm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmed {
+    pub generation: u64,
+    /// The rollback that will not happen.
+    pub cancelled: PendingRollback,
+}
+
+/// Reply to `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The generation in force.
+    pub current: Option<u64>,
+    pub pending: Option<PendingRollback>,
+    /// Oldest first; the last [`crate::agent::HISTORY_KEPT`] are kept.
+    pub generations: Vec<Generation>,
 }
 
 /// Timestamps in replies are RFC 3339 UTC in whole seconds, e.g. `2026-11-28T09:53:50Z`.
@@ -712,6 +896,22 @@ mod tests {
             Request::SubscriberExemptionsRemove {
                 subscriber: "alice".into(),
             },
+            Request::Reload,
+            Request::Apply {
+                // The text follows the line; it is not part of it.
+                policy: PolicyUpload {
+                    name: "new.yaml".into(),
+                    bytes: 1234,
+                    text: String::new(),
+                },
+                confirm_within: Some("5m".into()),
+            },
+            Request::Confirm,
+            Request::Rollback {
+                to: Some(3),
+                confirm_within: None,
+            },
+            Request::History,
         ];
         for request in &all {
             match request {
@@ -727,6 +927,11 @@ mod tests {
                 | Request::SessionsList
                 | Request::SubscriberExemptionsAdd { .. }
                 | Request::SubscriberExemptionsRemove { .. } => {}
+                Request::Reload
+                | Request::Apply { .. }
+                | Request::Confirm
+                | Request::Rollback { .. }
+                | Request::History => {}
             }
         }
         all
@@ -801,13 +1006,13 @@ mod tests {
     }
 
     #[test]
-    fn only_add_and_remove_are_mutations() {
+    fn only_changes_are_mutations() {
         let mutations: Vec<bool> = every_request().iter().map(Request::is_mutation).collect();
         assert_eq!(
             mutations,
             [
                 false, false, false, true, true, true, false, false, false, true, true, false,
-                true, true
+                true, true, true, true, true, true, false
             ],
             "{:?}",
             every_request()

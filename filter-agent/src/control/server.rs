@@ -17,7 +17,7 @@ use log::{debug, info, warn};
 use nix::errno::Errno;
 use serde::Serialize;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::Semaphore,
     time::timeout,
@@ -25,7 +25,10 @@ use tokio::{
 
 use super::{
     names, peer,
-    protocol::{ControlError, MAX_REQUEST_BYTES, Reply, Request, parse_request},
+    protocol::{
+        ControlError, MAX_POLICY_BYTES, MAX_REQUEST_BYTES, PolicyUpload, Reply, Request,
+        parse_request,
+    },
 };
 
 /// A client that has connected has this long to send its whole request.
@@ -35,6 +38,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the listen backlog. Bounds the memory and file
 /// descriptors a local user can tie up.
 const MAX_CONNECTIONS: usize = 32;
+/// A policy upload (up to [`MAX_POLICY_BYTES`]) has this long to arrive.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Who is asking: the credentials the kernel recorded when the peer connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,13 +120,14 @@ fn allowed(peer: &Peer, request: &Request, permissions: &Permissions) -> Result<
         return Ok(());
     }
     let who = format!("you are uid {}, user {}", peer.uid, peer.user);
+    let what = request.change_name().unwrap_or("this request");
     Err(ControlError::PermissionDenied(
         match permissions.writers_gid {
             Some(gid) => format!(
-                "adding or removing exemptions needs root or membership in group {} ({who})",
+                "{what} needs root or membership in group {} ({who})",
                 group_label(gid)
             ),
-            None => format!("adding or removing exemptions needs root ({who})"),
+            None => format!("{what} needs root ({who})"),
         },
     ))
 }
@@ -296,12 +302,27 @@ async fn answer<H: Handler>(
             )));
         }
     };
-    let request = match timeout(read_timeout, read_request(stream)).await {
+    let mut reader = BufReader::new(stream);
+    let request = match timeout(read_timeout, read_request(&mut reader)).await {
         Err(_) => Err(ControlError::BadRequest(format!(
             "no complete request within {}; send one JSON object and a newline",
             humantime::format_duration(read_timeout)
         ))),
         Ok(read) => read.and_then(|bytes| parse_request(&bytes)),
+    };
+    let request = match request {
+        // Only a request that may be carried out gets its upload read.
+        Ok(mut request) if request.has_upload() => {
+            peer.user = user_label(peer.uid);
+            match allowed(&peer, &request, &permissions) {
+                Ok(()) => {
+                    let upload = request.upload_mut().expect("checked above");
+                    read_upload(&mut reader, upload).await.map(|()| request)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
     };
     let request = match request {
         Ok(request) => request,
@@ -340,12 +361,49 @@ async fn answer<H: Handler>(
     }
 }
 
+/// Reads the policy text that follows a request line, at most [`MAX_POLICY_BYTES`],
+/// within [`UPLOAD_TIMEOUT`].
+async fn read_upload(
+    reader: &mut (impl AsyncRead + Unpin),
+    upload: &mut PolicyUpload,
+) -> Result<(), ControlError> {
+    if upload.bytes > MAX_POLICY_BYTES {
+        return Err(ControlError::BadRequest(format!(
+            "a policy of {} bytes is larger than the {MAX_POLICY_BYTES} bytes allowed",
+            upload.bytes
+        )));
+    }
+    let mut bytes = vec![0; upload.bytes];
+    match timeout(UPLOAD_TIMEOUT, reader.read_exact(&mut bytes)).await {
+        Err(_) => {
+            return Err(ControlError::BadRequest(format!(
+                "the {} bytes of the policy did not arrive within {}",
+                upload.bytes,
+                humantime::format_duration(UPLOAD_TIMEOUT)
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(ControlError::BadRequest(format!(
+                "the request announced {} bytes of policy: {e}",
+                upload.bytes
+            )));
+        }
+        Ok(Ok(_)) => {}
+    }
+    upload.text = String::from_utf8(bytes).map_err(|e| {
+        ControlError::BadRequest(format!("the policy {} is not UTF-8: {e}", upload.name))
+    })?;
+    Ok(())
+}
+
 /// Reads one request: up to a newline or the end of the stream, and never more than
 /// `MAX_REQUEST_BYTES` (plus the newline), so an oversized request is refused after
-/// reading just past the limit, not after buffering all of it.
-async fn read_request(reader: impl AsyncRead + Unpin) -> Result<Vec<u8>, ControlError> {
+/// reading just past the limit, not after buffering all of it. What follows the newline
+/// stays in `reader` (a policy upload).
+async fn read_request(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Vec<u8>, ControlError> {
     let mut bytes = Vec::new();
-    BufReader::new(reader.take(MAX_REQUEST_BYTES as u64 + 1))
+    (&mut *reader)
+        .take(MAX_REQUEST_BYTES as u64 + 1)
         .read_until(b'\n', &mut bytes)
         .await
         .map_err(|e| ControlError::Failed(format!("cannot read the request: {e}")))?;
@@ -471,6 +529,41 @@ mod tests {
 
     fn our_uid() -> u32 {
         nix::unistd::geteuid().as_raw()
+    }
+
+    fn apply(text: &str) -> Request {
+        Request::Apply {
+            policy: PolicyUpload::new("new.yaml".into(), text.into()),
+            confirm_within: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_upload_follows_the_line_and_reaches_the_handler_whole() {
+        let server = start();
+        // Larger than a request line may be.
+        let text = format!(
+            "version: 1\n{}",
+            "# padding\n".repeat(MAX_REQUEST_BYTES / 5)
+        );
+        let reply = send(&server.path, apply(&text)).await;
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(server.recorder.calls(), [(our_uid(), apply(&text))]);
+
+        // Announced but not sent: refused once the client hangs up, handler not called.
+        let mut line = encode_request(&apply("version: 1\n"));
+        line.extend_from_slice(b"vers");
+        let reply = exchange(&server.path, &line, true).await;
+        assert_error(
+            &reply,
+            ErrorKind::BadRequest,
+            "the request announced 11 bytes of policy",
+        );
+        let mut huge = apply("");
+        huge.upload_mut().unwrap().bytes = MAX_POLICY_BYTES + 1;
+        let reply = exchange(&server.path, &encode_request(&huge), true).await;
+        assert_error(&reply, ErrorKind::BadRequest, "a policy of 67108865 bytes");
+        assert_eq!(server.recorder.calls().len(), 1);
     }
 
     #[tokio::test]
@@ -874,11 +967,12 @@ mod tests {
 
     #[tokio::test]
     async fn read_request_stops_at_the_newline() {
-        let input: &[u8] = b"{\"version\":1}\nmore";
-        assert_eq!(read_request(input).await.unwrap(), b"{\"version\":1}");
+        let mut input: &[u8] = b"{\"version\":1}\nmore";
+        assert_eq!(read_request(&mut input).await.unwrap(), b"{\"version\":1}");
+        assert_eq!(input, b"more");
         let line = encode_request(&Request::Status);
         assert_eq!(
-            parse_request(&read_request(&line[..]).await.unwrap()),
+            parse_request(&read_request(&mut &line[..]).await.unwrap()),
             Ok(Request::Status)
         );
     }

@@ -41,14 +41,25 @@ pub fn load_reporting(
     mut warn: impl FnMut(&Diagnostic),
 ) -> anyhow::Result<(Policy, String)> {
     let source = read(path)?;
-    let loaded = parse(&source, &path.display().to_string())?;
+    let policy = parse_reporting(&source, &path.display().to_string(), &mut warn)?;
+    Ok((policy, sha256_hex(source.as_bytes())))
+}
+
+/// [`parse`] for a policy held in memory, each warning handed to `warn`.
+pub fn parse_reporting(
+    source: &str,
+    file_name: &str,
+    mut warn: impl FnMut(&Diagnostic),
+) -> anyhow::Result<Policy> {
+    let loaded = parse(source, file_name)?;
     for warning in &loaded.warnings {
         warn(warning);
     }
-    Ok((loaded.policy, sha256_hex(source.as_bytes())))
+    Ok(loaded.policy)
 }
 
-fn read(path: &Path) -> Result<String, PolicyErrors> {
+/// The text of a policy file; a file that cannot be read is an error located at it.
+pub fn read(path: &Path) -> Result<String, PolicyErrors> {
     std::fs::read_to_string(path).map_err(|e| {
         PolicyErrors(vec![Diagnostic {
             severity: Severity::Error,
@@ -61,7 +72,7 @@ fn read(path: &Path) -> Result<String, PolicyErrors> {
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
         .iter()

@@ -1,0 +1,286 @@
+//! Changing the policy in force as an operator does: every change is a generation kept in
+//! the history; `apply` and `rollback` write the policy file so file and kernel agree,
+//! and with `--confirm-within` leave a pending rollback that the agent carries out by
+//! itself unless `confirm` comes first.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Result, bail};
+use log::{error, info, warn};
+
+use super::{
+    history::{self, Origin},
+    one_line,
+    state::Agent,
+};
+use crate::{
+    control::protocol::{Applied, Confirmed, How, PendingRollback, timestamp},
+    policy, state_file,
+};
+
+/// The mode a policy file gets when `apply` creates it.
+const POLICY_FILE_MODE: u32 = 0o644;
+
+impl Agent {
+    /// Validates `text` (diagnostics call it `name`) and applies it. A text other than
+    /// the one in force becomes a new generation in the history.
+    pub fn change_to(&mut self, text: String, name: &str, origin: Origin) -> Result<Applied> {
+        let policy = policy::parse_reporting(&text, name, |warning| {
+            warn!("{}", one_line(&warning.to_string()));
+        })?;
+        let sha256 = policy::sha256_hex(text.as_bytes());
+        let current = self.state.history.current();
+        let new_generation = current.is_none_or(|g| g.sha256 != sha256);
+        let generation = if new_generation {
+            self.state
+                .generation
+                .max(current.map_or(0, |g| g.generation))
+                + 1
+        } else {
+            self.state.generation
+        };
+        let image = policy.compile_with_ids(&super::state::group_ids(&self.state.applied));
+        self.apply_image(policy, image, sha256.clone(), generation)?;
+        self.state.policy_text = text;
+        if new_generation {
+            self.record(origin);
+        }
+        Ok(Applied {
+            policy_file: self.state.policy_path.clone(),
+            generation,
+            sha256,
+            new_generation,
+            pending: None,
+            settled: None,
+        })
+    }
+
+    /// Records the text in force as its generation; a failure is logged, not undone (the
+    /// policy is in force either way).
+    pub(super) fn record(&mut self, origin: Origin) {
+        let state = &mut self.state;
+        match state
+            .history
+            .record(&state.policy_text, origin, SystemTime::now())
+        {
+            Ok(entry) if entry.generation == state.generation => {}
+            Ok(entry) => {
+                warn!(
+                    "generation {} was recorded in the history as {}",
+                    state.generation, entry.generation
+                );
+                state.generation = entry.generation;
+            }
+            Err(err) => error!(
+                "generation {} is in force but could not be recorded in the history: {err:#}",
+                state.generation
+            ),
+        }
+    }
+
+    /// `filter-agent apply`: `text` goes to the policy file and into the kernel. With
+    /// `confirm_within`, it is rolled back unless confirmed in time; without, it settles a
+    /// pending rollback.
+    pub fn apply_policy(
+        &mut self,
+        text: String,
+        name: &str,
+        confirm_within: Option<&str>,
+        who: &str,
+    ) -> Result<Applied> {
+        // Refused before anything is touched.
+        policy::parse(&text, name)?;
+        self.replace_policy(
+            text,
+            name,
+            confirm_within,
+            Origin::new(How::Apply, Some(who.to_string())),
+        )
+    }
+
+    /// `filter-agent rollback`: applies a kept generation again, byte for byte (by default
+    /// the one before the generation in force).
+    pub fn roll_back(
+        &mut self,
+        to: Option<u64>,
+        confirm_within: Option<&str>,
+        who: &str,
+    ) -> Result<Applied> {
+        let history = &self.state.history;
+        let target = match to {
+            Some(generation) => generation,
+            None => match history.previous() {
+                Some(previous) => previous.generation,
+                None => bail!("there is no earlier generation to roll back to"),
+            },
+        };
+        let text = history.text(target)?;
+        let origin = Origin {
+            restores: Some(target),
+            ..Origin::new(How::Rollback, Some(who.to_string()))
+        };
+        let name = format!("generation {target}");
+        self.replace_policy(text, &name, confirm_within, origin)
+    }
+
+    /// Writes the policy file, then applies it; on failure the file is put back as it
+    /// was, and so is the pending rollback.
+    fn replace_policy(
+        &mut self,
+        text: String,
+        name: &str,
+        confirm_within: Option<&str>,
+        origin: Origin,
+    ) -> Result<Applied> {
+        let confirm_within = confirm_within
+            .map(|d| history::parse_confirm_within(d).map(|parsed| (d.trim(), parsed)))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let before = self.state.pending.get().cloned();
+        let who = origin.who.clone().unwrap_or_default();
+        // Persisted before the change: a crash in between leaves a rollback to a policy in
+        // force, which is harmless, never an unconfirmed change without one.
+        let pending = confirm_within.map(|(text, duration)| PendingRollback {
+            generation: 0,
+            // Back to the last confirmed generation, however many unconfirmed came since.
+            rollback_to: before
+                .as_ref()
+                .map_or(self.state.generation, |p| p.rollback_to),
+            // Rounded up to the whole second the file holds: never early.
+            deadline: timestamp(SystemTime::now() + duration + Duration::from_millis(999)),
+            confirm_within: text.to_string(),
+            requested_by: who.clone(),
+        });
+        if pending.is_some() {
+            self.state.pending.set(pending.clone())?;
+        }
+        let old_text = self.state.policy_text.clone();
+        let applied = self
+            .write_policy_file(&text)
+            .and_then(|()| self.change_to(text, name, origin));
+        let mut applied = match applied {
+            Ok(applied) => applied,
+            Err(err) => {
+                if let Err(restore) = self.write_policy_file(&old_text) {
+                    error!("cannot put the policy file back as it was: {restore:#}");
+                }
+                if pending.is_some()
+                    && let Err(restore) = self.state.pending.set(before)
+                {
+                    error!("cannot restore the pending rollback: {restore:#}");
+                }
+                return Err(err);
+            }
+        };
+        match pending {
+            Some(mut pending) => {
+                pending.generation = applied.generation;
+                self.state.pending.set(Some(pending.clone()))?;
+                info!(
+                    "generation {} must be confirmed within {} (by {}): otherwise generation {} is applied again",
+                    applied.generation,
+                    pending.confirm_within,
+                    pending.deadline,
+                    pending.rollback_to
+                );
+                applied.pending = Some(pending);
+            }
+            None if before.is_some() => {
+                self.state.pending.set(None)?;
+                info!(
+                    "generation {} by {who} settles the pending rollback",
+                    applied.generation
+                );
+                applied.settled = before;
+            }
+            None => {}
+        }
+        Ok(applied)
+    }
+
+    /// Replaces the policy file whole, keeping its mode.
+    fn write_policy_file(&self, text: &str) -> Result<()> {
+        let path = &self.state.policy_path;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(POLICY_FILE_MODE);
+        state_file::write_atomically_with_mode(path, text.as_bytes(), mode, "the policy file")
+    }
+
+    /// `filter-agent confirm`: the pending rollback is dropped.
+    pub fn confirm(&mut self, who: &str) -> Result<Confirmed> {
+        let Some(pending) = self.state.pending.get().cloned() else {
+            bail!(
+                "nothing to confirm: no change is waiting for confirmation (generation {} is in force)",
+                self.state.generation
+            );
+        };
+        self.state.pending.set(None)?;
+        info!(
+            "generation {} confirmed by {who}; the rollback to generation {} is cancelled",
+            pending.generation, pending.rollback_to
+        );
+        Ok(Confirmed {
+            generation: self.state.generation,
+            cancelled: pending,
+        })
+    }
+
+    /// Carries out a pending rollback whose deadline has come (checked every second).
+    pub fn roll_back_if_unconfirmed(&mut self) {
+        let Some(pending) = self.state.pending.due(SystemTime::now()).cloned() else {
+            return;
+        };
+        let note = format!(
+            "automatic: generation {} (by {}) was not confirmed within {}",
+            pending.generation, pending.requested_by, pending.confirm_within
+        );
+        warn!(
+            "rollback: {note}; applying generation {} again",
+            pending.rollback_to
+        );
+        let result = self
+            .state
+            .history
+            .text(pending.rollback_to)
+            .and_then(|text| {
+                let origin = Origin {
+                    restores: Some(pending.rollback_to),
+                    note: Some(note.clone()),
+                    ..Origin::new(How::Rollback, Some("agent".into()))
+                };
+                let name = format!("generation {}", pending.rollback_to);
+                self.write_policy_file(&text)?;
+                self.change_to(text, &name, origin)
+            });
+        match result {
+            Ok(applied) => {
+                self.state.automatic_rollbacks += 1;
+                warn!(
+                    "rollback done: generation {} in force again as generation {}",
+                    pending.rollback_to, applied.generation
+                );
+            }
+            // Not retried every second: the unconfirmed policy stays, and says so.
+            Err(err) => error!(
+                "rollback to generation {} failed, generation {} stays in force: {err:#}",
+                pending.rollback_to, self.state.generation
+            ),
+        }
+        if let Err(err) = self.state.pending.set(None) {
+            error!("cannot clear the pending rollback: {err:#}");
+        }
+    }
+
+    /// When the pending rollback is due, for logs at start.
+    pub fn pending_deadline(&self) -> Option<(PendingRollback, Duration)> {
+        let pending = self.state.pending.get()?.clone();
+        let left = history::deadline(&pending)
+            .and_then(|d| d.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default();
+        Some((pending, left))
+    }
+}

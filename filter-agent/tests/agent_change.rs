@@ -1,0 +1,350 @@
+//! The operator's change workflow against a real agent in a lab, with real TCP: `reload`
+//! that says whether it applied, `apply` with an automatic rollback that happens on time
+//! (also across a kill -9 of the agent) unless confirmed, `rollback` byte for byte, the
+//! history, `run --no-watch`, and systemd's READY=1 once the filter enforces. Needs root.
+
+use std::{
+    os::unix::net::UnixDatagram,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use filter_testkit::{
+    agent::{AgentProcess, Scratch, ok},
+    lab::{self, LEASED_LINE, Lab, Outcome, REMOTE_V4, RESIDENTIAL, at},
+    metrics_text::{sample, scrape},
+};
+use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
+const CONNECT: Duration = Duration::from_millis(700);
+/// How long the agent may take to act on a due rollback (it checks every second) on a
+/// loaded machine.
+const LATE: Duration = Duration::from_secs(15);
+/// Long enough for a kill -9 and a restart of the agent before it runs out.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(20);
+
+fn start(lab: &Lab, extra: &[&str]) -> (Scratch, AgentProcess, lab::Listener) {
+    let listener = lab.listen(at(REMOTE_V4, 25)).unwrap();
+    let scratch = Scratch::new(lab, BINARY);
+    scratch.write_policy(&lab.policy_yaml());
+    let agent = scratch.start_agent(lab, extra);
+    (scratch, agent, listener)
+}
+
+fn residential(lab: &Lab) -> Outcome {
+    lab.connect(RESIDENTIAL.v4, at(REMOTE_V4, 25), CONNECT)
+}
+
+/// The lab policy with residential customers allowed to send: the change under test.
+fn residential_allowed(lab: &Lab) -> String {
+    lab.policy_yaml().replacen(
+        "  - name: residential\n    smtp: block",
+        "  - name: residential\n    smtp: allow",
+        1,
+    )
+}
+
+fn failed(output: Output) -> (i32, String) {
+    assert!(!output.status.success(), "expected a failure: {output:?}");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn history(scratch: &Scratch) -> Value {
+    serde_json::from_str(&ok(scratch.cli(&["history", "--json"]))).unwrap()
+}
+
+/// (generation, how, who, restores) of every generation kept.
+fn generations(scratch: &Scratch) -> Vec<(u64, String, String, Option<u64>)> {
+    history(scratch)["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["generation"].as_u64().unwrap(),
+                g["how"].as_str().unwrap().to_string(),
+                g["who"].as_str().unwrap_or("-").to_string(),
+                g["restores"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn reload_exits_1_on_an_invalid_file_and_the_old_policy_stays() {
+    let lab = Lab::create().unwrap();
+    let (scratch, agent, _listener) = start(&lab, &["--no-watch"]);
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+
+    // --no-watch: saving the file changes nothing by itself.
+    scratch.write_policy(&residential_allowed(&lab));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+    assert_eq!(
+        agent.count("reload requested"),
+        0,
+        "{}",
+        agent.log().join("\n")
+    );
+
+    let broken = residential_allowed(&lab).replace("100.64.0.0/10", "100.64.0.1/10");
+    scratch.write_policy(&broken);
+    let (code, stderr) = failed(scratch.cli(&["reload"]));
+    assert_eq!(code, 1, "{stderr}");
+    let located = format!("{}:", scratch.policy().display());
+    assert!(
+        stderr.contains(&located) && stderr.contains("host bits set"),
+        "{stderr}"
+    );
+    // The old policy stays in force, in the kernel and in the history.
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+    assert_eq!(
+        lab.connect(LEASED_LINE.v4, at(REMOTE_V4, 25), CONNECT),
+        Outcome::Connected
+    );
+    assert_eq!(generations(&scratch).len(), 1);
+
+    scratch.write_policy(&residential_allowed(&lab));
+    let reloaded = ok(scratch.cli(&["reload"]));
+    assert!(reloaded.contains("generation 2 in force"), "{reloaded}");
+    assert_eq!(residential(&lab), Outcome::Connected);
+    // The same file again: applied, but no new generation.
+    let again = ok(scratch.cli(&["reload"]));
+    assert!(again.contains("policy unchanged: generation 2"), "{again}");
+    assert_eq!(
+        generations(&scratch),
+        [
+            (1, "start".into(), "-".into(), None),
+            (2, "reload".into(), "root".into(), None)
+        ]
+    );
+}
+
+#[test]
+fn an_unconfirmed_apply_rolls_back_on_time_also_across_a_kill_9() {
+    let lab = Lab::create().unwrap();
+    let port = 20000 + (std::process::id() % 1000) as u16;
+    let metrics = format!("127.0.0.1:{port}");
+    let (scratch, agent, _listener) = start(&lab, &["--metrics", &metrics]);
+    let original = std::fs::read(scratch.policy()).unwrap();
+    let new = scratch.dir().join("new.yaml");
+    std::fs::write(&new, residential_allowed(&lab)).unwrap();
+
+    let applied = Instant::now();
+    let out = ok(scratch.cli(&[
+        "apply",
+        "--policy",
+        new.to_str().unwrap(),
+        "--confirm-within",
+        "20s",
+    ]));
+    assert!(
+        out.contains("generation 2 in force") && out.contains("confirm` within 20s"),
+        "{out}"
+    );
+    // File and kernel agree on the new policy.
+    assert_eq!(residential(&lab), Outcome::Connected);
+    assert_eq!(
+        std::fs::read_to_string(scratch.policy()).unwrap(),
+        residential_allowed(&lab)
+    );
+    assert_eq!(history(&scratch)["pending"]["rollback_to"], 1);
+
+    // The agent dies; the rollback it promised survives it.
+    agent.kill9();
+    let agent = scratch.start_agent(&lab, &["--metrics", &metrics]);
+    agent.wait_for(
+        "is not confirmed: generation 1 is applied again in",
+        Duration::from_secs(5),
+    );
+    assert_eq!(residential(&lab), Outcome::Connected);
+    agent.wait_for("rollback done", CONFIRM_WITHIN + LATE);
+    let took = applied.elapsed();
+    assert!(took >= CONFIRM_WITHIN, "rolled back after {took:?}");
+
+    // The blocked customer is blocked again; the file holds the old policy, byte for byte.
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+    assert_eq!(std::fs::read(scratch.policy()).unwrap(), original);
+    let generations = generations(&scratch);
+    assert_eq!(
+        generations.last(),
+        Some(&(3, "rollback".into(), "agent".into(), Some(1)))
+    );
+    let history = history(&scratch);
+    assert_eq!(history["pending"], Value::Null);
+    assert_eq!(
+        history["generations"][2]["sha256"],
+        history["generations"][0]["sha256"]
+    );
+    let text = scrape(&lab, port);
+    assert_eq!(
+        sample(&text, "filter_agent_automatic_rollbacks_total", &[]),
+        1.0
+    );
+    assert!(
+        agent.count("WARN  rollback: automatic") == 1,
+        "{}",
+        agent.log().join("\n")
+    );
+    // Nothing left to confirm.
+    let (code, stderr) = failed(scratch.cli(&["confirm"]));
+    assert!(
+        code == 1 && stderr.contains("nothing to confirm"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_confirmed_apply_stays() {
+    let lab = Lab::create().unwrap();
+    let (scratch, agent, _listener) = start(&lab, &[]);
+    let new = scratch.dir().join("new.yaml");
+    std::fs::write(&new, residential_allowed(&lab)).unwrap();
+    ok(scratch.cli(&[
+        "apply",
+        "--policy",
+        new.to_str().unwrap(),
+        "--confirm-within",
+        "10s",
+    ]));
+    let confirmed = ok(scratch.cli(&["confirm"]));
+    assert!(
+        confirmed.contains("generation 2 confirmed; the rollback to generation 1"),
+        "{confirmed}"
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(residential(&lab), Outcome::Connected);
+    assert_eq!(agent.count("rollback:"), 0, "{}", agent.log().join("\n"));
+    assert_eq!(agent.count("rollback done"), 0);
+    assert_eq!(generations(&scratch).len(), 2);
+    assert_eq!(history(&scratch)["pending"], Value::Null);
+}
+
+#[test]
+fn rollback_restores_a_generation_byte_for_byte() {
+    let lab = Lab::create().unwrap();
+    let listener = lab.listen(at(REMOTE_V4, 25)).unwrap();
+    let scratch = Scratch::new(&lab, BINARY);
+    // Comments, CRLF line ends and trailing blanks: what a byte-for-byte restore keeps.
+    let original = format!(
+        "# edited on the router by hand \t\r\n{}\r\n\r\n",
+        lab.policy_yaml().replace('\n', "\r\n")
+    );
+    scratch.write_policy(&original);
+    let agent = scratch.start_agent(&lab, &[]);
+    let new = scratch.dir().join("new.yaml");
+    std::fs::write(&new, residential_allowed(&lab)).unwrap();
+    ok(scratch.cli(&["apply", "--policy", new.to_str().unwrap()]));
+    assert_eq!(residential(&lab), Outcome::Connected);
+
+    let out = ok(scratch.cli(&["rollback"]));
+    assert!(out.contains("generation 3 in force"), "{out}");
+    assert_eq!(std::fs::read_to_string(scratch.policy()).unwrap(), original);
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+
+    // Forward again to a named generation, then refusals that change nothing.
+    ok(scratch.cli(&["rollback", "--to", "2"]));
+    assert_eq!(
+        std::fs::read_to_string(scratch.policy()).unwrap(),
+        residential_allowed(&lab)
+    );
+    assert_eq!(residential(&lab), Outcome::Connected);
+    let (code, stderr) = failed(scratch.cli(&["rollback", "--to", "99"]));
+    assert!(
+        code == 1 && stderr.contains("no generation 99 in the history"),
+        "{stderr}"
+    );
+    let broken = scratch.dir().join("broken.yaml");
+    std::fs::write(&broken, "version: 1\ngroups: nonsense\n").unwrap();
+    let (code, stderr) = failed(scratch.cli(&["apply", "--policy", broken.to_str().unwrap()]));
+    assert!(code == 1 && stderr.contains("broken.yaml:2:"), "{stderr}");
+    assert_eq!(residential(&lab), Outcome::Connected);
+    assert_eq!(
+        generations(&scratch),
+        [
+            (1, "start".into(), "-".into(), None),
+            (2, "apply".into(), "root".into(), None),
+            (3, "rollback".into(), "root".into(), Some(1)),
+            (4, "rollback".into(), "root".into(), Some(2)),
+        ]
+    );
+    let shas: Vec<Value> = history(&scratch)["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["sha256"].clone())
+        .collect();
+    assert_eq!((&shas[0], &shas[1]), (&shas[2], &shas[3]));
+    let table = ok(scratch.cli(&["history"]));
+    assert!(
+        table.contains("rollback of 1") && table.contains("4*"),
+        "{table}"
+    );
+    assert_eq!(agent.count("ERROR"), 0, "{}", agent.log().join("\n"));
+    drop(listener);
+}
+
+#[test]
+fn a_reader_sees_the_history_but_cannot_change_the_policy() {
+    let lab = Lab::create().unwrap();
+    let (scratch, _agent, _listener) = start(&lab, &["--socket-group", "nogroup"]);
+    // The scratch dir must be searchable for nobody to reach the socket and the file.
+    let mut perms = std::fs::metadata(scratch.dir()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(scratch.dir(), perms).unwrap();
+    let new = scratch.dir().join("new.yaml");
+    std::fs::write(&new, residential_allowed(&lab)).unwrap();
+    let before = std::fs::read(scratch.policy()).unwrap();
+
+    let read = scratch.cli_as_nobody(&["history"]);
+    assert!(read.status.success(), "{read:?}");
+    for (args, what) in [
+        (
+            &["apply", "--policy", new.to_str().unwrap()][..],
+            "applying a policy",
+        ),
+        (&["reload"][..], "reloading the policy"),
+        (&["rollback", "--to", "1"][..], "rolling back"),
+        (&["confirm"][..], "confirming a change"),
+    ] {
+        let (code, stderr) = failed(scratch.cli_as_nobody(args));
+        assert!(
+            code == 1 && stderr.contains(&format!("permission denied: {what} needs root")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(scratch.policy()).unwrap(), before);
+    assert_eq!(generations(&scratch).len(), 1);
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+}
+
+#[test]
+fn systemd_hears_ready_only_once_the_filter_enforces() {
+    let lab = Lab::create().unwrap();
+    let _listener = lab.listen(at(REMOTE_V4, 25)).unwrap();
+    let scratch = Scratch::new(&lab, BINARY);
+    scratch.write_policy(&lab.policy_yaml());
+    let socket_path = scratch.dir().join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let env = vec![(
+        "NOTIFY_SOCKET".to_string(),
+        socket_path.display().to_string(),
+    )];
+    let agent = scratch.spawn_agent_with_env(&lab, &[], env);
+    let mut message = [0u8; 512];
+    let len = notify.recv(&mut message).expect("READY=1 within 30 s");
+    let message = String::from_utf8_lossy(&message[..len]).into_owned();
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+    assert!(
+        message.contains("READY=1\n") && message.contains("STATUS=enforcing generation 1"),
+        "{message}"
+    );
+    agent.wait_for("enforcing after", Duration::from_secs(5));
+}
