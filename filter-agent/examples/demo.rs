@@ -9,7 +9,9 @@
 //! `filter-agent run` in the router namespace, connects from every customer type to a
 //! remote MTA and to the ISP relay, and checks each outcome against what the policy says.
 //! Then it edits the policy file live (an exemption, then an invalid edit the agent must
-//! refuse) and checks again. Everything is torn down at the end, on error, and on Ctrl-C.
+//! refuse) and checks again. Last, pppd's hook scripts report subscriber sessions: alice is
+//! exempted by name and the exemption follows her reconnect to another address, while bob,
+//! who gets her old address, stays blocked. Everything is torn down at the end, on error, and on Ctrl-C.
 //!
 //! Exit status: 0 every attempt matched the policy, 1 a mismatch or an error, 130 Ctrl-C.
 
@@ -115,7 +117,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Steps 1 to 4; returns the number of attempts that did not match the policy.
+/// Steps 1 to 5; returns the number of attempts that did not match the policy.
 fn demo(lab: &Lab, binary: &Path, dir: &Path, agent_slot: &mut Option<Agent>) -> Result<usize> {
     let [customers, router, internet] = Ns::ALL.map(|ns| lab.netns_name(ns));
     println!(
@@ -216,6 +218,9 @@ fn demo(lab: &Lab, binary: &Path, dir: &Path, agent_slot: &mut Option<Agent>) ->
     println!("  The previous policy must still be in force (residential .10 exempt):");
     tally(attempts(lab, &exempt, &[lab::RESIDENTIAL])?);
 
+    heading("Subscribers: alice is exempted by name and reconnects with another address");
+    tally(subscribers(lab, binary, dir)?);
+
     // Each "connected" above was a handshake with one of the demo's own listeners.
     let accepted: usize = listeners.iter().map(Listener::accepted).sum();
     if accepted != connected {
@@ -225,6 +230,174 @@ fn demo(lab: &Lab, binary: &Path, dir: &Path, agent_slot: &mut Option<Agent>) ->
         "\n  The lab's listeners accepted {accepted} connections, one per \"connected\" above."
     );
     Ok(mismatches)
+}
+
+// ---------------------------------------------------------------------------------------
+// Subscribers.
+
+/// The addresses the BNG hands alice and bob (residential, inside 100.64.0.0/10).
+const FIRST_ADDRESS: &str = "100.64.0.20";
+const SECOND_ADDRESS: &str = "100.64.0.21";
+
+/// pppd's hooks tell the agent who holds which address; an exemption by name follows
+/// alice from her first address to her second, and bob on her old one stays blocked.
+fn subscribers(lab: &Lab, binary: &Path, dir: &Path) -> Result<(usize, usize)> {
+    let socket = dir.join("control.sock");
+    for address in [FIRST_ADDRESS, SECOND_ADDRESS] {
+        lab.add_customer_address(address.parse()?)?;
+    }
+    let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ppp");
+    let hook = |name: &str, peer: &str, ifname: &str, pid: u32, remote: &str| -> Result<()> {
+        println!(
+            "  $ PEERNAME={peer} IPREMOTE={remote} IFNAME={ifname} PPPD_PID={pid} packaging/ppp/{name} {ifname} /dev/pts/3 115200 100.64.255.254 {remote} ''"
+        );
+        let out = std::process::Command::new(hooks.join(name))
+            .env_clear()
+            .args([ifname, "/dev/pts/3", "115200", "100.64.255.254", remote, ""])
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PEERNAME", peer)
+            .env("IPREMOTE", remote)
+            .env("IFNAME", ifname)
+            .env("PPPD_PID", pid.to_string())
+            .env("FILTER_AGENT", binary)
+            .env("FILTER_AGENT_SOCKET", &socket)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .output()
+            .with_context(|| format!("running packaging/ppp/{name}"))?;
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            println!("    {line}");
+        }
+        if !out.status.success() {
+            bail!("packaging/ppp/{name} failed ({})", out.status);
+        }
+        Ok(())
+    };
+    let cli = |args: &[&str]| -> Result<String> {
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("\"{a}\"")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        println!("  $ filter-agent {}", shown.join(" "));
+        let out = std::process::Command::new(binary)
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "filter-agent {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in text.lines() {
+            println!("    {line}");
+        }
+        Ok(text)
+    };
+    let (mut mismatches, mut connected) = (0, 0);
+    let mut tally = |(m, c)| {
+        mismatches += m;
+        connected += c;
+    };
+
+    println!("  alice dials in (pppd runs ip-up):");
+    hook("ip-up", "alice", "ppp0", 4242, FIRST_ADDRESS)?;
+    tally(subscriber_attempts(
+        lab,
+        binary,
+        &socket,
+        &[("alice", FIRST_ADDRESS)],
+    )?);
+
+    println!("\n  The abuse desk exempts her by name:");
+    cli(&[
+        "exemptions",
+        "add",
+        "--subscriber",
+        "alice",
+        "--reason",
+        "ticket 4711: runs own MTA",
+    ])?;
+    tally(subscriber_attempts(
+        lab,
+        binary,
+        &socket,
+        &[("alice", FIRST_ADDRESS)],
+    )?);
+
+    println!("\n  She reconnects and gets another address; bob gets her old one:");
+    hook("ip-down", "alice", "ppp0", 4242, FIRST_ADDRESS)?;
+    hook("ip-up", "alice", "ppp1", 4343, SECOND_ADDRESS)?;
+    hook("ip-up", "bob", "ppp2", 4444, FIRST_ADDRESS)?;
+    cli(&["sessions", "list"])?;
+    tally(subscriber_attempts(
+        lab,
+        binary,
+        &socket,
+        &[("alice", SECOND_ADDRESS), ("bob", FIRST_ADDRESS)],
+    )?);
+    cli(&["exemptions", "list"])?;
+    Ok((mismatches, connected))
+}
+
+/// Connects from each subscriber's address to remote:25 and relay:25 and checks the
+/// outcome against what the running agent says (`explain` over its socket, which knows
+/// the sessions and exemptions by name).
+fn subscriber_attempts(
+    lab: &Lab,
+    binary: &Path,
+    socket: &Path,
+    who: &[(&'static str, &str)],
+) -> Result<(usize, usize)> {
+    let mut plan = Vec::new();
+    for &(name, address) in who {
+        let src: IpAddr = address.parse()?;
+        for (dst, dst_name) in [(lab::REMOTE_V4, "remote MTA"), (lab::RELAY_V4, "relay")] {
+            let out = std::process::Command::new(binary)
+                .args([
+                    "explain",
+                    "--json",
+                    "--src",
+                    address,
+                    "--dst",
+                    &dst.to_string(),
+                ])
+                .arg("--socket")
+                .arg(socket)
+                .stdin(Stdio::null())
+                .process_group(0)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "explain failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let said: filter_agent::control::protocol::Explanation =
+                serde_json::from_slice(&out.stdout).context("reading explain --json")?;
+            plan.push(Attempt {
+                customer: name,
+                src,
+                dst: SocketAddr::new(dst, 25),
+                dst_name,
+                verdict: said.verdict.to_string(),
+                reason: said.reason.to_string(),
+                outcome: Outcome::Error("not run".into()),
+            });
+        }
+    }
+    run_and_print(lab, plan)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -283,6 +456,12 @@ fn attempts(lab: &Lab, image: &MapImage, customers: &[Customer]) -> Result<(usiz
             }
         }
     }
+    run_and_print(lab, plan)
+}
+
+/// Makes the attempts, all at once, prints the table and returns the number of
+/// mismatches and of connections made.
+fn run_and_print(lab: &Lab, mut plan: Vec<Attempt>) -> Result<(usize, usize)> {
     std::thread::scope(|s| {
         for attempt in &mut plan {
             s.spawn(|| attempt.outcome = lab.connect(attempt.src, attempt.dst, CONNECT_TIMEOUT));
