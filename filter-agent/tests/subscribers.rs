@@ -330,6 +330,17 @@ fn an_exemption_by_name_follows_alice_through_pppd_hooks_and_a_restart() {
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(why), "{args:?}: {stderr}");
     }
+    // Erin's session claims bob's address before bob's ip-down came: the newest claim
+    // wins, it is logged, and bob's session, left without an address, ends.
+    ok(scratch.cli(&["sessions", "up", "--subscriber", "erin", "--address", FIRST]));
+    agent.wait_for(
+        "claimed by two sessions: the newest wins",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        sessions(&scratch),
+        [("erin".to_string(), vec!["100.64.0.20/32".to_string()])]
+    );
     // A session outside every block group is accepted, and noted.
     let noted = ok(scratch.cli(&[
         "sessions",

@@ -765,6 +765,74 @@ mod tests {
     }
 
     #[test]
+    fn offenders_name_their_subscriber_when_a_session_holds_the_source() {
+        let row = |source: &str, subscriber: Value| {
+            json!({
+                "source": source, "family": "ipv4", "group": "residential",
+                "attempts": 1, "in_window": 1,
+                "first_seen": "t0", "last_seen": "t1",
+                "destinations": 1, "destinations_saturated": false,
+                "last_destination": "203.0.113.9:25", "over_threshold": false,
+                "subscriber": subscriber,
+            })
+        };
+        let reply: Offenders = typed(json!({
+            "at": "t", "destinations_note": "n", "sources": 2, "over_threshold": 0,
+            "alert_after": 0, "window": "0s",
+            "offenders": [row("100.64.0.20", json!("alice")), row("100.64.0.30", Value::Null)],
+        }));
+        let text = render_offenders(&reply);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].ends_with("OVER THRESHOLD  SUBSCRIBER"), "{text}");
+        assert!(
+            lines[3].starts_with("100.64.0.20") && lines[3].ends_with("no              alice"),
+            "{text}"
+        );
+        assert!(lines[4].ends_with("no              -"), "{text}");
+        // No session named anyone: no column (an older agent sends no field at all).
+        let mut reply = reply;
+        for o in &mut reply.offenders {
+            o.subscriber = None;
+        }
+        assert!(!render_offenders(&reply).contains("SUBSCRIBER"));
+    }
+
+    #[test]
+    fn sessions_and_subscriber_exemptions_render_as_tables() {
+        let sessions: SessionList = typed(json!({"sessions": [
+            {"subscriber": "alice", "feed": "radius", "nas": "192.0.2.1", "session_id": "0001",
+             "addresses": ["100.64.0.21/32", "2001:db8:1000:20::/64"],
+             "started_at": "t0", "updated_at": "t1", "exempt": true},
+            {"subscriber": "bob", "feed": "hook", "nas": null, "session_id": "ppp2-4444",
+             "addresses": ["100.64.0.20/32"], "started_at": "t0", "updated_at": "t0", "exempt": false},
+        ]}));
+        assert_eq!(
+            render_sessions(&sessions.sessions),
+            "SUBSCRIBER  ADDRESSES                              FEED    NAS        SESSION ID  STARTED  UPDATED  EXEMPT\n\
+             alice       100.64.0.21/32, 2001:db8:1000:20::/64  radius  192.0.2.1  0001        t0       t1       yes\n\
+             bob         100.64.0.20/32                         hook    -          ppp2-4444   t0       t0       no\n"
+        );
+        let list: ExemptionList = typed(json!({
+            "exemptions": [],
+            "subscribers": [
+                {"subscriber": "alice", "addresses": [], "reason": "ticket 4711",
+                 "added_by": "root", "added_at": "t0", "expires_at": null},
+            ],
+        }));
+        let text = render_exemptions(&list);
+        assert!(
+            text.ends_with(
+                "SUBSCRIBER  ADDRESSES NOW  REASON       ADDED BY  ADDED AT  EXPIRES\n\
+                 alice       offline        ticket 4711  root      t0        -\n"
+            ),
+            "{text}"
+        );
+        // A list from an agent without subscribers: no second table.
+        let older: ExemptionList = typed(json!({"exemptions": []}));
+        assert!(!render_exemptions(&older).contains("SUBSCRIBER"));
+    }
+
+    #[test]
     fn table_pads_by_characters() {
         let text = table(&["A", "B"], &[vec!["≈3".into(), "x".into()]]);
         assert_eq!(text, "A   B\n≈3  x\n");

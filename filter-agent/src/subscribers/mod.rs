@@ -82,3 +82,89 @@ pub fn note_for(policy: &MapImage, address: IpNet) -> Option<String> {
 pub fn apply(image: &mut MapImage, policy: &MapImage, subscribers: &Subscribers) {
     crate::exemptions::apply_prefixes(image, subscribers.exempt_addresses(policy));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::exemptions::parse_terms;
+
+    const POLICY: &str = "
+version: 1
+groups:
+  - name: residential
+    smtp: block
+    prefixes: [100.64.0.0/10, \"2001:db8:1000::/36\"]
+  - name: leased-line
+    smtp: allow
+    prefixes: [198.51.100.128/25]
+";
+
+    fn session(id: &str, subscriber: &str, addresses: &[&str]) -> Session {
+        Session {
+            key: SessionKey {
+                feed: Feed::Hook,
+                nas: None,
+                session_id: id.into(),
+            },
+            subscriber: subscriber.into(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            started_at: SystemTime::UNIX_EPOCH,
+            updated_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn only_an_exempt_subscribers_addresses_inside_block_groups_are_exempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = crate::policy::parse(POLICY, "p.yaml")
+            .unwrap()
+            .policy
+            .compile();
+        let mut subscribers = Subscribers::load(dir.path()).unwrap();
+        subscribers.sessions.up(session(
+            "ppp0",
+            "alice",
+            &[
+                "100.64.0.20/32",
+                "198.51.100.130/32",
+                "2001:db8:1000:20::/64",
+            ],
+        ));
+        subscribers
+            .sessions
+            .up(session("ppp1", "bob", &["100.64.0.21/32"]));
+        assert!(
+            subscribers.exempt_addresses(&policy).is_empty(),
+            "nobody exempt yet"
+        );
+        let terms = parse_terms("ticket", None, None, "root", SystemTime::now()).unwrap();
+        subscribers
+            .exemptions
+            .insert(SubscriberExemption::new("alice".into(), terms))
+            .unwrap();
+        let exempt: Vec<String> = subscribers
+            .exempt_addresses(&policy)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // The leased-line address sends anyway: nothing for an exemption to do there.
+        assert_eq!(exempt, ["100.64.0.20/32", "2001:db8:1000:20::/64"]);
+        assert!(note_for(&policy, "198.51.100.130/32".parse().unwrap()).is_some());
+        assert!(note_for(&policy, "100.64.0.20/32".parse().unwrap()).is_none());
+        assert_eq!(
+            subscribers.name_at("2001:db8:1000:20::99".parse().unwrap()),
+            Some("alice")
+        );
+        assert_eq!(
+            subscribers.name_at("100.64.0.21".parse().unwrap()),
+            Some("bob")
+        );
+        assert_eq!(subscribers.name_at("100.64.0.22".parse().unwrap()), None);
+
+        let mut image = policy.clone();
+        apply(&mut image, &policy, &subscribers);
+        assert_eq!(image.source_count(), policy.source_count() + 2);
+    }
+}
