@@ -187,6 +187,40 @@ fn reject_answers_blocked_syns_with_a_valid_reset_under_every_encapsulation() {
     }
 }
 
+/// A frame on a port with MTU 9000 arrives in several buffers; the program reads only the
+/// first and counts the whole frame.
+#[test]
+fn multi_buffer_frames_are_judged_counted_whole_and_rejected_with_a_single_buffer_reset() {
+    const JUMBO: usize = 9_014;
+    let dataplane = load(&image(|c| c.action = Action::Reject as u32));
+    let customer = v4(100, 64, 0, 10);
+    let https = Frame::tcp(customer, REMOTE_V4, 443)
+        .ack()
+        .tcp_payload(&vec![0x5a; JUMBO - 54])
+        .build();
+    assert_eq!(https.len(), JUMBO);
+    assert_eq!(outcome(&dataplane, &https), (Verdict::Pass, Reason::Port));
+    let counters = dataplane.reason_counters(0).unwrap();
+    let port =
+        counters[filter_common::reason_counter_index(0, Family::Ipv4, Reason::Port) as usize];
+    assert_eq!(
+        (port.packets, port.bytes),
+        (1, JUMBO as u64),
+        "counted whole"
+    );
+
+    let mut blocked = syn(customer, REMOTE_V4);
+    blocked.resize(JUMBO, 0);
+    let verdict = dataplane.judge(&blocked).unwrap();
+    assert_eq!(
+        (verdict.verdict, verdict.reason),
+        (Verdict::Reject, Reason::Blocked)
+    );
+    let reply = verdict.reply.expect("a rejected frame has a reply");
+    assert_eq!(reply.len(), 54, "the reset alone, the fragments released");
+    check_reset("multi-buffer syn", &blocked, &reply);
+}
+
 /// Where the IP header starts, past VLAN tags and a PPPoE session header; and the
 /// PPPoE header's offset, if there is one.
 fn ip_start(frame: &[u8]) -> (usize, Option<usize>) {

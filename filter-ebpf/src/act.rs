@@ -3,6 +3,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_xdp_get_buff_len,
     programs::XdpContext,
 };
 use filter_common::{ActionStat, Verdict};
@@ -43,5 +44,13 @@ pub fn finish(ctx: &XdpContext, decision: &mut Decision) -> u32 {
 #[inline(always)]
 pub fn count(ctx: &XdpContext, decision: &Decision) {
     let slot = maps::interface_slot(ctx.ingress_ifindex() as u32);
-    maps::count(decision, slot, (ctx.data_end() - ctx.data()) as u64);
+    maps::count(decision, slot, frame_len(ctx));
+}
+
+/// The frame's length over all its buffers (a multi-buffer frame's first buffer holds only
+/// part of it).
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: a helper that only reads the XDP buffer's lengths.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }

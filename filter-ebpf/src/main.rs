@@ -1,5 +1,11 @@
 //! The XDP programs: the filter (parse -> classify -> decide -> count, see
 //! docs/semantics.md) and the two benchmark baselines.
+//!
+//! Every entry is frags-aware (`xdp.frags`, BPF_F_XDP_HAS_FRAGS), so it attaches in native
+//! mode to ports with jumbo frames, whose frames arrive in several buffers. Only the first
+//! buffer is read directly (`Cursor` checks every read against its end); the headers a
+//! verdict needs are always in it, and a first buffer that ends early is judged as a
+//! truncated frame, as docs/semantics.md says. Lengths count every buffer.
 #![no_std]
 #![no_main]
 
@@ -22,7 +28,7 @@ use aya_ebpf::{
 };
 use decision::Judged;
 
-#[xdp]
+#[xdp(frags)]
 pub fn smtp_filter(ctx: XdpContext) -> u32 {
     match decide::judge(&ctx) {
         Judged::Passed(decision) => {
@@ -61,13 +67,13 @@ pub fn smtp_filter_replay(ctx: XdpContext) -> u32 {
 }
 
 /// The benchmark baseline: the cost of running any XDP program at all.
-#[xdp]
+#[xdp(frags)]
 pub fn pass_baseline(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
 /// The floor of any drop path: an XDP program that drops everything.
-#[xdp]
+#[xdp(frags)]
 pub fn drop_baseline(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }

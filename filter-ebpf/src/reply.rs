@@ -102,7 +102,9 @@ pub fn rewrite(ctx: &XdpContext, decision: &Decision) -> bool {
         return false;
     }
     let reply_len = (l3 + reply_ip_len as usize) as i32;
-    let frame_len = (ctx.data_end() - ctx.data()) as i32;
+    // Over all buffers: shrinking a multi-buffer frame releases its fragments first, and
+    // the reply, inside the first buffer, is then a single-buffer frame.
+    let frame_len = crate::act::frame_len(ctx) as i32;
     // SAFETY: shrinking by what follows the reply; no packet pointer is used afterwards.
     frame_len == reply_len || unsafe { bpf_xdp_adjust_tail(ctx.ctx, reply_len - frame_len) } == 0
 }
