@@ -135,11 +135,11 @@ fn source_rule(cur: &Cursor, family: Family, l3: usize) -> Option<SourceRule> {
     match family {
         Family::Ipv4 => {
             let source = cur.header::<[u16; 2]>(l3 + 12)?;
-            SOURCES_V4.get(Key::new(32, v4_bytes(*source))).copied()
+            SOURCES_V4.get(&Key::new(32, v4_bytes(*source))).copied()
         }
         Family::Ipv6 => {
             let source = cur.header::<[u16; 8]>(l3 + 8)?;
-            SOURCES_V6.get(Key::new(128, v6_bytes(*source))).copied()
+            SOURCES_V6.get(&Key::new(128, v6_bytes(*source))).copied()
         }
         Family::Other => None,
     }

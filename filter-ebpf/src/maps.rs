@@ -1,10 +1,14 @@
 //! Every map the program uses, declared in one place, with its accessors. Names, sizes
-//! and capacities are `filter_common::maps`' (the `#[map]` attribute needs literals).
+//! and capacities are `filter_common::maps`'.
+//!
+//! Only BTF-defined maps (`#[btf_map]`, the `.maps` section): libbpf, through which libxdp
+//! loads the filter as a dispatcher component, refuses objects with legacy `maps`
+//! definitions (the `libbpf_opens_the_filter_object` test checks it).
 
 use aya_ebpf::{
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
 };
 use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, DEFAULT_PREFIX_CAPACITY, EVENTS_RING_BYTES,
@@ -15,16 +19,16 @@ use filter_common::{
 
 use crate::decision::Decision;
 
-#[map(name = "FILTER_CONFIG")]
-static FILTER_CONFIG: Array<Config> = Array::with_max_entries(2, 0);
+#[btf_map]
+static FILTER_CONFIG: Array<Config, 2> = Array::new();
 
-#[map(name = "CONFIG_SLOT")]
-static CONFIG_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+#[btf_map]
+static CONFIG_SLOT: Array<u32, 1> = Array::new();
 
 /// Userspace bookkeeping (group id -> name), declared here so it is created and pinned
 /// with the others.
-#[map(name = "GROUP_NAMES")]
-static GROUP_NAMES: Array<GroupName> = Array::with_max_entries(MAX_GROUPS + 1, 0);
+#[btf_map]
+static GROUP_NAMES: Array<GroupName, { MAX_GROUPS as usize + 1 }> = Array::new();
 
 /// The live config slot.
 #[inline(always)]
@@ -34,20 +38,20 @@ pub fn config() -> Option<&'static Config> {
 }
 
 // The agent resizes the tries to the policy before loading.
-#[map(name = "SOURCES_V4")]
-pub static SOURCES_V4: LpmTrie<[u8; 4], SourceRule> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+#[btf_map]
+pub static SOURCES_V4: LpmTrie<[u8; 4], SourceRule, { DEFAULT_PREFIX_CAPACITY as usize }> =
+    LpmTrie::new();
 
-#[map(name = "SOURCES_V6")]
-pub static SOURCES_V6: LpmTrie<[u8; 16], SourceRule> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+#[btf_map]
+pub static SOURCES_V6: LpmTrie<[u8; 16], SourceRule, { DEFAULT_PREFIX_CAPACITY as usize }> =
+    LpmTrie::new();
 
-#[map(name = "IFINDEX_SLOTS")]
-static IFINDEX_SLOTS: Array<u32> = Array::with_max_entries(IFINDEX_SLOTS_ENTRIES, 0);
+#[btf_map]
+static IFINDEX_SLOTS: Array<u32, { IFINDEX_SLOTS_ENTRIES as usize }> = Array::new();
 
 /// Userspace bookkeeping (slot -> interface), created and pinned with the others.
-#[map(name = "INTERFACE_SLOTS")]
-static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(MAX_INTERFACES + 1, 0);
+#[btf_map]
+static INTERFACE_SLOTS: Array<InterfaceSlot, { MAX_INTERFACES as usize + 1 }> = Array::new();
 
 /// The counter slot of the interface the frame arrived on.
 #[inline(always)]
@@ -58,11 +62,11 @@ pub fn interface_slot(ifindex: u32) -> u32 {
     }
 }
 
-#[map(name = "REASON_STATS")]
-static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_ENTRIES, 0);
+#[btf_map]
+static REASON_STATS: PerCpuArray<Counter, { REASON_STATS_ENTRIES as usize }> = PerCpuArray::new();
 
-#[map(name = "GROUP_STATS")]
-static GROUP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(GROUP_STATS_ENTRIES, 0);
+#[btf_map]
+static GROUP_STATS: PerCpuArray<Counter, { GROUP_STATS_ENTRIES as usize }> = PerCpuArray::new();
 
 /// Counts one frame: always under (interface, family, reason), and under its group when
 /// one matched.
@@ -83,7 +87,7 @@ pub fn count(decision: &Decision, slot: u32, bytes: u64) {
 }
 
 #[inline(always)]
-fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+fn bump<const N: usize>(map: &PerCpuArray<Counter, N>, index: u32, bytes: u64) {
     if let Some(counter) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
@@ -93,8 +97,8 @@ fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
     }
 }
 
-#[map(name = "ACTION_STATS")]
-static ACTION_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ACTION_STATS_ENTRIES, 0);
+#[btf_map]
+static ACTION_STATS: PerCpuArray<u64, { ACTION_STATS_ENTRIES as usize }> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn count_action(stat: ActionStat) {
@@ -119,24 +123,24 @@ pub fn coarse_now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-#[map(name = "RELAY_BUCKETS")]
-pub static RELAY_BUCKETS: LruHashMap<SourceKey, u64> =
-    LruHashMap::with_max_entries(RELAY_BUCKETS_ENTRIES, 0);
+#[btf_map]
+pub static RELAY_BUCKETS: LruHashMap<SourceKey, u64, { RELAY_BUCKETS_ENTRIES as usize }> =
+    LruHashMap::new();
 
-#[map(name = "OFFENDERS")]
-pub static OFFENDERS: LruHashMap<SourceKey, Offender> =
-    LruHashMap::with_max_entries(OFFENDERS_ENTRIES, 0);
+#[btf_map]
+pub static OFFENDERS: LruHashMap<SourceKey, Offender, { OFFENDERS_ENTRIES as usize }> =
+    LruHashMap::new();
 
-#[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[btf_map]
+pub static EVENTS: RingBuf<(), { EVENTS_RING_BYTES as usize }> = RingBuf::new();
 
 /// The drop-event sampler's bucket (GCRA timestamp), shared by all CPUs.
-#[map(name = "EVENT_LIMIT")]
-pub static EVENT_LIMIT: Array<u64> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static EVENT_LIMIT: Array<u64, 1> = Array::new();
 
 /// Per-CPU scratch room for the decision of the frame being handled (see `act`).
-#[map(name = "DECISION_SCRATCH")]
-static DECISION_SCRATCH: PerCpuArray<Decision> = PerCpuArray::with_max_entries(1, 0);
+#[btf_map]
+static DECISION_SCRATCH: PerCpuArray<Decision, 1> = PerCpuArray::new();
 
 /// Stores `decision` in the scratch slot; its fields read back as unknown values.
 #[inline(always)]

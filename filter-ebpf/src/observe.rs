@@ -75,7 +75,7 @@ fn send(
     now: u64,
     attempts: u64,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    let Some(mut entry) = EVENTS.reserve_untyped::<Event>(0) else {
         maps::count_action(ActionStat::EventsLost);
         return;
     };
