@@ -46,9 +46,9 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
 };
 use filter_agent::{
-    dataplane::{Capacity, Dataplane, PinDir},
+    dataplane::{Capacity, Dataplane, PinDir, detach_components, freplace_refusal},
     image::{GroupInfo, MapImage},
-    policy::XdpMode,
+    policy::{AttachMode, DEFAULT_PRIORITY, Interface, XdpMode},
 };
 use filter_common::{
     Config, Family, PROGRAM_DROP_BASELINE, PROGRAM_PASS_BASELINE, Reason, Smtp, SourceRule,
@@ -118,6 +118,8 @@ const PIN_PREFIX: &str = "/sys/fs/bpf/bench-live-";
 enum Setup {
     OursNative,
     OursGeneric,
+    /// Ours as the one component of a libxdp dispatcher: what sharing the hook costs.
+    OursDispatcher,
     DropOnly,
     PassOnly,
     NftNetdev,
@@ -126,9 +128,10 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 7] = [
+    const ALL: [Setup; 8] = [
         Setup::OursNative,
         Setup::OursGeneric,
+        Setup::OursDispatcher,
         Setup::DropOnly,
         Setup::PassOnly,
         Setup::NftNetdev,
@@ -140,6 +143,7 @@ impl Setup {
         match self {
             Setup::OursNative => "ours-native",
             Setup::OursGeneric => "ours-generic",
+            Setup::OursDispatcher => "ours-dispatch",
             Setup::DropOnly => "drop-only",
             Setup::PassOnly => "pass-only",
             Setup::NftNetdev => "nft-netdev",
@@ -155,6 +159,10 @@ impl Setup {
                 "the filter (smtp_filter), native XDP on the router's customer veth"
             }
             Setup::OursGeneric => "the filter, generic (skb) XDP",
+            Setup::OursDispatcher => {
+                "the filter inside a libxdp dispatcher (attach: multiprog), native XDP; only \
+                 where the kernel allows freplace"
+            }
             Setup::DropOnly => "drop_baseline: XDP program that only drops (native)",
             Setup::PassOnly => {
                 "pass_baseline: XDP program that only passes (native); packets forwarded"
@@ -168,6 +176,7 @@ impl Setup {
     /// Drop-only makes sense for the flood only: it would drop the traffic to pass.
     fn applies(self, traffic: Traffic) -> bool {
         !(self == Setup::DropOnly && traffic == Traffic::Https)
+            && (self != Setup::OursDispatcher || dispatcher_refusal().is_none())
     }
 }
 
@@ -880,21 +889,32 @@ impl Router<'_> {
     fn attach(&mut self, setup: Setup, size: usize) -> Result<Active> {
         let device = self.bed.router_customer_if.clone();
         Ok(match setup {
-            Setup::OursNative | Setup::OursGeneric => {
-                let mode = if setup == Setup::OursNative {
-                    XdpMode::Native
+            Setup::OursNative | Setup::OursGeneric | Setup::OursDispatcher => {
+                let (mode, want) = if setup == Setup::OursGeneric {
+                    (XdpMode::Generic, "generic")
                 } else {
-                    XdpMode::Generic
+                    (XdpMode::Native, "native")
+                };
+                let attach = if setup == Setup::OursDispatcher {
+                    AttachMode::Multiprog
+                } else {
+                    AttachMode::Exclusive
                 };
                 let dataplane = self.dataplanes.get_mut(&size).context("dataplane")?;
-                let attached = dataplane.attach(&self.pins, &device, mode)?;
-                let want = if setup == Setup::OursNative {
-                    "native"
-                } else {
-                    "generic"
+                let interface = Interface {
+                    name: device.clone(),
+                    xdp_mode: mode,
+                    attach,
+                    priority: DEFAULT_PRIORITY,
                 };
-                if attached.mode != want {
-                    bail!("the filter attached in {} mode, not {want}", attached.mode);
+                let attached = dataplane.attach(&self.pins, &interface, false)?;
+                if attached.mode != want || attached.attach != attach.name() {
+                    bail!(
+                        "the filter attached {} in {} mode, not {} in {want}",
+                        attached.attach,
+                        attached.mode,
+                        attach.name()
+                    );
                 }
                 Active::Ours(size)
             }
@@ -931,7 +951,10 @@ impl Router<'_> {
 
     fn detach(&mut self, active: Active) -> Result<()> {
         match active {
-            Active::Ours(_) => self.pins.detach_interface(&self.bed.router_customer_if)?,
+            Active::Ours(_) => {
+                self.pins.detach_interface(&self.bed.router_customer_if)?;
+                detach_components(&self.pins, Some(&self.bed.router_customer_if))?;
+            }
             Active::Baseline(dataplane) => drop(dataplane),
             Active::Nft {
                 family,
@@ -1109,6 +1132,7 @@ fn check(setup: Setup, traffic: Traffic, s: &Sample) -> Result<(), String> {
             setup,
             Setup::OursNative
                 | Setup::OursGeneric
+                | Setup::OursDispatcher
                 | Setup::DropOnly
                 | Setup::NftNetdev
                 | Setup::NftForward
@@ -1198,6 +1222,12 @@ fn machine() -> Machine {
     }
 }
 
+/// Why this kernel cannot build a libxdp dispatcher, if it cannot (asked once).
+fn dispatcher_refusal() -> Option<&'static str> {
+    static REFUSAL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    REFUSAL.get_or_init(freplace_refusal).as_deref()
+}
+
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
     let plan = if std::env::args().any(|a| a == "--quick") {
@@ -1225,6 +1255,13 @@ fn main() -> Result<()> {
         .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
         .transpose()
         .context("enabling BPF run-time statistics")?;
+    if let Some(refusal) = dispatcher_refusal() {
+        eprintln!(
+            "ours-dispatch: NOT MEASURED, this kernel refuses the freplace programs a libxdp \
+             dispatcher needs ({refusal}); the filter's cost inside a dispatcher cannot be \
+             measured here"
+        );
+    }
     let rows = bench(&bed, &plan, prog_stats)?;
     drop(bed);
     report(&rows, &plan, json)?;

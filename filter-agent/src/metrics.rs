@@ -54,8 +54,7 @@ pub struct Snapshot {
     pub policy_generation: u64,
     pub last_reload_success: bool,
     pub last_reload_time: SystemTime,
-    /// (interface, XDP mode, program id)
-    pub attached_interfaces: Vec<(String, String, u32)>,
+    pub attached_interfaces: Vec<AttachedMetric>,
     pub actions: Actions,
     /// Sources whose offender alert window is running.
     pub offenders_over_threshold: u64,
@@ -64,6 +63,17 @@ pub struct Snapshot {
 }
 
 /// What the program did besides passing and dropping, from ACTION_STATS.
+/// An interface the filter is attached to, as the metrics show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedMetric {
+    pub interface: String,
+    /// The XDP mode really in use: `native` or `generic`.
+    pub mode: String,
+    /// `exclusive` or `multiprog`.
+    pub attach: String,
+    pub program_id: u32,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Actions {
     pub resets_sent: u64,
@@ -296,12 +306,29 @@ impl Collector for SnapshotCollector {
             "attached",
             None,
             "1 for each interface the filter is attached to, with its XDP mode and program id.",
-            s.attached_interfaces.iter().map(|(interface, mode, id)| {
+            s.attached_interfaces.iter().map(|a| {
                 (
                     [
-                        ("interface", interface.clone()),
-                        ("mode", mode.clone()),
-                        ("program_id", id.to_string()),
+                        ("interface", a.interface.clone()),
+                        ("mode", a.mode.clone()),
+                        ("program_id", a.program_id.to_string()),
+                    ],
+                    1u64,
+                )
+            }),
+        )?;
+
+        gauges(
+            &mut encoder,
+            "attached_info",
+            None,
+            "1 for each interface the filter is attached to: the XDP mode it really got (generic after a fallback from native) and how it shares the hook (exclusive or multiprog).",
+            s.attached_interfaces.iter().map(|a| {
+                (
+                    [
+                        ("interface", a.interface.clone()),
+                        ("mode", a.mode.clone()),
+                        ("attach", a.attach.clone()),
                     ],
                     1u64,
                 )
@@ -564,7 +591,12 @@ mod tests {
             policy_generation: 7,
             last_reload_success: true,
             last_reload_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
-            attached_interfaces: vec![("eth1".into(), "native".into(), 42)],
+            attached_interfaces: vec![AttachedMetric {
+                interface: "eth1".into(),
+                mode: "native".into(),
+                attach: "exclusive".into(),
+                program_id: 42,
+            }],
             actions: Actions {
                 resets_sent: 4,
                 events_sent: 9,
@@ -697,6 +729,8 @@ mod tests {
             "filter_agent_automatic_rollbacks_total 1",
             "# HELP filter_agent_attached 1 for each interface the filter is attached to, with its XDP mode and program id.",
             r#"filter_agent_attached{interface="eth1",mode="native",program_id="42"} 1"#,
+            "# HELP filter_agent_attached_info 1 for each interface the filter is attached to: the XDP mode it really got (generic after a fallback from native) and how it shares the hook (exclusive or multiprog).",
+            r#"filter_agent_attached_info{interface="eth1",mode="native",attach="exclusive"} 1"#,
             "# TYPE filter_agent_resets_sent counter",
             "filter_agent_resets_sent_total 4",
             "# TYPE filter_agent_events counter",
@@ -714,7 +748,8 @@ mod tests {
         let samples = parse(&text);
         assert_eq!(
             samples.len(),
-            4 * 2 + 2 * 2 + 2 + 4 + 7 + 1 + 2 + 1,
+            // The last 1: the attached_info sample.
+            4 * 2 + 2 * 2 + 2 + 4 + 7 + 1 + 2 + 1 + 1,
             "{text}"
         );
         let group = samples
@@ -756,7 +791,7 @@ mod tests {
     fn empty_snapshot_still_describes_every_family() {
         let text = render(&Snapshot::default());
         let samples = parse(&text);
-        assert_eq!(text.matches("# TYPE ").count(), 18, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 19, "{text}");
         let names: Vec<_> = samples.iter().map(|s| s.name.as_str()).collect();
         let mut expected = vec!["filter_agent_exemptions"];
         // Every outcome, so a rate() over it never starts from a missing series.

@@ -322,6 +322,57 @@ impl Lab {
         )
     }
 
+    /// Sets the MTU of every veth of the lab (both links, both ends), e.g. 9000 for
+    /// jumbo frames.
+    pub fn set_mtu(&self, mtu: u32) -> anyhow::Result<()> {
+        let [cust_ns, router_ns, inet_ns] = Ns::ALL.map(|ns| self.netns_name(ns));
+        ip::batch(
+            Some(&cust_ns),
+            &format!("link set {} mtu {mtu}\n", self.customer_if),
+        )?;
+        ip::batch(
+            Some(&router_ns),
+            &format!(
+                "link set {} mtu {mtu}\nlink set {} mtu {mtu}\n",
+                self.router_customer_if, self.router_internet_if
+            ),
+        )?;
+        ip::batch(
+            Some(&inet_ns),
+            &format!("link set {} mtu {mtu}\n", self.internet_if),
+        )
+    }
+
+    /// Sends `bytes` bytes over one TCP connection from the customers namespace (source
+    /// `from`) to a receiver on `to` in the internet namespace; returns how many arrived
+    /// before the sender closed (all of them when nothing in the way dropped segments).
+    pub fn send_bulk(&self, from: IpAddr, to: SocketAddr, bytes: usize) -> anyhow::Result<usize> {
+        let listener = self
+            .in_netns(Ns::Internet, || TcpListener::bind(to))?
+            .with_context(|| format!("listening on {to}"))?;
+        let receiver = std::thread::spawn(move || -> std::io::Result<usize> {
+            let (mut conn, _) = listener.accept()?;
+            conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let mut received = Vec::new();
+            conn.read_to_end(&mut received)?;
+            Ok(received.len())
+        });
+        self.in_netns(Ns::Customers, || -> anyhow::Result<()> {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(from, 0).into())?;
+            socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+            let mut stream = std::net::TcpStream::from(socket);
+            stream.write_all(&vec![0x5a; bytes])?;
+            stream.shutdown(std::net::Shutdown::Write)?;
+            Ok(())
+        })??;
+        receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("the receiver panicked"))?
+            .context("receiving")
+    }
+
     /// `policies/lab.yaml` with its placeholder interface replaced by
     /// [`Lab::router_customer_if`].
     pub fn policy_yaml(&self) -> String {

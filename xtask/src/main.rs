@@ -73,13 +73,19 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_DENY_VERSION: &str = "0.20.2";
 /// iproute2 for the labs; nftables and ethtool for `bench-live` (the nftables setups,
 /// and offload settings and per-queue XDP counters of the veths); freeradius and
-/// freeradius-utils (radclient) for the subscriber tests and the demo's RADIUS feed.
+/// freeradius-utils (radclient) for the subscriber tests and the demo's RADIUS feed;
+/// libxdp-dev (with pkg-config) to link the agent against libxdp, which shares the XDP
+/// hook through its multi-program dispatcher; xdp-tools (`xdp-loader`, `xdp-filter`) for
+/// the tests that run beside other XDP programs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "ethtool",
     "freeradius",
     "freeradius-utils",
+    "pkg-config",
+    "libxdp-dev",
+    "xdp-tools",
 ];
 
 fn main() -> Result<()> {

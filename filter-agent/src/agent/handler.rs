@@ -35,10 +35,10 @@ use crate::{
             timestamp,
         },
     },
-    dataplane::{Capacity, Dataplane},
+    dataplane::{self, Capacity, Dataplane},
     exemptions::{self, Exemption},
     explain,
-    metrics::{Actions, Snapshot},
+    metrics::{Actions, AttachedMetric, Snapshot},
     subscribers::{Feed, Session, SessionKey, SubscriberExemption, Subscribers, sessions},
 };
 
@@ -271,6 +271,19 @@ impl AgentHandler {
     }
 }
 
+/// The interfaces the filter is on, read live, with the fallback reasons and warnings
+/// their attach gave.
+fn attached_with_notes(agent: &Agent) -> Result<Vec<AttachedInterface>> {
+    let mut interfaces = dataplane::attached(&agent.pins)?;
+    for interface in &mut interfaces {
+        if let Some(made) = agent.state.attachments.get(&interface.interface) {
+            interface.fallback = made.fallback.clone();
+            interface.warnings = made.warnings.clone();
+        }
+    }
+    Ok(interfaces)
+}
+
 /// What `status` reads from the kernel.
 struct KernelStatus {
     pin_path: PathBuf,
@@ -284,7 +297,7 @@ impl KernelStatus {
     fn read(agent: &mut Agent) -> Result<KernelStatus> {
         Ok(KernelStatus {
             pin_path: agent.pins.root().to_path_buf(),
-            interfaces: agent.pins.attached()?,
+            interfaces: attached_with_notes(agent)?,
             capacity: agent.dataplane.capacity()?,
             slots_used: agent.dataplane.interface_slots()?.len(),
             stats: counters(agent)?.stats,
@@ -756,11 +769,14 @@ pub fn snapshot(agent: &mut Agent) -> Result<Snapshot> {
             MAX_GROUPS as u64,
         ),
     ];
-    snapshot.attached_interfaces = agent
-        .pins
-        .attached()?
+    snapshot.attached_interfaces = dataplane::attached(&agent.pins)?
         .into_iter()
-        .map(|a| (a.interface, a.mode, a.program_id))
+        .map(|a| AttachedMetric {
+            interface: a.interface,
+            mode: a.mode,
+            attach: a.attach,
+            program_id: a.program_id,
+        })
         .collect();
     Ok(snapshot)
 }
@@ -836,6 +852,7 @@ relays: [203.0.113.25]
             subscribers: Subscribers::load(store.parent().unwrap()).unwrap(),
             sessions_touched: false,
             radius: Default::default(),
+            attachments: Default::default(),
         }
     }
 
@@ -867,8 +884,12 @@ relays: [203.0.113.25]
             interfaces: vec![AttachedInterface {
                 interface: "eth1".into(),
                 mode: "native".into(),
+                attach: "exclusive".into(),
                 program_id: 41,
                 link_id: 7,
+                fallback: None,
+                warnings: Vec::new(),
+                chain: Vec::new(),
             }],
             capacity: Capacity {
                 sources_v4: 1024,

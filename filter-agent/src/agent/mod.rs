@@ -31,7 +31,7 @@ use tokio::{
 
 use crate::{
     control::{self, protocol::How},
-    dataplane::{Capacity, Dataplane, PinDir},
+    dataplane::{self, Capacity, Dataplane, PinDir},
     exemptions::ExemptionStore,
     image::MapImage,
     metrics,
@@ -169,6 +169,7 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             subscribers,
             sessions_touched: false,
             radius: Default::default(),
+            attachments: Default::default(),
         },
     };
     agent.apply_image(
@@ -189,11 +190,14 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             humantime::format_duration(Duration::from_secs(left.as_secs()))
         );
     }
-    let attached: Vec<String> = agent
-        .pins
-        .attached()?
+    let attached: Vec<String> = dataplane::attached(&agent.pins)?
         .iter()
-        .map(|a| format!("{}({},prog {})", a.interface, a.mode, a.program_id))
+        .map(|a| {
+            format!(
+                "{}({},{},prog {})",
+                a.interface, a.mode, a.attach, a.program_id
+            )
+        })
         .collect();
     info!(
         "enforcing after {} ms on [{}], pin path {}, {} exemptions, {} subscriber exemptions, {} sessions, control socket {}",
@@ -469,6 +473,12 @@ pub fn detach(pin_path: &Path) -> Result<()> {
     let pins = PinDir::open_locked(pin_path)
         .context("refusing to detach under a running agent; stop it first")?;
     let interfaces = pins.pinned_links()?;
+    // Our dispatcher components first: removing the maps' pins does not remove them.
+    for interface in dataplane::detach_components(&pins, None)? {
+        println!(
+            "removed our component from the dispatcher on {interface}; the other programs stay"
+        );
+    }
     pins.remove_all()?;
     for (interface, mode) in interfaces {
         println!("detached from {interface} ({mode})");

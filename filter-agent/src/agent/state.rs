@@ -2,7 +2,7 @@
 //! maps hold. Every change goes through `apply`, which syncs the maps and attachments.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, RwLock},
@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use filter_common::{Event, EventKind, SourceKey};
+use filter_common::{Action, Event, EventKind, SourceKey};
 use ipnet::IpNet;
 use log::{debug, error, info, warn};
 
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     control::protocol::Applied,
-    dataplane::{Dataplane, PinDir},
+    dataplane::{self, AttachedInterface, Dataplane, PinDir},
     exemptions::{self, Exemption, ExemptionStore},
     image::MapImage,
     policy::{self, Policy},
@@ -79,6 +79,9 @@ pub struct State {
     /// Interim-Updates moved session times the sessions file does not have yet.
     pub sessions_touched: bool,
     pub radius: RadiusState,
+    /// Each interface's attachment as it was made or taken over: its fallback reason and
+    /// warnings, which only the attach could learn (`status` reads the rest live).
+    pub attachments: BTreeMap<String, AttachedInterface>,
 }
 
 /// The RADIUS accounting listener as the policy in force wants it.
@@ -139,17 +142,30 @@ impl Agent {
             _ => None,
         };
         let report = self.sync(&policy_image)?;
+        let reject = policy.action == Action::Reject;
         for interface in &policy.interfaces {
-            self.dataplane
-                .attach(&self.pins, &interface.name, interface.xdp_mode)?;
+            let attached = self.dataplane.attach(&self.pins, interface, reject)?;
+            self.state
+                .attachments
+                .insert(interface.name.clone(), attached);
             self.dataplane
                 .assign_interface_slot(&interface.name, ifindex(&interface.name)?)?;
         }
-        for (pinned, _) in self.pins.pinned_links()? {
-            if !policy.interfaces.iter().any(|i| i.name == pinned) {
-                self.pins.detach_interface(&pinned)?;
-                self.dataplane.release_interface_slot(&pinned)?;
-            }
+        // Interfaces the policy no longer lists: ours comes off them, nothing else does.
+        let wanted = |name: &str| policy.interfaces.iter().any(|i| i.name == name);
+        let mut gone: BTreeSet<String> = self.state.attachments.keys().cloned().collect();
+        gone.extend(self.pins.pinned_links()?.into_iter().map(|(name, _)| name));
+        gone.extend(
+            dataplane::components(&self.pins)?
+                .into_iter()
+                .map(|(name, ..)| name),
+        );
+        gone.retain(|name| !wanted(name));
+        for name in gone {
+            self.pins.detach_interface(&name)?;
+            dataplane::detach_components(&self.pins, Some(&name))?;
+            self.state.attachments.remove(&name);
+            self.dataplane.release_interface_slot(&name)?;
         }
         self.state.generation = generation;
         info!(

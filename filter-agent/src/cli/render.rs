@@ -18,6 +18,31 @@ use crate::control::{
         RelayLimit, SessionChange, SessionEntry, SessionList, Stats, Status, sorted,
     },
 };
+use crate::dataplane::ChainProgram;
+
+/// The programs on an interface's hook in run order: `id name [prio N] (ours)`.
+fn hook_chain(chain: &[ChainProgram]) -> String {
+    if chain.is_empty() {
+        return "-".into();
+    }
+    chain
+        .iter()
+        .map(|p| {
+            let mut text = format!("{} {}", p.id, p.name);
+            if let Some(priority) = p.priority {
+                text += &format!(" prio {priority}");
+                if !p.chain_on_pass {
+                    text += " (ends on pass)";
+                }
+            }
+            if p.ours {
+                text += " (ours)";
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Sends `request` and reads the result as `T`; a refused request becomes an error carrying
 /// the agent's message.
@@ -146,12 +171,33 @@ fn render_status(status: &Status) -> String {
             vec![
                 i.interface.clone(),
                 i.mode.clone(),
+                i.attach.clone(),
                 i.program_id.to_string(),
-                i.link_id.to_string(),
+                if i.link_id == 0 {
+                    "-".into()
+                } else {
+                    i.link_id.to_string()
+                },
+                hook_chain(&i.chain),
             ]
         })
         .collect();
-    out += &table(&["INTERFACE", "XDP MODE", "PROGRAM", "LINK"], &rows);
+    out += &table(
+        &[
+            "INTERFACE",
+            "XDP MODE",
+            "ATTACH",
+            "PROGRAM",
+            "LINK",
+            "HOOK (run order)",
+        ],
+        &rows,
+    );
+    for i in &status.interfaces {
+        for warning in &i.warnings {
+            out += &format!("warning      {}: {warning}\n", i.interface);
+        }
+    }
     out += "\n";
     let rows: Vec<Vec<String>> = status
         .maps

@@ -2,6 +2,8 @@
 //! pinned and adopted), bring its maps to a `MapImage` (see `sync`), attach it (see
 //! `pins`), run frames through it with BPF_PROG_TEST_RUN and read its counters.
 
+mod attach;
+mod libxdp;
 mod pins;
 mod slots;
 mod sync;
@@ -25,13 +27,16 @@ use filter_common::{
     reason_counter_index,
 };
 
-pub use pins::{AttachedInterface, PinDir};
+pub use attach::{attached, components, detach_components};
+pub use libxdp::freplace_refusal;
+pub use pins::{AttachedInterface, ChainProgram, PinDir};
 pub use sync::SyncReport;
 
 use crate::image::MapImage;
 
 /// The XDP object built by build.rs from the filter-ebpf crate.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/filter-ebpf"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/filter-ebpf"));
 
 /// Smallest capacity of each prefix trie. Tries allocate per entry, so a generous limit
 /// costs nothing until used and leaves room for live policy growth.
@@ -72,6 +77,9 @@ pub struct KernelVerdict {
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Interface -> our component's program id, for the dispatcher components this
+    /// process attached (libbpf loaded them; aya does not know them).
+    components: std::collections::BTreeMap<String, u32>,
 }
 
 impl Dataplane {
@@ -121,7 +129,10 @@ impl Dataplane {
                 .with_context(|| format!("the kernel refused program {name}"))
                 .map_err(explain_permission)?;
         }
-        Ok(Dataplane { ebpf })
+        Ok(Dataplane {
+            ebpf,
+            components: Default::default(),
+        })
     }
 
     /// Loads the filter with fresh maps sized for `image` and writes the image into them.
@@ -227,16 +238,6 @@ impl Dataplane {
             .program_mut(name)
             .with_context(|| format!("program {name} missing"))?
             .try_into()?)
-    }
-
-    /// Attaches the filter to `interface` (or swaps it in on the pinned link).
-    pub fn attach(
-        &mut self,
-        pins: &PinDir,
-        interface: &str,
-        mode: crate::policy::XdpMode,
-    ) -> Result<AttachedInterface> {
-        pins.attach(self.program_mut(PROGRAM_FILTER)?, interface, mode)
     }
 
     /// The loaded filter program.

@@ -7,14 +7,18 @@
 use std::{
     fs::{File, TryLockError},
     io,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
-use aya::programs::{
-    Xdp,
-    links::{FdLink, Link, PinnedLink},
-    xdp::{XdpLink, XdpMode as AyaXdpMode},
+use aya::{
+    maps::MapInfo,
+    programs::{
+        Xdp,
+        links::{FdLink, Link, PinnedLink},
+        xdp::{XdpLink, XdpMode as AyaXdpMode},
+    },
 };
 use log::{info, warn};
 use nix::{
@@ -22,6 +26,7 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, FsType},
 };
 
+use super::libxdp;
 use crate::policy::XdpMode;
 
 pub struct PinDir {
@@ -36,8 +41,33 @@ pub struct AttachedInterface {
     pub interface: String,
     /// `native` or `generic`.
     pub mode: String,
+    /// `exclusive` (alone, through our pinned link) or `multiprog` (a component of a
+    /// libxdp dispatcher).
+    pub attach: String,
     pub program_id: u32,
+    /// Our pinned link; 0 for a dispatcher component (libxdp pins its links).
     pub link_id: u32,
+    /// Why the interface runs in generic mode when native was wanted, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// What the operator should know about this attachment (the fallback among them).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The programs on the interface's XDP hook in run order, ours among them.
+    #[serde(default)]
+    pub chain: Vec<ChainProgram>,
+}
+
+/// A program on an interface's XDP hook.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainProgram {
+    pub id: u32,
+    pub name: String,
+    /// The run priority inside a dispatcher (none for a program alone on the hook).
+    pub priority: Option<u32>,
+    /// Inside a dispatcher: whether XDP_PASS goes on to the next program.
+    pub chain_on_pass: bool,
+    pub ours: bool,
 }
 
 impl PinDir {
@@ -83,6 +113,19 @@ impl PinDir {
         self.root.join("maps").join(name)
     }
 
+    /// The id of the pinned map `name`.
+    pub fn map_id(&self, name: &str) -> Result<u32> {
+        let path = self.map_path(name);
+        Ok(MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?
+            .id())
+    }
+
+    /// Whether `interface` has a pinned link of ours.
+    pub fn has_link(&self, interface: &str) -> Result<bool> {
+        Ok(self.pinned_links()?.iter().any(|(i, _)| i == interface))
+    }
+
     fn link_path(&self, interface: &str, mode: &str) -> PathBuf {
         self.root.join("links").join(format!("{interface}@{mode}"))
     }
@@ -110,12 +153,7 @@ impl PinDir {
             .map(|(interface, mode)| {
                 let link = FdLink::from(PinnedLink::from_pin(self.link_path(&interface, &mode))?);
                 let info = link.info()?;
-                Ok(AttachedInterface {
-                    interface,
-                    mode,
-                    program_id: info.program_id(),
-                    link_id: info.id(),
-                })
+                Ok(exclusive(interface, mode, info.program_id(), info.id()))
             })
             .collect()
     }
@@ -139,6 +177,13 @@ impl PinDir {
                 XdpMode::Generic => Some("generic"),
                 XdpMode::Auto => None,
             };
+            // An earlier agent fell back; the reason it was given is gone with it.
+            let fallback = (wanted == XdpMode::Auto && mode == "generic").then(|| {
+                format!(
+                    "{interface} runs in generic mode as an earlier agent attached it (native XDP \
+                     was refused then); `filter-agent detach` and a restart try native again"
+                )
+            });
             if wanted_name.is_some_and(|w| w != mode) {
                 warn!(
                     "interface {interface} stays in {mode} mode: changing the XDP mode needs a \
@@ -146,7 +191,8 @@ impl PinDir {
                      run `filter-agent detach` and restart to change it"
                 );
             }
-            let current = self.describe(interface, &mode)?;
+            let mut current = self.describe(interface, &mode)?;
+            current.fallback = fallback.clone();
             if current.program_id == program.info()?.id() {
                 return Ok(current);
             }
@@ -159,18 +205,28 @@ impl PinDir {
                 .with_context(|| format!("replacing the program on {interface}"))?;
             drop(program.take_link(id)?);
             info!("interface={interface} mode={mode} program replaced on the pinned link");
-            return self.describe(interface, &mode);
+            let mut attached = self.describe(interface, &mode)?;
+            attached.fallback = fallback;
+            return Ok(attached);
         }
+        let mut fallback = None;
         let mode = match wanted {
             XdpMode::Native => attach_new(program, interface, AyaXdpMode::Driver)?,
             XdpMode::Generic => attach_new(program, interface, AyaXdpMode::Skb)?,
             XdpMode::Auto => match attach_new(program, interface, AyaXdpMode::Driver) {
                 Ok(link) => link,
                 Err(err) => {
-                    warn!(
-                        "interface={interface} native XDP refused ({err:#}); falling back to \
-                         generic mode, which filters later in the stack and costs more CPU"
+                    // The BPF link attach reports only an errno; the driver's own words
+                    // come with a netlink attempt.
+                    let ifindex = nix::net::if_::if_nametoindex(interface)?;
+                    let reason = libxdp::native_refusal(ifindex, program.fd()?.as_fd())
+                        .unwrap_or_else(|| format!("{err:#}"));
+                    let text = format!(
+                        "native XDP refused on {interface}: {reason}; fell back to generic mode, \
+                         which filters later in the stack and costs about three times the CPU"
                     );
+                    warn!("interface={interface} {text}");
+                    fallback = Some(text);
                     attach_new(program, interface, AyaXdpMode::Skb)?
                 }
             },
@@ -180,17 +236,19 @@ impl PinDir {
         link.pin(&path)
             .with_context(|| format!("pinning the link at {}", path.display()))?;
         info!("interface={interface} mode={mode} attached");
-        self.describe(interface, mode)
+        let mut attached = self.describe(interface, mode)?;
+        attached.fallback = fallback;
+        Ok(attached)
     }
 
     fn describe(&self, interface: &str, mode: &str) -> Result<AttachedInterface> {
         let info = FdLink::from(PinnedLink::from_pin(self.link_path(interface, mode))?).info()?;
-        Ok(AttachedInterface {
-            interface: interface.to_string(),
-            mode: mode.to_string(),
-            program_id: info.program_id(),
-            link_id: info.id(),
-        })
+        Ok(exclusive(
+            interface.to_string(),
+            mode.to_string(),
+            info.program_id(),
+            info.id(),
+        ))
     }
 
     /// Removes the filter from `interface` (unpinning its link releases it).
@@ -225,6 +283,20 @@ impl PinDir {
         // The directory itself may be a bpffs mount point; then it stays.
         let _ = std::fs::remove_dir(&self.root);
         Ok(())
+    }
+}
+
+/// The filter alone on `interface`'s hook through our pinned link.
+fn exclusive(interface: String, mode: String, program_id: u32, link_id: u32) -> AttachedInterface {
+    AttachedInterface {
+        interface,
+        mode,
+        attach: crate::policy::AttachMode::Exclusive.name().to_string(),
+        program_id,
+        link_id,
+        fallback: None,
+        warnings: Vec::new(),
+        chain: Vec::new(),
     }
 }
 

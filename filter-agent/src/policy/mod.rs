@@ -18,8 +18,9 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
 pub use prefix::{PrefixError, parse_prefix};
 pub use schema::{
-    DEFAULT_EVENTS_PER_SECOND, DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy,
-    RadiusAccounting, RadiusClient, RelayLimit, Subscribers, VERSION, XdpMode,
+    AttachMode, DEFAULT_EVENTS_PER_SECOND, DEFAULT_PORTS, DEFAULT_PRIORITY, Events, Group,
+    Interface, Mode, Offenders, Policy, RadiusAccounting, RadiusClient, RelayLimit, Subscribers,
+    VERSION, XdpMode,
 };
 
 /// A valid policy and the warnings it drew.

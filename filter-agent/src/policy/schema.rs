@@ -125,6 +125,36 @@ pub struct Group {
 pub struct Interface {
     pub name: String,
     pub xdp_mode: XdpMode,
+    /// How the filter shares the interface's XDP hook with other programs.
+    pub attach: AttachMode,
+    /// Run priority inside a libxdp dispatcher (lower runs first).
+    pub priority: u32,
+}
+
+/// The run priority inside a dispatcher when the policy gives none.
+pub const DEFAULT_PRIORITY: u32 = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Join the libxdp dispatcher on the interface if there is one; take the hook alone
+    /// when the interface has no program; refuse beside a program that is not a dispatcher.
+    Auto,
+    /// A component of a libxdp multi-program dispatcher (joined or created).
+    Multiprog,
+    /// Alone on the hook, through a pinned XDP link.
+    Exclusive,
+}
+
+impl AttachMode {
+    /// The name a policy writes it by.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Multiprog => "multiprog",
+            AttachMode::Exclusive => "exclusive",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]

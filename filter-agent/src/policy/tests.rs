@@ -206,7 +206,7 @@ interfaces:
             None,
             Some("did you mean \"prefixes\"? known keys: name, smtp, prefixes"),
             Some("known keys: name, smtp, prefixes"),
-            Some("did you mean \"xdp_mode\"? known keys: name, xdp_mode"),
+            Some("did you mean \"xdp_mode\"? known keys: name, xdp_mode, attach, priority"),
         ]
     );
 }
@@ -329,6 +329,81 @@ fn relay_that_is_not_an_address() {
         found[1].hint.as_deref(),
         Some("did you mean 203.0.113.0/24?")
     );
+}
+
+#[test]
+fn interfaces_take_attach_and_priority() {
+    let source = "version: 1
+interfaces:
+  - name: eth1
+    attach: multiprog
+    priority: 30
+  - name: eth2
+    attach: exclusive
+  - name: eth3
+";
+    let interfaces = parse(source, FILE).unwrap().policy.interfaces;
+    let got: Vec<_> = interfaces
+        .iter()
+        .map(|i| (i.name.as_str(), i.attach, i.priority))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("eth1", AttachMode::Multiprog, 30),
+            ("eth2", AttachMode::Exclusive, DEFAULT_PRIORITY),
+            ("eth3", AttachMode::Auto, DEFAULT_PRIORITY),
+        ]
+    );
+}
+
+#[test]
+fn a_bad_attach_or_priority_is_an_error_and_priority_beside_exclusive_a_warning() {
+    let source = "version: 1
+interfaces:
+  - name: eth1
+    attach: multiprg
+  - name: eth2
+    priority: -1
+  - name: eth3
+    priority: 4294967296
+";
+    let got: Vec<_> = diagnostics(source)
+        .iter()
+        .map(|d| (at(d), d.message.clone(), d.hint.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                (4, 13),
+                "unknown value \"multiprg\" for attach".to_string(),
+                "did you mean \"multiprog\"? allowed values: auto, multiprog, exclusive"
+                    .to_string()
+            ),
+            (
+                (6, 15),
+                "priority -1 is out of range".to_string(),
+                "priority (the run priority inside a libxdp dispatcher, lower first) is 0 to \
+                 4294967295"
+                    .to_string()
+            ),
+            (
+                (8, 15),
+                "priority 4294967296 is out of range".to_string(),
+                "priority (the run priority inside a libxdp dispatcher, lower first) is 0 to \
+                 4294967295"
+                    .to_string()
+            ),
+        ]
+    );
+    let loaded = parse(
+        "version: 1\ninterfaces:\n  - name: eth1\n    attach: exclusive\n    priority: 5\n",
+        FILE,
+    )
+    .unwrap();
+    let warnings: Vec<_> = loaded.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(warnings, ["priority has no effect with attach: exclusive"]);
 }
 
 #[test]
@@ -592,7 +667,9 @@ fn example_policy_loads_and_compiles() {
         policy.interfaces,
         [Interface {
             name: "eth1".to_string(),
-            xdp_mode: XdpMode::Auto
+            xdp_mode: XdpMode::Auto,
+            attach: AttachMode::Auto,
+            priority: DEFAULT_PRIORITY,
         }]
     );
 

@@ -15,8 +15,8 @@ use super::diagnostic::{Diagnostic, PolicyErrors, Severity};
 use super::locate::{Node, Pos, Value, parse_yaml};
 use super::prefix::{PrefixError, parse_prefix};
 use super::schema::{
-    DEFAULT_PORTS, Events, Group, Interface, Mode, Offenders, Policy, RadiusAccounting,
-    RadiusClient, RelayLimit, Subscribers, VERSION, XdpMode,
+    AttachMode, DEFAULT_PORTS, DEFAULT_PRIORITY, Events, Group, Interface, Mode, Offenders, Policy,
+    RadiusAccounting, RadiusClient, RelayLimit, Subscribers, VERSION, XdpMode,
 };
 use filter_common::{Action, Smtp};
 
@@ -40,7 +40,7 @@ const RADIUS_CLIENT_KEYS: &[&str] = &["address", "secret_file"];
 const MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 const GROUP_KEYS: &[&str] = &["name", "smtp", "prefixes"];
-const INTERFACE_KEYS: &[&str] = &["name", "xdp_mode"];
+const INTERFACE_KEYS: &[&str] = &["name", "xdp_mode", "attach", "priority"];
 const RELAY_LIMIT_KEYS: &[&str] = &["syn_per_minute", "burst"];
 const OFFENDERS_KEYS: &[&str] = &["alert_after", "window"];
 const EVENTS_KEYS: &[&str] = &["per_second"];
@@ -66,6 +66,13 @@ const SMTP: &[(&str, Smtp)] = &[
     (Smtp::Block.name(), Smtp::Block),
     (Smtp::Allow.name(), Smtp::Allow),
 ];
+const ATTACH_MODES: &[(&str, AttachMode)] = &[
+    (AttachMode::Auto.name(), AttachMode::Auto),
+    (AttachMode::Multiprog.name(), AttachMode::Multiprog),
+    (AttachMode::Exclusive.name(), AttachMode::Exclusive),
+];
+/// libxdp keeps run priorities as 32-bit unsigned numbers.
+const MAX_PRIORITY: u64 = u32::MAX as u64;
 const XDP_MODES: &[(&str, XdpMode)] = &[
     ("auto", XdpMode::Auto),
     ("native", XdpMode::Native),
@@ -760,8 +767,42 @@ impl Checker<'_> {
             let xdp_mode = fields
                 .get("xdp_mode")
                 .map(|n| self.choice(n, "xdp_mode", XDP_MODES));
-            if let (Some(name), Some(xdp_mode)) = (name, xdp_mode.unwrap_or(Some(XdpMode::Auto))) {
-                interfaces.push(Interface { name, xdp_mode });
+            let attach = fields
+                .get("attach")
+                .map(|n| self.choice(n, "attach", ATTACH_MODES))
+                .unwrap_or(Some(AttachMode::Auto));
+            let priority = match fields.get("priority") {
+                None => Some(DEFAULT_PRIORITY),
+                Some(n) => {
+                    let priority = self.bounded(
+                        n,
+                        "priority",
+                        0,
+                        MAX_PRIORITY,
+                        "the run priority inside a libxdp dispatcher, lower first",
+                    );
+                    if priority.is_some() && attach == Some(AttachMode::Exclusive) {
+                        self.warning(
+                            n.pos,
+                            "priority has no effect with attach: exclusive".to_string(),
+                            Some("it orders programs inside a libxdp dispatcher".to_string()),
+                        );
+                    }
+                    priority.and_then(|p| u32::try_from(p).ok())
+                }
+            };
+            if let (Some(name), Some(xdp_mode), Some(attach), Some(priority)) = (
+                name,
+                xdp_mode.unwrap_or(Some(XdpMode::Auto)),
+                attach,
+                priority,
+            ) {
+                interfaces.push(Interface {
+                    name,
+                    xdp_mode,
+                    attach,
+                    priority,
+                });
             }
         }
         interfaces
