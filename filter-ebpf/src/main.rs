@@ -49,7 +49,7 @@ pub fn smtp_filter(ctx: XdpContext) -> u32 {
 /// attached): the same decision, counters, records and replies as `smtp_filter`, the
 /// decision also reported in the metadata area (see `replay`). A separate entry, so the
 /// production path pays nothing for it.
-#[xdp]
+#[xdp(frags)]
 pub fn smtp_filter_replay(ctx: XdpContext) -> u32 {
     match decide::judge(&ctx) {
         Judged::Passed(decision) => {
