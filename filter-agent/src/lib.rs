@@ -11,6 +11,7 @@ pub mod explain;
 pub mod image;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod policy;
 pub mod replay;
 pub mod rfc3339;

@@ -348,3 +348,119 @@ fn systemd_hears_ready_only_once_the_filter_enforces() {
     );
     agent.wait_for("enforcing after", Duration::from_secs(5));
 }
+
+/// The lab policy with residential's 100.64.0.0/24 moved to leased-line and a relay
+/// added.
+fn first_residential_24_to_leased_line(lab: &Lab) -> String {
+    lab.policy_yaml()
+        .replacen(
+            "      - 198.51.100.128/25\n",
+            "      - 198.51.100.128/25\n      - 100.64.0.0/24\n",
+            1,
+        )
+        .replacen(
+            "  - 203.0.113.25\n",
+            "  - 203.0.113.25\n  - 203.0.113.26\n",
+            1,
+        )
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn plan_names_the_prefixes_and_seen_sources_that_would_change_and_nothing_else() {
+    let lab = Lab::create().unwrap();
+    let _v6 = lab.listen(at(lab::REMOTE_V6, 25)).unwrap();
+    let (scratch, _agent, _listener) = start(&lab, &[]);
+    // Traffic to port 25 of every kind: blocked, allowed, unmanaged, IPv6.
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+    for (source, remote, want) in [
+        (lab::BUSINESS_BROADBAND.v4, REMOTE_V4, Outcome::TimedOut),
+        (LEASED_LINE.v4, REMOTE_V4, Outcome::Connected),
+        (lab::UNMANAGED.v4, REMOTE_V4, Outcome::Connected),
+        (RESIDENTIAL.v6, lab::REMOTE_V6, Outcome::TimedOut),
+    ] {
+        assert_eq!(
+            lab.connect(source, at(remote, 25), CONNECT),
+            want,
+            "{source}"
+        );
+    }
+    let new = scratch.dir().join("new.yaml");
+    std::fs::write(&new, first_residential_24_to_leased_line(&lab)).unwrap();
+
+    let output = scratch.cli(&["plan", "--policy", new.to_str().unwrap(), "--json"]);
+    assert_eq!(code(&output), 1, "{output:?}");
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let changes = plan["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{plan:#}");
+    assert_eq!(
+        changes[0],
+        serde_json::json!({"kind": "prefix", "prefix": "100.64.0.0/24",
+            "from": {"group": "residential", "verdict": "block"},
+            "to": {"group": "leased-line", "verdict": "allow"}})
+    );
+    assert_eq!(
+        changes[1],
+        serde_json::json!({"kind": "relay-added", "relay": "203.0.113.26/32"})
+    );
+    let sources = plan["impact"]["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{plan:#}");
+    let source = &sources[0];
+    assert_eq!(source["source"], RESIDENTIAL.v4.to_string());
+    assert_eq!(
+        (source["from"].clone(), source["to"].clone()),
+        (
+            serde_json::json!({"group": "residential", "verdict": "block"}),
+            serde_json::json!({"group": "leased-line", "verdict": "allow"})
+        )
+    );
+    assert!(source["attempts"].as_u64().unwrap() >= 1, "{source}");
+    assert_eq!(plan["impact"]["window_seconds"], 3600);
+    // Every source that sent was remembered, whatever its verdict.
+    assert_eq!(plan["summary"]["sources_remembered"], 5, "{plan:#}");
+
+    let text = String::from_utf8(
+        scratch
+            .cli(&["plan", "--policy", new.to_str().unwrap()])
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("100.64.0.0/24 residential -> leased-line: block -> allow; 1 sources seen in the last 1h"),
+        "{text}"
+    );
+
+    // The policy in force itself: no change, exit 0.
+    let same = scratch.cli(&["plan", "--policy", scratch.policy().to_str().unwrap()]);
+    assert_eq!(code(&same), 0, "{same:?}");
+    assert!(String::from_utf8_lossy(&same.stdout).contains("no change in effect"));
+    // An invalid policy: exit 2 with the error at its line.
+    let broken = scratch.dir().join("broken.yaml");
+    std::fs::write(&broken, "version: 1\ngroups: nonsense\n").unwrap();
+    let refused = scratch.cli(&["plan", "--policy", broken.to_str().unwrap()]);
+    assert_eq!(code(&refused), 2, "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("broken.yaml:2:"));
+
+    // Applied, the same change is the diff between generations 1 and 2.
+    ok(scratch.cli(&["apply", "--policy", new.to_str().unwrap()]));
+    assert_eq!(residential(&lab), Outcome::Connected);
+    let diff = scratch.cli(&["diff", "1", "2", "--json"]);
+    assert_eq!(code(&diff), 1, "{diff:?}");
+    let diff: Value = serde_json::from_slice(&diff.stdout).unwrap();
+    assert_eq!(diff["changes"], plan["changes"]);
+    assert_eq!(code(&scratch.cli(&["diff", "2", "2"])), 0);
+    assert_eq!(code(&scratch.cli(&["diff", "1", "9"])), 2);
+}
+
+#[test]
+fn plan_needs_a_running_agent() {
+    let lab = Lab::create().unwrap();
+    let (scratch, mut agent, _listener) = start(&lab, &[]);
+    agent.stop(Duration::from_secs(10)).unwrap();
+    let output = scratch.cli(&["plan", "--policy", scratch.policy().to_str().unwrap()]);
+    assert_eq!(code(&output), 2, "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no agent is running"));
+}

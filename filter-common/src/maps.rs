@@ -7,7 +7,7 @@ use core::mem::size_of;
 
 use crate::{
     config::Config,
-    records::{Counter, GroupName, InterfaceSlot, Offender, SourceKey, SourceRule},
+    records::{Counter, GroupName, InterfaceSlot, Offender, RecentSource, SourceKey, SourceRule},
     verdict::{ActionStat, FAMILY_COUNT, Family, REASON_COUNT, Reason},
 };
 
@@ -63,6 +63,9 @@ pub const GROUP_STATS: MapSpec = MapSpec::of::<u32, Counter>("GROUP_STATS");
 pub const RELAY_BUCKETS: MapSpec = MapSpec::of::<SourceKey, u64>("RELAY_BUCKETS");
 /// LRU hash: [`SourceKey`] -> [`Offender`], updated on every blocked attempt.
 pub const OFFENDERS: MapSpec = MapSpec::of::<SourceKey, Offender>("OFFENDERS");
+/// LRU hash: [`SourceKey`] -> [`RecentSource`], updated on every connection request to a
+/// filtered port, whatever the verdict; read by `plan`.
+pub const RECENT_SOURCES: MapSpec = MapSpec::of::<SourceKey, RecentSource>("RECENT_SOURCES");
 /// Ring buffer of [`crate::Event`]: sampled drops and offender alerts, read by the
 /// agent. Ring buffers have neither keys nor values.
 pub const EVENTS: MapSpec = MapSpec {
@@ -76,7 +79,7 @@ pub const EVENT_LIMIT: MapSpec = MapSpec::of::<u32, u64>("EVENT_LIMIT");
 pub const ACTION_STATS: MapSpec = MapSpec::of::<u32, u64>("ACTION_STATS");
 
 /// Every shared map, in the order they are pinned and checked.
-pub const ALL: [MapSpec; 14] = [
+pub const ALL: [MapSpec; 15] = [
     FILTER_CONFIG,
     CONFIG_SLOT,
     SOURCES_V4,
@@ -88,6 +91,7 @@ pub const ALL: [MapSpec; 14] = [
     GROUP_STATS,
     RELAY_BUCKETS,
     OFFENDERS,
+    RECENT_SOURCES,
     EVENTS,
     EVENT_LIMIT,
     ACTION_STATS,
@@ -102,6 +106,7 @@ const _: () = {
     assert!(size_of::<GroupName>() == 64);
     assert!(size_of::<InterfaceSlot>() == 20);
     assert!(size_of::<Offender>() == 72);
+    assert!(size_of::<RecentSource>() == 24);
     assert!(size_of::<crate::Event>() == 80);
     assert!(SOURCES_V4.key_size == 8 && SOURCES_V6.key_size == 20);
 };
@@ -130,6 +135,7 @@ const _: () = assert!(ActionStat::COUNT as u32 <= ACTION_STATS_ENTRIES);
 /// Capacity of the LRU maps keyed by [`SourceKey`].
 pub const RELAY_BUCKETS_ENTRIES: u32 = 65_536;
 pub const OFFENDERS_ENTRIES: u32 = 65_536;
+pub const RECENT_SOURCES_ENTRIES: u32 = 65_536;
 
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;

@@ -157,6 +157,18 @@ pub struct Offender {
     pub group: u32,
 }
 
+/// A source that asked to connect to a filtered port, whatever its verdict: what `plan`
+/// weighs a policy change by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentSource {
+    /// Connection requests (SYN without ACK and RST) seen.
+    pub attempts: u64,
+    /// `bpf_ktime_get_coarse_ns`, as the offender records.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
 /// One ring-buffer record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

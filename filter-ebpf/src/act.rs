@@ -21,7 +21,9 @@ pub fn finish(ctx: &XdpContext, decision: &mut Decision) -> u32 {
     decision.l3 &= OFFSET_MASK;
     decision.l4 &= OFFSET_MASK;
     let config = maps::config();
-    decide::decide_source(&Cursor::new(ctx), config, decision);
+    let cur = Cursor::new(ctx);
+    decide::decide_source(&cur, config, decision);
+    observe::remember_source(&cur, decision);
     // Counted before a reply rewrites the frame, so as it arrived.
     count(ctx, decision);
     if !decision.noteworthy() {

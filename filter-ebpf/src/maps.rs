@@ -13,8 +13,9 @@ use aya_ebpf::{
 use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, DEFAULT_PREFIX_CAPACITY, EVENTS_RING_BYTES,
     GROUP_STATS_ENTRIES, GroupName, IFINDEX_SLOTS_ENTRIES, InterfaceSlot, MAX_GROUPS,
-    MAX_INTERFACES, OFFENDERS_ENTRIES, Offender, REASON_STATS_ENTRIES, RELAY_BUCKETS_ENTRIES,
-    SourceKey, SourceRule, group_counter_index, reason_counter_index,
+    MAX_INTERFACES, OFFENDERS_ENTRIES, Offender, REASON_STATS_ENTRIES, RECENT_SOURCES_ENTRIES,
+    RELAY_BUCKETS_ENTRIES, RecentSource, SourceKey, SourceRule, group_counter_index,
+    reason_counter_index,
 };
 
 use crate::decision::Decision;
@@ -130,6 +131,13 @@ pub static RELAY_BUCKETS: LruHashMap<SourceKey, u64, { RELAY_BUCKETS_ENTRIES as 
 #[btf_map]
 pub static OFFENDERS: LruHashMap<SourceKey, Offender, { OFFENDERS_ENTRIES as usize }> =
     LruHashMap::new();
+
+#[btf_map]
+pub static RECENT_SOURCES: LruHashMap<
+    SourceKey,
+    RecentSource,
+    { RECENT_SOURCES_ENTRIES as usize },
+> = LruHashMap::new();
 
 #[btf_map]
 pub static EVENTS: RingBuf<(), { EVENTS_RING_BYTES as usize }> = RingBuf::new();

@@ -2,7 +2,10 @@
 //! blocked source and sampled drop events, both off the pass path.
 
 use aya_ebpf::programs::XdpContext;
-use filter_common::{ActionStat, Config, Event, EventKind, Family, Offender, SourceKey};
+use filter_common::{
+    ActionStat, Config, Event, EventKind, Family, Offender, Reason, RecentSource, SourceKey,
+    wire::is_connection_request,
+};
 
 use crate::{
     cursor::Cursor,
@@ -10,8 +13,41 @@ use crate::{
     decision::Decision,
     headers::join,
     limit,
-    maps::{self, EVENTS, OFFENDERS},
+    maps::{self, EVENTS, OFFENDERS, RECENT_SOURCES},
 };
+
+/// Remembers a source that asked to connect to a filtered port, whatever the verdict,
+/// for `plan`. Connection requests only: one LRU update per connection, not per segment.
+#[inline(always)]
+pub fn remember_source(cur: &Cursor, decision: &Decision) {
+    if matches!(decision.reason, Reason::Malformed)
+        || !cur
+            .tcp_flags(decision.l4)
+            .is_some_and(is_connection_request)
+    {
+        return;
+    }
+    let Some(key) = source_key(cur, decision.family, decision.l3) else {
+        return;
+    };
+    let now = maps::coarse_now_ns();
+    match RECENT_SOURCES.get_ptr_mut(key) {
+        // SAFETY: a value of the map, valid while the program runs; two CPUs updating
+        // one record at once may lose a count.
+        Some(record) => unsafe {
+            (*record).attempts += 1;
+            (*record).last_seen_ns = now;
+        },
+        None => {
+            let record = RecentSource {
+                attempts: 1,
+                first_seen_ns: now,
+                last_seen_ns: now,
+            };
+            let _ = RECENT_SOURCES.insert(key, record, 0);
+        }
+    }
+}
 
 /// Records a dropped, rejected or monitored frame.
 #[inline(always)]

@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Result;
@@ -21,7 +21,7 @@ use super::{
     clock::Clock,
     history::Origin,
     offenders::{self, AlertSettings},
-    state::{Agent, SessionSelector, State, group_label, subscriber_of_key},
+    state::{Agent, SessionSelector, State, group_ids, group_label, subscriber_of_key},
 };
 use crate::{
     control::{
@@ -30,15 +30,18 @@ use crate::{
             AgentInfo, AttachedInterface, DEFAULT_TOP_OFFENDERS, EventRate, ExemptionChange,
             ExemptionEntry, ExemptionList, ExemptionSource, Explanation, FamilyCount, GroupCount,
             History, How, InterfaceCount, LastReload, MapUsage, OffenderAlerts, OffenderRow,
-            Offenders, PolicyStatus, ReasonCount, RelayLimit, Response, SessionChange,
-            SessionEntry, SessionList, Stats, Status, StatusCounters, SubscriberExemptionEntry,
-            timestamp,
+            Offenders, PLAN_WINDOW_SECONDS, Plan, PolicyStatus, PolicyUpload, ReasonCount,
+            RelayLimit, Response, SessionChange, SessionEntry, SessionList, Stats, Status,
+            StatusCounters, SubscriberExemptionEntry, timestamp,
         },
     },
     dataplane::{self, Capacity, Dataplane},
     exemptions::{self, Exemption},
     explain,
+    image::MapImage,
     metrics::{Actions, AttachedMetric, Snapshot},
+    plan,
+    policy::Policy,
     subscribers::{Feed, Session, SessionKey, SubscriberExemption, Subscribers, sessions},
 };
 
@@ -222,6 +225,19 @@ impl Handler for AgentHandler {
                 Ok(Response::Applied(applied))
             }
             Request::History => Ok(Response::History(history(&self.lock()?.state))),
+            Request::Plan {
+                policy,
+                window_seconds,
+            } => self
+                .plan(policy, window_seconds)
+                .map(|plan| Response::Plan(Box::new(plan))),
+            Request::Diff {
+                from,
+                to,
+                window_seconds,
+            } => self
+                .diff(from, to, window_seconds)
+                .map(|plan| Response::Plan(Box::new(plan))),
         }
     }
 }
@@ -282,6 +298,110 @@ fn attached_with_notes(agent: &Agent) -> Result<Vec<AttachedInterface>> {
         }
     }
     Ok(interfaces)
+}
+
+/// One side of a `plan` or `diff`: a policy and what the maps would hold for it.
+struct Planned {
+    policy: Policy,
+    image: MapImage,
+    label: String,
+}
+
+impl Planned {
+    /// `policy` with the exemptions in force, keeping the group ids the kernel holds.
+    fn of(state: &State, policy: Policy, label: String) -> Planned {
+        let compiled = policy.compile_with_ids(&group_ids(&state.applied));
+        let (image, _) = state.with_exemptions(&compiled);
+        Planned {
+            policy,
+            image,
+            label,
+        }
+    }
+
+    /// A kept generation.
+    fn generation(state: &State, generation: u64) -> Result<Planned, ControlError> {
+        let text = state.history.text(generation).map_err(failed)?;
+        let name = format!("generation {generation}");
+        let policy = crate::policy::parse(&text, &name)
+            .map_err(|e| ControlError::Failed(format!("{name} no longer loads: {e}")))?
+            .policy;
+        Ok(Planned::of(state, policy, name))
+    }
+
+    fn compared(&self) -> plan::Compared<'_> {
+        plan::Compared {
+            policy: &self.policy,
+            image: &self.image,
+            label: self.label.clone(),
+        }
+    }
+}
+
+impl AgentHandler {
+    /// The uploaded policy against the one in force.
+    fn plan(&self, upload: PolicyUpload, window: Option<u64>) -> Result<Plan, ControlError> {
+        let new = crate::policy::parse(&upload.text, &upload.name)
+            .map_err(bad)?
+            .policy;
+        let (old, new, path) = {
+            let agent = self.lock()?;
+            let state = &agent.state;
+            let label = format!("generation {} (in force)", state.generation);
+            (
+                Planned {
+                    policy: state.policy.clone(),
+                    image: state.applied.clone(),
+                    label,
+                },
+                Planned::of(state, new, upload.name.clone()),
+                agent.pins.map_path(maps::RECENT_SOURCES.name),
+            )
+        };
+        compare(&old, &new, &path, window)
+    }
+
+    /// Two kept generations.
+    fn diff(&self, from: u64, to: u64, window: Option<u64>) -> Result<Plan, ControlError> {
+        let (old, new, path) = {
+            let agent = self.lock()?;
+            let state = &agent.state;
+            (
+                Planned::generation(state, from)?,
+                Planned::generation(state, to)?,
+                agent.pins.map_path(maps::RECENT_SOURCES.name),
+            )
+        };
+        compare(&old, &new, &path, window)
+    }
+}
+
+/// The plan from `old` to `new`, weighed by the sources the kernel remembers (read
+/// without holding the agent).
+fn compare(
+    old: &Planned,
+    new: &Planned,
+    recent: &std::path::Path,
+    window: Option<u64>,
+) -> Result<Plan, ControlError> {
+    let window = Duration::from_secs(window.unwrap_or(PLAN_WINDOW_SECONDS));
+    let clock = Clock::now();
+    let seen: Vec<plan::SeenSource> = Dataplane::read_pinned_recent_sources(recent)
+        .map_err(failed)?
+        .into_iter()
+        .map(|(key, record)| plan::SeenSource {
+            key,
+            attempts: record.attempts,
+            last_seen: clock.wall_of(record.last_seen_ns),
+        })
+        .collect();
+    Ok(plan::plan(
+        &old.compared(),
+        &new.compared(),
+        &seen,
+        window,
+        clock.wall,
+    ))
 }
 
 /// What `status` reads from the kernel.

@@ -197,13 +197,12 @@ impl Agent {
 
     /// Syncs the maps to `policy_image` plus the exemptions.
     fn sync(&mut self, policy_image: &MapImage) -> Result<crate::dataplane::SyncReport> {
-        let mut want = policy_image.clone();
-        for skipped in exemptions::apply(&mut want, &self.state.exemptions) {
+        let (want, skipped) = self.state.with_exemptions(policy_image);
+        for skipped in skipped {
             warn!(
                 "exemption {skipped} is now a prefix of the policy itself; the policy's entry applies"
             );
         }
-        subscribers::apply(&mut want, policy_image, &self.state.subscribers);
         let report = self.dataplane.sync_from(&self.state.applied, &want);
         if report.is_err() {
             // A failed sync may have applied part of the plan: learn what the maps hold.
@@ -658,6 +657,15 @@ impl Agent {
 }
 
 impl State {
+    /// What the maps hold for `policy_image`: it, the CLI exemptions and the subscribers'
+    /// exemptions; and the CLI exemptions the policy itself now lists (skipped).
+    pub fn with_exemptions(&self, policy_image: &MapImage) -> (MapImage, Vec<IpNet>) {
+        let mut want = policy_image.clone();
+        let skipped = exemptions::apply(&mut want, &self.exemptions);
+        subscribers::apply(&mut want, policy_image, &self.subscribers);
+        (want, skipped)
+    }
+
     /// The offender alert settings in force.
     pub fn alert_settings(&self) -> AlertSettings {
         AlertSettings::of(&self.applied.config)

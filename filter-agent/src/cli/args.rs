@@ -213,6 +213,46 @@ Exit status 1 when the policy is refused: nothing changed.")]
         #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Compare a policy with the one in force: what changes (groups, prefixes with their
+    /// old and new group and verdict, relays, ports, mode, action, limits) and the
+    /// customers seen sending to the filtered ports recently whose verdict would change.
+    #[command(after_help = "Examples:
+  filter-agent plan --policy new.yaml
+  filter-agent plan --policy new.yaml --window 24h
+  filter-agent plan --policy new.yaml --json | jq '.impact.sources[]'
+
+Exit status: 0 when the policy equals the one in force in effect, 1 when it differs, 2 on
+an error (an invalid policy, no agent).")]
+    Plan {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Count the sources seen within this long (the kernel remembers 65,536).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_window)]
+        window: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The changes between two kept generations, as `plan` shows them.
+    #[command(after_help = "Examples:
+  filter-agent history
+  filter-agent diff 7 8
+  filter-agent diff 7 8 --json
+
+Exit status as for `plan`: 0 no change in effect, 1 changes, 2 error.")]
+    Diff {
+        #[arg(value_name = "GEN_A")]
+        from: u64,
+        #[arg(value_name = "GEN_B")]
+        to: u64,
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_window)]
+        window: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Keep the change applied with --confirm-within: its rollback is cancelled.
     #[command(after_help = "Example:\n  filter-agent confirm")]
     Confirm {
@@ -244,6 +284,15 @@ Exit status 1 when the policy is refused: nothing changed.")]
         #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
+}
+
+/// `--window`: how far back `plan` counts sources, in seconds.
+fn parse_window(text: &str) -> Result<u64, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.as_secs() > 0 => Ok(d.as_secs()),
+        Ok(_) => Err("must be at least 1s".into()),
+        Err(e) => Err(format!("{e} (e.g. 30m, 1h, 1d)")),
+    }
 }
 
 /// `--confirm-within`, checked before anything is sent.

@@ -5,10 +5,13 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::render::{call, print_json, table};
+use super::{
+    plan::render_plan,
+    render::{call, print_json, table},
+};
 use crate::control::{
     Request,
-    protocol::{Applied, Confirmed, History, PendingRollback, PolicyUpload},
+    protocol::{Applied, Confirmed, History, PendingRollback, Plan, PolicyUpload},
 };
 
 /// `reload`, `rollback` and `apply`: what is in force now, and what is still to do.
@@ -59,6 +62,25 @@ fn render_applied(applied: &Applied) -> String {
         );
     }
     out
+}
+
+/// `plan` and `diff`: prints the plan; true when nothing changes in effect.
+pub fn plan(socket: &Path, request: &Request, json: bool) -> Result<bool> {
+    let plan: Plan = call(socket, request)?;
+    if json {
+        print_json(&plan)?;
+    } else {
+        print!("{}", render_plan(&plan));
+    }
+    Ok(plan.summary.same)
+}
+
+/// `plan --policy FILE`: the file as read, uploaded whole.
+pub fn plan_request(name: &Path, text: String, window_seconds: Option<u64>) -> Request {
+    Request::Plan {
+        policy: PolicyUpload::new(name.display().to_string(), text),
+        window_seconds,
+    }
 }
 
 pub fn confirm(socket: &Path) -> Result<()> {

@@ -4,6 +4,7 @@
 pub mod args;
 mod change;
 pub mod manpages;
+mod plan;
 pub mod render;
 mod run;
 

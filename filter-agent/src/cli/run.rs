@@ -36,6 +36,20 @@ fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
     }
 }
 
+/// `plan` and `diff` keep exit status 1 for "it differs": errors are 2.
+fn usage_failure(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn plan_outcome(outcome: Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => usage_failure(&format!("{err:#}")),
+    }
+}
+
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(options) => {
@@ -220,6 +234,43 @@ fn run(command: Command) -> Result<ExitCode> {
                 &change::apply_request(&policy, text, confirm_within),
             )?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            policy,
+            window,
+            json,
+            socket,
+        } => {
+            let text = match policy::read(&policy) {
+                Ok(text) => text,
+                Err(errors) => return Ok(usage_failure(&format!("{errors}"))),
+            };
+            if let Err(errors) =
+                policy::parse_reporting(&text, &policy.display().to_string(), |warning| {
+                    eprintln!("{warning}")
+                })
+            {
+                return Ok(usage_failure(&format!(
+                    "{errors}\npolicy {} rejected",
+                    policy.display()
+                )));
+            }
+            let request = change::plan_request(&policy, text, Some(window));
+            Ok(plan_outcome(change::plan(&socket, &request, json)))
+        }
+        Command::Diff {
+            from,
+            to,
+            window,
+            json,
+            socket,
+        } => {
+            let request = Request::Diff {
+                from,
+                to,
+                window_seconds: Some(window),
+            };
+            Ok(plan_outcome(change::plan(&socket, &request, json)))
         }
         Command::Confirm { socket } => {
             change::confirm(&socket)?;

@@ -93,6 +93,20 @@ pub enum Request {
     },
     /// The generations kept, oldest first.
     History,
+    /// What applying the uploaded policy would change, and the traffic it would move:
+    /// the sources seen within `window_seconds` (default [`PLAN_WINDOW_SECONDS`]).
+    Plan {
+        policy: PolicyUpload,
+        #[serde(default)]
+        window_seconds: Option<u64>,
+    },
+    /// The changes between two kept generations, as `plan` shows them.
+    Diff {
+        from: u64,
+        to: u64,
+        #[serde(default)]
+        window_seconds: Option<u64>,
+    },
 }
 
 /// A policy sent with a request: `bytes` bytes of its text follow the request's newline
@@ -129,7 +143,7 @@ pub const DEFAULT_TOP_OFFENDERS: usize = 20;
 
 /// The wire names of the commands, to tell an unknown command from a bad known one.
 /// A test holds it to the enum.
-const COMMANDS: [&str; 17] = [
+const COMMANDS: [&str; 19] = [
     "status",
     "stats",
     "exemptions-list",
@@ -147,7 +161,12 @@ const COMMANDS: [&str; 17] = [
     "confirm",
     "rollback",
     "history",
+    "plan",
+    "diff",
 ];
+
+/// How far back `plan` looks for sources unless told otherwise.
+pub const PLAN_WINDOW_SECONDS: u64 = 3600;
 
 /// Largest policy a request may carry: a million prefixes with room to spare.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024 * 1024;
@@ -177,13 +196,13 @@ impl Request {
     }
 
     pub fn has_upload(&self) -> bool {
-        matches!(self, Request::Apply { .. })
+        matches!(self, Request::Apply { .. } | Request::Plan { .. })
     }
 
     /// The policy this request carries after its line, if any.
     pub fn upload_mut(&mut self) -> Option<&mut PolicyUpload> {
         match self {
-            Request::Apply { policy, .. } => Some(policy),
+            Request::Apply { policy, .. } | Request::Plan { policy, .. } => Some(policy),
             _ => None,
         }
     }
@@ -191,9 +210,11 @@ impl Request {
     /// Changes wait for the maps to be written (a large policy takes seconds).
     pub fn reply_timeout(&self) -> std::time::Duration {
         match self {
-            Request::Reload | Request::Apply { .. } | Request::Rollback { .. } => {
-                std::time::Duration::from_secs(120)
-            }
+            Request::Reload
+            | Request::Apply { .. }
+            | Request::Rollback { .. }
+            | Request::Plan { .. }
+            | Request::Diff { .. } => std::time::Duration::from_secs(120),
             _ => std::time::Duration::from_secs(10),
         }
     }
@@ -321,6 +342,7 @@ pub enum Response {
     Applied(Applied),
     Confirmed(Confirmed),
     History(History),
+    Plan(Box<Plan>),
 }
 
 /// How a generation of the policy came to be applied.
@@ -413,6 +435,151 @@ pub struct History {
     pub pending: Option<PendingRollback>,
     /// Oldest first; the last [`crate::agent::HISTORY_KEPT`] are kept.
     pub generations: Vec<Generation>,
+}
+
+/// The SMTP verdict a source gets from the group its longest prefix is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpVerdict {
+    Block,
+    Allow,
+    /// In no group: the filter does not touch it.
+    Unmanaged,
+}
+
+impl SmtpVerdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            SmtpVerdict::Block => "block",
+            SmtpVerdict::Allow => "allow",
+            SmtpVerdict::Unmanaged => "unmanaged",
+        }
+    }
+}
+
+/// Who decides for a prefix or a source on one side of a change.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Side {
+    pub group: Option<String>,
+    pub verdict: SmtpVerdict,
+}
+
+/// One difference between two policies, as `plan` and `diff` list them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PolicyChange {
+    GroupAdded {
+        group: String,
+        smtp: Smtp,
+        prefixes: usize,
+    },
+    GroupRemoved {
+        group: String,
+        smtp: Smtp,
+        prefixes: usize,
+    },
+    /// Same verdict and prefixes under another name.
+    GroupRenamed {
+        from: String,
+        to: String,
+    },
+    GroupSmtp {
+        group: String,
+        from: Smtp,
+        to: Smtp,
+    },
+    /// A prefix of either policy whose group or verdict changes (its longest match on
+    /// each side); most specific first.
+    Prefix {
+        prefix: IpNet,
+        from: Side,
+        to: Side,
+    },
+    RelayAdded {
+        relay: IpNet,
+    },
+    RelayRemoved {
+        relay: IpNet,
+    },
+    Ports {
+        from: Vec<u16>,
+        to: Vec<u16>,
+    },
+    Mode {
+        from: Mode,
+        to: Mode,
+    },
+    Action {
+        from: Action,
+        to: Action,
+    },
+    RelayLimit {
+        from: Option<RelayLimit>,
+        to: Option<RelayLimit>,
+    },
+    Offenders {
+        from: Option<OffenderAlerts>,
+        to: Option<OffenderAlerts>,
+    },
+    Events {
+        from: u32,
+        to: u32,
+    },
+    InterfaceAdded {
+        interface: String,
+    },
+    InterfaceRemoved {
+        interface: String,
+    },
+    InterfaceXdpMode {
+        interface: String,
+        from: String,
+        to: String,
+    },
+}
+
+/// A source seen sending to a filtered port recently whose verdict would change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImpactSource {
+    /// An IPv4 address or an IPv6 /64.
+    pub source: String,
+    pub from: Side,
+    pub to: Side,
+    /// Connection requests (SYNs) seen from it.
+    pub attempts: u64,
+    pub last_seen: String,
+    /// The changed prefix that moves it (its longest match in the policy that has it).
+    pub prefix: Option<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Impact {
+    /// Sources last seen longer ago than this are not counted.
+    pub window_seconds: u64,
+    pub sources: Vec<ImpactSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    /// No change in effect: exit status 0.
+    pub same: bool,
+    /// What was compared, e.g. `generation 3 (in force)` and `new.yaml`.
+    pub from: String,
+    pub to: String,
+    pub changes: usize,
+    pub prefixes: usize,
+    pub sources: usize,
+    pub attempts: u64,
+    /// Sources the kernel remembers (seen within the window or not).
+    pub sources_remembered: usize,
+}
+
+/// Reply to `plan` and `diff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub changes: Vec<PolicyChange>,
+    pub impact: Impact,
+    pub summary: PlanSummary,
 }
 
 /// Timestamps in replies are RFC 3339 UTC in whole seconds, e.g. `2026-11-28T09:53:50Z`.
@@ -912,6 +1079,19 @@ mod tests {
                 confirm_within: None,
             },
             Request::History,
+            Request::Plan {
+                policy: PolicyUpload {
+                    name: "new.yaml".into(),
+                    bytes: 10,
+                    text: String::new(),
+                },
+                window_seconds: Some(600),
+            },
+            Request::Diff {
+                from: 3,
+                to: 5,
+                window_seconds: None,
+            },
         ];
         for request in &all {
             match request {
@@ -931,7 +1111,9 @@ mod tests {
                 | Request::Apply { .. }
                 | Request::Confirm
                 | Request::Rollback { .. }
-                | Request::History => {}
+                | Request::History
+                | Request::Plan { .. }
+                | Request::Diff { .. } => {}
             }
         }
         all
@@ -1012,7 +1194,7 @@ mod tests {
             mutations,
             [
                 false, false, false, true, true, true, false, false, false, true, true, false,
-                true, true, true, true, true, true, false
+                true, true, true, true, true, true, false, false, false
             ],
             "{:?}",
             every_request()

@@ -19,7 +19,8 @@ use aya::{
 use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, FAMILY_COUNT, Family, GroupName,
     InterfaceSlot, MapSpec, Offender, PROGRAM_DROP_BASELINE, PROGRAM_FILTER, PROGRAM_PASS_BASELINE,
-    PROGRAM_REPLAY, REASON_COUNT, Reason, ReplayReport, SourceKey, SourceRule, Verdict,
+    PROGRAM_REPLAY, REASON_COUNT, Reason, RecentSource, ReplayReport, SourceKey, SourceRule,
+    Verdict,
     maps::{
         self, ACTION_STATS, CONFIG_SLOT, EVENTS, FILTER_CONFIG, GROUP_NAMES, GROUP_STATS,
         IFINDEX_SLOTS, INTERFACE_SLOTS, OFFENDERS, REASON_STATS, SOURCES_V4, SOURCES_V6,
@@ -405,6 +406,16 @@ impl Dataplane {
     pub fn count_pinned_offenders(path: &Path) -> Result<usize> {
         let map = Self::pinned_offenders(path)?;
         Ok(map.keys().filter(|key| key.is_ok()).count())
+    }
+
+    /// Every record of the pinned RECENT_SOURCES map at `path` (sources seen asking to
+    /// connect to a filtered port), through a handle of its own.
+    pub fn read_pinned_recent_sources(path: &Path) -> Result<Vec<(SourceKey, RecentSource)>> {
+        let data =
+            MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+        let map: HashMap<MapData, SourceKey, RecentSource> =
+            HashMap::try_from(aya::maps::Map::from_map_data(data)?)?;
+        Ok(map.iter().filter_map(|entry| entry.ok()).collect())
     }
 
     /// One source's offender record, if the kernel holds one.

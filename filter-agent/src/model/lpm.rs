@@ -32,6 +32,17 @@ pub fn lookup_source(image: &MapImage, addr: IpAddr) -> Option<(IpNet, SourceRul
     })
 }
 
+/// The rule of the longest source prefix containing all of `prefix` (itself included):
+/// what decides for every address in it that no more specific entry covers.
+pub fn lookup_covering(image: &MapImage, prefix: IpNet) -> Option<SourceRule> {
+    (0..=prefix.prefix_len()).rev().find_map(|len| {
+        let covering = IpNet::new(prefix.network(), len)
+            .expect("length is at most the prefix's own")
+            .trunc();
+        image.source(covering).copied()
+    })
+}
+
 /// The longest relay prefix containing `addr`.
 pub fn lookup_relay(image: &MapImage, addr: IpAddr) -> Option<IpNet> {
     image

@@ -26,7 +26,7 @@ use decide::Flow;
 use parse::Parsed;
 
 pub use limit::RelayLimiter;
-pub use lpm::{lookup_relay, lookup_source};
+pub use lpm::{lookup_covering, lookup_relay, lookup_source};
 pub use reply::build_reply;
 
 /// The verdict on one frame and everything the counters and `explain` need about it.

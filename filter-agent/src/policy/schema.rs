@@ -185,6 +185,17 @@ pub enum XdpMode {
     Generic,
 }
 
+impl XdpMode {
+    /// The name a policy writes it by.
+    pub const fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
 impl Policy {
     /// The number of group prefixes, over all groups.
     pub fn prefix_count(&self) -> usize {

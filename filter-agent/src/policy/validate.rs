@@ -74,9 +74,9 @@ const ATTACH_MODES: &[(&str, AttachMode)] = &[
 /// libxdp keeps run priorities as 32-bit unsigned numbers.
 const MAX_PRIORITY: u64 = u32::MAX as u64;
 const XDP_MODES: &[(&str, XdpMode)] = &[
-    ("auto", XdpMode::Auto),
-    ("native", XdpMode::Native),
-    ("generic", XdpMode::Generic),
+    (XdpMode::Auto.name(), XdpMode::Auto),
+    (XdpMode::Native.name(), XdpMode::Native),
+    (XdpMode::Generic.name(), XdpMode::Generic),
 ];
 
 /// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
