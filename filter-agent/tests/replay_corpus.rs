@@ -2,6 +2,7 @@
 //! the `replay` command's JSON and `--expect` contract. The reject corpus also holds the
 //! kernel's reply frames to the ones built independently with etherparse.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use filter_agent::{
@@ -553,17 +554,25 @@ fn replay_junit_has_a_case_per_capture_and_a_failure_per_mismatch() {
 /// kernel engine cannot run, exit 2) and says so on every output.
 #[test]
 fn replay_engine_model_runs_without_privileges_and_says_so() {
+    // A checkout may sit below a directory nobody cannot search (a CI clone in a
+    // mktemp dir): give nobody its own readable copies.
+    let readable = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(readable.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["policy.yaml", "corpus.expect", "corpus.pcap"] {
+        std::fs::copy(corpus_dir().join(name), readable.path().join(name)).unwrap();
+    }
+    let corpus = readable.path();
     let as_nobody = |extra: &[&str]| {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(env!("CARGO_BIN_EXE_filter-agent"))
             .arg("replay")
             .arg("--policy")
-            .arg(corpus_dir().join("policy.yaml"))
+            .arg(corpus.join("policy.yaml"))
             .args(extra)
             .arg("--expect")
-            .arg(corpus_dir().join("corpus.expect"))
-            .arg(corpus_dir().join("corpus.pcap"))
+            .arg(corpus.join("corpus.expect"))
+            .arg(corpus.join("corpus.pcap"))
             .output()
             .expect("setpriv (util-linux) runs the agent as nobody")
     };
