@@ -536,6 +536,12 @@ fn bad_accounting_is_dropped_and_counted_and_never_applied() {
     let first = answers[0].clone().expect("answered");
     assert_eq!(first[0], radius::ACCOUNTING_RESPONSE);
     assert_eq!(answers[1].as_deref(), Some(&first[..]));
+    // The answer can arrive before the agent's log line has been read from its stderr.
+    agent.wait_for_nth(
+        "session up session=radius:127.0.0.1:s7",
+        1,
+        Duration::from_secs(10),
+    );
     assert_eq!(
         agent.count("session up session=radius:127.0.0.1:s7"),
         1,
