@@ -76,7 +76,8 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 /// freeradius-utils (radclient) for the subscriber tests and the demo's RADIUS feed;
 /// libxdp-dev (with pkg-config) to link the agent against libxdp, which shares the XDP
 /// hook through its multi-program dispatcher; xdp-tools (`xdp-loader`, `xdp-filter`) for
-/// the tests that run beside other XDP programs.
+/// the tests that run beside other XDP programs; prometheus (the server and promtool) for
+/// the tests of the alerting rules and of a real scrape of the agents.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -86,6 +87,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "pkg-config",
     "libxdp-dev",
     "xdp-tools",
+    "prometheus",
 ];
 
 fn main() -> Result<()> {

@@ -190,6 +190,23 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             humantime::format_duration(Duration::from_secs(left.as_secs()))
         );
     }
+    // Signal handlers and the file watcher are in place before "enforcing" is announced:
+    // a SIGHUP sent (or a file saved) right after the announcement is a reload, not the
+    // default action (death) or a missed change. Both queue until the loop below runs.
+    let (file_tx, mut file_rx) = mpsc::unbounded_channel();
+    // With --no-watch the sender is dropped: the file is read on SIGHUP and `reload` only.
+    let _watcher = if options.watch {
+        Some(watch(&options.policy, file_tx)?)
+    } else {
+        info!(
+            "not watching {}: it is read on SIGHUP and `filter-agent reload`",
+            options.policy.display()
+        );
+        None
+    };
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let attached: Vec<String> = dataplane::attached(&agent.pins)?
         .iter()
         .map(|a| {
@@ -257,20 +274,6 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         tokio::spawn(metrics::serve(listener, snapshot));
     }
 
-    let (file_tx, mut file_rx) = mpsc::unbounded_channel();
-    // With --no-watch the sender is dropped: the file is read on SIGHUP and `reload` only.
-    let _watcher = if options.watch {
-        Some(watch(&options.policy, file_tx)?)
-    } else {
-        info!(
-            "not watching {}: it is read on SIGHUP and `filter-agent reload`",
-            options.policy.display()
-        );
-        None
-    };
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     // Exemptions expire on time: checked every second (and any events a missed wakeup
     // left in the ring buffer are taken then).
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
