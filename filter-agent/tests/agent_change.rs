@@ -349,6 +349,36 @@ fn systemd_hears_ready_only_once_the_filter_enforces() {
     agent.wait_for("enforcing after", Duration::from_secs(5));
 }
 
+#[test]
+fn a_sighup_the_moment_systemd_hears_ready_is_a_reload() {
+    let lab = Lab::create().unwrap();
+    let _listener = lab.listen(at(REMOTE_V4, 25)).unwrap();
+    let scratch = Scratch::new(&lab, BINARY);
+    scratch.write_policy(&lab.policy_yaml());
+    let socket_path = scratch.dir().join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let env = vec![(
+        "NOTIFY_SOCKET".to_string(),
+        socket_path.display().to_string(),
+    )];
+    let mut agent = scratch.spawn_agent_with_env(&lab, &[], env);
+    let mut message = [0u8; 512];
+    notify.recv(&mut message).expect("READY=1 within 30 s");
+    // As `systemctl reload` can, right after systemd is told the filter enforces.
+    agent.hangup();
+    agent.wait_for("reload requested (SIGHUP)", Duration::from_secs(10));
+    assert_eq!(
+        agent.try_wait().unwrap(),
+        None,
+        "{}",
+        agent.log().join("\n")
+    );
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+}
+
 /// The lab policy with residential's 100.64.0.0/24 moved to leased-line and a relay
 /// added.
 fn first_residential_24_to_leased_line(lab: &Lab) -> String {

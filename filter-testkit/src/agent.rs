@@ -220,6 +220,11 @@ impl AgentProcess {
         let _ = kill(pid, signal);
     }
 
+    /// SIGHUP: the agent re-reads its policy file.
+    pub fn hangup(&self) {
+        self.signal(Signal::SIGHUP);
+    }
+
     /// SIGKILL: the agent gets no chance to clean up.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
