@@ -322,11 +322,11 @@ fn a_reader_sees_the_history_but_cannot_change_the_policy() {
     assert_eq!(residential(&lab), Outcome::TimedOut);
 }
 
-#[test]
-fn systemd_hears_ready_only_once_the_filter_enforces() {
-    let lab = Lab::create().unwrap();
-    let _listener = lab.listen(at(REMOTE_V4, 25)).unwrap();
-    let scratch = Scratch::new(&lab, BINARY);
+/// An agent started as systemd starts a `Type=notify` unit, and the first message it
+/// sends to the notify socket (waited for up to 30 s).
+fn start_under_systemd(lab: &Lab) -> (Scratch, AgentProcess, lab::Listener, String) {
+    let listener = lab.listen(at(REMOTE_V4, 25)).unwrap();
+    let scratch = Scratch::new(lab, BINARY);
     scratch.write_policy(&lab.policy_yaml());
     let socket_path = scratch.dir().join("notify.sock");
     let notify = UnixDatagram::bind(&socket_path).unwrap();
@@ -337,10 +337,19 @@ fn systemd_hears_ready_only_once_the_filter_enforces() {
         "NOTIFY_SOCKET".to_string(),
         socket_path.display().to_string(),
     )];
-    let agent = scratch.spawn_agent_with_env(&lab, &[], env);
+    let agent = scratch.spawn_agent_with_env(lab, &[], env);
     let mut message = [0u8; 512];
-    let len = notify.recv(&mut message).expect("READY=1 within 30 s");
+    let len = notify
+        .recv(&mut message)
+        .expect("a notification within 30 s");
     let message = String::from_utf8_lossy(&message[..len]).into_owned();
+    (scratch, agent, listener, message)
+}
+
+#[test]
+fn systemd_hears_ready_only_once_the_filter_enforces() {
+    let lab = Lab::create().unwrap();
+    let (_scratch, agent, _listener, message) = start_under_systemd(&lab);
     assert_eq!(residential(&lab), Outcome::TimedOut);
     assert!(
         message.contains("READY=1\n") && message.contains("STATUS=enforcing generation 1"),
@@ -352,21 +361,8 @@ fn systemd_hears_ready_only_once_the_filter_enforces() {
 #[test]
 fn a_sighup_the_moment_systemd_hears_ready_is_a_reload() {
     let lab = Lab::create().unwrap();
-    let _listener = lab.listen(at(REMOTE_V4, 25)).unwrap();
-    let scratch = Scratch::new(&lab, BINARY);
-    scratch.write_policy(&lab.policy_yaml());
-    let socket_path = scratch.dir().join("notify.sock");
-    let notify = UnixDatagram::bind(&socket_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let env = vec![(
-        "NOTIFY_SOCKET".to_string(),
-        socket_path.display().to_string(),
-    )];
-    let mut agent = scratch.spawn_agent_with_env(&lab, &[], env);
-    let mut message = [0u8; 512];
-    notify.recv(&mut message).expect("READY=1 within 30 s");
+    let (_scratch, mut agent, _listener, message) = start_under_systemd(&lab);
+    assert!(message.contains("READY=1\n"), "{message}");
     // As `systemctl reload` can, right after systemd is told the filter enforces.
     agent.hangup();
     agent.wait_for("reload requested (SIGHUP)", Duration::from_secs(10));
