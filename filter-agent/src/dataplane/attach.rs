@@ -165,6 +165,15 @@ impl Dataplane {
         let hook = libxdp::inspect(ifindex)?;
         let mode = match hook {
             Hook::Dispatcher { mode, .. } => mode,
+            // libxdp attaches a lone program without a dispatcher when the kernel refuses
+            // one (freplace): the filter would then hold the hook alone, which is not what
+            // multiprog promised the other programs. Take it off again before failing.
+            Hook::Single { program, mode } if program.id == id => {
+                libxdp::detach_component(id, ifindex, mode)?;
+                bail!(
+                    "{name}: libxdp could not build a dispatcher and attached the filter                      alone instead; removed it again. This kernel cannot share the XDP hook:                      use `attach: exclusive` (or `auto`) to run alone on it"
+                )
+            }
             _ => bail!("{name}: after joining, libxdp finds no dispatcher on the interface"),
         };
         let mut attached = component(name, id, mode);
