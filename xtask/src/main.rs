@@ -1,4 +1,4 @@
-//! Project chores: `cargo xtask setup | test | deny | demo | docs | bench | bench-agent | bench-live`.
+//! Project chores: `cargo xtask setup | test | deny | demo | docs | package | bench | bench-agent | bench-live`.
 //! xtask must build without the eBPF toolchain, because `setup` installs it.
 
 use std::{
@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use xtask::{output, package, run};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -41,6 +42,9 @@ enum Task {
     /// Write shell completions and man pages, generated from the CLI definitions, into
     /// target/docs.
     Docs,
+    /// Set up, build the agent in release mode and the Debian package
+    /// target/debian/filter-agent_VERSION_ARCH.deb from it.
+    Package,
     /// Set up, then measure the agent: time from start to enforcement and peak memory at
     /// 1,000 / 100,000 / 1,000,000 prefixes, a one-prefix change in a 100,000-prefix
     /// policy, and replay throughput.
@@ -77,7 +81,9 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 /// libxdp-dev (with pkg-config) to link the agent against libxdp, which shares the XDP
 /// hook through its multi-program dispatcher; xdp-tools (`xdp-loader`, `xdp-filter`) for
 /// the tests that run beside other XDP programs; prometheus (the server and promtool) for
-/// the tests of the alerting rules and of a real scrape of the agents.
+/// the tests of the alerting rules and of a real scrape of the agents; dpkg-dev
+/// (dpkg-shlibdeps, and strip through binutils) and systemd (systemd-sysusers,
+/// systemd-analyze) to build the Debian package and test it in a scratch root.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -88,6 +94,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libxdp-dev",
     "xdp-tools",
     "prometheus",
+    "dpkg-dev",
+    "systemd",
 ];
 
 fn main() -> Result<()> {
@@ -133,6 +141,30 @@ fn main() -> Result<()> {
                 "docs",
                 "target/docs",
             ]))
+        }
+        Task::Package => {
+            setup()?;
+            let started = std::time::Instant::now();
+            run(Command::new("cargo").args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "filter-agent",
+                "--bin",
+                "filter-agent",
+            ]))?;
+            let deb = package::build_deb(
+                Path::new("target/release/filter-agent"),
+                &root,
+                Path::new("target/debian"),
+            )?;
+            eprintln!(
+                "package: {} in {:.0} s",
+                deb.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
         }
         Task::Bench { json } => bench("xdp", json, false, &[]),
         Task::BenchAgent { json, quick } => bench("agent", json, quick, &[]),
@@ -317,25 +349,6 @@ fn require_root(why: &str) -> Result<()> {
     let uid = output(Command::new("id").arg("-u"))?;
     if uid.trim() != "0" {
         bail!("{why}: run as root (e.g. sudo -E cargo xtask ...)");
-    }
-    Ok(())
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
     }
     Ok(())
 }
