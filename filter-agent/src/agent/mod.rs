@@ -449,19 +449,31 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
 }
 
 /// Watches the policy's directory, so a file replaced by rename (as editors and config
-/// management do) is seen as well as one written in place.
+/// management do) is seen as well as one written in place. A policy that is a symlink
+/// into its own directory is followed too: a Kubernetes ConfigMap volume holds
+/// `policy.yaml -> ..data/policy.yaml` and the kubelet updates it by renaming a new
+/// `..data` symlink over the old one, so events on the first component of the link's
+/// target (`..data`), read again at each event, count as changes of the policy.
 fn watch(policy: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
     let policy = std::path::absolute(policy)?;
     let dir = policy
         .parent()
         .context("the policy path has no directory")?
         .to_path_buf();
-    let name = policy.file_name().map(ToOwned::to_owned);
+    let name = policy
+        .file_name()
+        .context("the policy path has no file name")?
+        .to_owned();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !event.kind.is_access()
-            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
-        {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let link = linked_name(&policy);
+        if event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| n == name.as_os_str() || link.as_deref() == Some(n))
+        }) {
             let _ = tx.send(());
         }
     })?;
@@ -469,6 +481,16 @@ fn watch(policy: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recomme
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", dir.display()))?;
     Ok(watcher)
+}
+
+/// When `policy` is a symlink with a relative target, the name in the policy's own
+/// directory the target goes through first (`..data` for `..data/policy.yaml`).
+fn linked_name(policy: &Path) -> Option<std::ffi::OsString> {
+    let target = std::fs::read_link(policy).ok()?;
+    match target.components().next()? {
+        std::path::Component::Normal(first) => Some(first.to_owned()),
+        _ => None,
+    }
 }
 
 /// `filter-agent detach`: removes the filter from every interface and deletes the pins.
