@@ -78,6 +78,12 @@ fn architecture() -> Result<String> {
 /// under `root`, into `out_dir`; returns the .deb's path. The version is the binary's own
 /// (`--version`), and must head packaging/debian/changelog.
 pub fn build_deb(binary: &Path, root: &Path, out_dir: &Path) -> Result<PathBuf> {
+    // Some of the tools run in directories of their own.
+    let (binary, root, out_dir) = (
+        &std::path::absolute(binary)?,
+        &std::path::absolute(root)?,
+        &std::path::absolute(out_dir)?,
+    );
     let version = output(Command::new(binary).arg("--version"))?
         .trim()
         .strip_prefix("filter-agent ")
