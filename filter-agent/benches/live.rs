@@ -68,7 +68,7 @@ use serde::Serialize;
 static SENDER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_sender"));
 
-const SIZES: [usize; 3] = [10, 10_000, 100_000];
+const SIZES: [usize; 4] = [10, 10_000, 100_000, 1_000_000];
 const QUICK_SIZES: [usize; 2] = [10, 10_000];
 
 /// Frames and repetitions: the full run takes about 10 minutes, `--quick` about one.
@@ -100,9 +100,15 @@ const FRAME_LEN: usize = 64;
 const SENDER_CPU: usize = 0;
 const RECEIVE_CPU: usize = 1;
 
-/// The flood's source, inside the restricted 100.64.0.0/10 of every policy size.
+/// The single-source floods' source, inside the restricted 100.64.0.0/10 of every policy
+/// size (in the half of it that no exempt prefix covers).
 const SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 2);
 const RESTRICTED: &str = "100.64.0.0/10";
+/// Customers in a many-source flood: as many as an ISP's flood from infected hosts might
+/// count, so the prefix tries are not cache-hot.
+const MANY_SOURCES: u32 = 65_536;
+/// One restricted IPv4 prefix in this many holds an exempt prefix (its upper half).
+const EXEMPT_EVERY: usize = 10;
 
 /// Locally administered MACs, fixed so frames and neighbour entries need no lookups.
 const MAC_CUSTOMER: [u8; 6] = [0x02, 0xb1, 0, 0, 0, 0x01];
@@ -173,9 +179,9 @@ impl Setup {
         }
     }
 
-    /// Drop-only makes sense for the flood only: it would drop the traffic to pass.
+    /// Drop-only makes sense where everything is dropped: it would drop what must pass.
     fn applies(self, traffic: Traffic) -> bool {
-        !(self == Setup::DropOnly && traffic == Traffic::Https)
+        !(self == Setup::DropOnly && traffic != Traffic::Smtp)
             && (self != Setup::OursDispatcher || dispatcher_refusal().is_none())
     }
 }
@@ -183,10 +189,13 @@ impl Setup {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum Traffic {
-    /// SYNs to tcp/25 from a restricted source: the filter drops them.
+    /// SYNs to tcp/25 from restricted sources: the filter drops them.
     Smtp,
     /// SYNs to tcp/443 from the same source: the filter passes them.
     Https,
+    /// SYNs to tcp/25: 80 % from restricted sources (dropped), 10 % of those to a relay
+    /// and 10 % from exempt prefixes (both passed and forwarded).
+    Mixed,
 }
 
 impl Traffic {
@@ -194,14 +203,56 @@ impl Traffic {
         match self {
             Traffic::Smtp => "smtp",
             Traffic::Https => "https",
+            Traffic::Mixed => "mixed",
         }
     }
 
     fn port(self) -> u16 {
         match self {
-            Traffic::Smtp => 25,
+            Traffic::Smtp | Traffic::Mixed => 25,
             Traffic::Https => 443,
         }
+    }
+
+    /// The share of it a filter drops.
+    fn dropped_share(self) -> f64 {
+        match self {
+            Traffic::Smtp => 1.0,
+            Traffic::Https => 0.0,
+            Traffic::Mixed => 0.8,
+        }
+    }
+}
+
+/// What the sender floods the router with: the traffic, from how many customers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Flood {
+    traffic: Traffic,
+    sources: u32,
+}
+
+const FLOODS: [Flood; 4] = [
+    Flood {
+        traffic: Traffic::Smtp,
+        sources: 1,
+    },
+    Flood {
+        traffic: Traffic::Https,
+        sources: 1,
+    },
+    Flood {
+        traffic: Traffic::Smtp,
+        sources: MANY_SOURCES,
+    },
+    Flood {
+        traffic: Traffic::Mixed,
+        sources: MANY_SOURCES,
+    },
+];
+
+impl Flood {
+    fn describe(self) -> String {
+        format!("{} from {}", self.traffic.name(), self.sources)
     }
 }
 
@@ -283,8 +334,9 @@ impl Bed {
                  addr add {ROUTER_CUSTOMER_V4}/32 dev {br}\n\
                  addr add {ROUTER_INTERNET_V4}/24 dev {bo}\n\
                  route add {RESTRICTED} dev {br}\n\
-                 neigh replace {REMOTE_V4} lladdr {} dev {bo} nud permanent\n",
-                mac(MAC_INTERNET)
+                 neigh replace {REMOTE_V4} lladdr {internet} dev {bo} nud permanent\n\
+                 neigh replace {RELAY_V4} lladdr {internet} dev {bo} nud permanent\n",
+                internet = mac(MAC_INTERNET)
             ),
         )?;
         ip::batch(
@@ -512,9 +564,79 @@ fn link_counters() -> Result<BTreeMap<String, [u64; 4]>> {
     Ok(counters)
 }
 
-/// Prefixes of a policy of `size`: the flood's 100.64.0.0/10, then random IPv4 (/16../28)
-/// and IPv6 (/32../64) prefixes, none overlapping another, so an nftables interval set
-/// holds exactly the same entries as the filter's tries.
+/// A policy of `size` restricted prefixes, and the exempt prefixes inside some of them.
+struct Policy {
+    restricted: Vec<IpNet>,
+    /// The upper half of every [`EXEMPT_EVERY`]th restricted IPv4 prefix: an allow group.
+    exempt: Vec<Ipv4Net>,
+}
+
+impl Policy {
+    fn new(size: usize) -> Policy {
+        let restricted = restricted_prefixes(size);
+        let exempt = restricted
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V4(net) if net.prefix_len() < 32 => Some(*net),
+                _ => None,
+            })
+            .step_by(EXEMPT_EVERY)
+            .map(|net| net.subnets(net.prefix_len() + 1).unwrap().nth(1).unwrap())
+            .collect();
+        Policy { restricted, exempt }
+    }
+
+    /// The restricted address ranges that no exempt prefix covers: what nftables' set
+    /// holds, and where the blocked customers of a flood are.
+    fn blocked(&self) -> Vec<IpNet> {
+        let exempt: std::collections::BTreeSet<Ipv4Net> = self.exempt.iter().copied().collect();
+        self.restricted
+            .iter()
+            .map(|p| match p {
+                IpNet::V4(net) if net.prefix_len() < 32 => {
+                    let mut halves = net.subnets(net.prefix_len() + 1).unwrap();
+                    let (lower, upper) = (halves.next().unwrap(), halves.next().unwrap());
+                    IpNet::V4(if exempt.contains(&upper) { lower } else { *net })
+                }
+                other => *other,
+            })
+            .collect()
+    }
+
+    /// (source, destination) of each customer of `flood`, spread at random over the
+    /// policy's blocked IPv4 ranges (and, for the mixed traffic, its exempt prefixes).
+    fn flows(&self, flood: Flood) -> Vec<(Ipv4Addr, IpAddr)> {
+        if flood.sources == 1 {
+            return vec![(SOURCE, REMOTE_V4)];
+        }
+        let blocked: Vec<Ipv4Net> = self
+            .blocked()
+            .into_iter()
+            .filter_map(|p| match p {
+                IpNet::V4(net) => Some(net),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(u64::from(flood.sources));
+        let mut host = |nets: &[Ipv4Net]| {
+            let net = nets[rng.usize(..nets.len())];
+            let offset = rng.u32(..=(!0u32 >> net.prefix_len()));
+            Ipv4Addr::from(u32::from(net.network()) | offset)
+        };
+        (0..flood.sources)
+            .map(|i| match (flood.traffic, i % 10) {
+                (Traffic::Mixed, 0) => (host(&blocked), RELAY_V4),
+                (Traffic::Mixed, 1) => (host(&self.exempt), REMOTE_V4),
+                _ => (host(&blocked), REMOTE_V4),
+            })
+            .collect()
+    }
+}
+
+/// Prefixes of a policy of `size`: the flood's 100.64.0.0/10, then random IPv4 and IPv6
+/// (/32../64) prefixes, none overlapping another, so an nftables interval set holds exactly
+/// the same entries as the filter's tries. IPv4 prefixes are /16../28, or /20../28 in
+/// policies above 100,000 prefixes, whose 500,000 IPv4 prefixes would not fit otherwise.
 fn restricted_prefixes(size: usize) -> Vec<IpNet> {
     fn overlaps<T: Ord + Copy>(ranges: &BTreeMap<T, T>, start: T, end: T) -> bool {
         ranges
@@ -530,10 +652,13 @@ fn restricted_prefixes(size: usize) -> Vec<IpNet> {
     let mut v6: BTreeMap<u128, u128> = BTreeMap::new();
     let mut prefixes = vec![IpNet::V4(restricted)];
     let mut rng = fastrand::Rng::with_seed(25);
+    let v4_lengths = if size > 100_000 { 20..=28 } else { 16..=28 };
     while prefixes.len() < size {
         if rng.bool() {
             let addr = Ipv4Addr::from(rng.u32(0x0100_0000..0x6400_0000));
-            let net = Ipv4Net::new(addr, rng.u8(16..=28)).unwrap().trunc();
+            let net = Ipv4Net::new(addr, rng.u8(v4_lengths.clone()))
+                .unwrap()
+                .trunc();
             let (start, end) = (u32::from(net.network()), u32::from(net.broadcast()));
             if !overlaps(&v4, start, end) {
                 v4.insert(start, end);
@@ -552,25 +677,42 @@ fn restricted_prefixes(size: usize) -> Vec<IpNet> {
     prefixes
 }
 
-/// The filter's maps for the policy: one block group, relays, port 25.
-fn map_image(prefixes: &[IpNet]) -> Result<MapImage> {
+/// The filter's maps for the policy: a block group, an allow group (the exempt prefixes),
+/// relays, port 25.
+fn map_image(policy: &Policy) -> Result<MapImage> {
     let mut config = Config::empty();
     config.set_port(25);
     let mut image = MapImage::new(config);
-    image.groups = [(
-        1,
-        GroupInfo {
-            name: "restricted".into(),
-            smtp: Smtp::Block,
-        },
-    )]
+    image.groups = [
+        (
+            1,
+            GroupInfo {
+                name: "restricted".into(),
+                smtp: Smtp::Block,
+            },
+        ),
+        (
+            2,
+            GroupInfo {
+                name: "exempt".into(),
+                smtp: Smtp::Allow,
+            },
+        ),
+    ]
     .into();
-    let rule = SourceRule {
+    let block = SourceRule {
         group: 1,
         smtp: Smtp::Block as u32,
     };
-    for &prefix in prefixes {
-        image.insert_source(prefix, rule);
+    for &prefix in &policy.restricted {
+        image.insert_source(prefix, block);
+    }
+    let allow = SourceRule {
+        group: 2,
+        smtp: Smtp::Allow as u32,
+    };
+    for &prefix in &policy.exempt {
+        image.insert_source(IpNet::V4(prefix), allow);
     }
     image
         .set_relays(&[RELAY_V4.into(), RELAY_V6.into()])
@@ -579,7 +721,9 @@ fn map_image(prefixes: &[IpNet]) -> Result<MapImage> {
 }
 
 /// The same policy as nftables tables: `netdev blN` and `inet bfN`, sets only; the chains
-/// (and so the hooks) are added only while their setup is measured.
+/// (and so the hooks) are added only while their setup is measured. The exempt prefixes
+/// are left out of the restricted set (as a careful nftables user would write it: one
+/// rule, one lookup), so `prefixes` are the blocked ranges.
 fn nft_tables(size: usize, prefixes: &[IpNet]) -> String {
     let join = |v6: bool| {
         prefixes
@@ -735,23 +879,41 @@ impl Generator {
         })
     }
 
-    /// The frame bench_sender writes into every live frame.
-    fn set_traffic(&mut self, traffic: Traffic) -> Result<()> {
-        let mut frame = Frame::tcp(IpAddr::V4(SOURCE), REMOTE_V4, traffic.port())
-            .syn()
-            .build();
-        frame[0..6].copy_from_slice(&MAC_ROUTER_CUSTOMER);
-        frame[6..12].copy_from_slice(&MAC_CUSTOMER);
-        if frame.len() > FRAME_LEN {
-            bail!(
-                "the SYN frame is {} bytes, more than {FRAME_LEN}",
-                frame.len()
-            );
+    /// The frames bench_sender writes into the live frames: one SYN per flow, the first as
+    /// the template and, with more than one, each flow's addresses and checksums.
+    fn set_flood(&mut self, traffic: Traffic, flows: &[(Ipv4Addr, IpAddr)]) -> Result<()> {
+        let frame = |(source, destination): (Ipv4Addr, IpAddr)| -> Result<Vec<u8>> {
+            let mut frame = Frame::tcp(IpAddr::V4(source), destination, traffic.port())
+                .syn()
+                .build();
+            frame[0..6].copy_from_slice(&MAC_ROUTER_CUSTOMER);
+            frame[6..12].copy_from_slice(&MAC_CUSTOMER);
+            if frame.len() > FRAME_LEN {
+                bail!(
+                    "the SYN frame is {} bytes, more than {FRAME_LEN}",
+                    frame.len()
+                );
+            }
+            frame.resize(FRAME_LEN, 0);
+            Ok(frame)
+        };
+        if flows.len() > 1 {
+            let mut table: Array<&mut MapData, [u8; 12]> =
+                Array::try_from(self.ebpf.map_mut("BENCH_FLOWS").context("BENCH_FLOWS")?)?;
+            for (index, &flow) in flows.iter().enumerate() {
+                let frame = frame(flow)?;
+                // bench_sender's `Flow`: addresses (26..34), IPv4 and TCP checksums.
+                let mut value = [0u8; 12];
+                value[0..8].copy_from_slice(&frame[26..34]);
+                value[8..10].copy_from_slice(&frame[24..26]);
+                value[10..12].copy_from_slice(&frame[50..52]);
+                table.set(index as u32, value, 0)?;
+            }
         }
-        frame.resize(FRAME_LEN, 0);
         let mut value = [0u8; 8 + FRAME_LEN];
         value[0..4].copy_from_slice(&self.customer_ifindex.to_ne_bytes());
-        value[8..].copy_from_slice(&frame);
+        value[4..8].copy_from_slice(&(flows.len() as u32).to_ne_bytes());
+        value[8..].copy_from_slice(&frame(flows[0])?);
         let mut config: Array<&mut MapData, [u8; 8 + FRAME_LEN]> =
             Array::try_from(self.ebpf.map_mut("BENCH_SENDER").context("BENCH_SENDER")?)?;
         config.set(0, value, 0)?;
@@ -979,7 +1141,7 @@ impl Router<'_> {
                 let counters = self.dataplanes[size].reason_counters(slot)?;
                 match traffic {
                     // Drops: blocked IPv4 SYNs.
-                    Traffic::Smtp => {
+                    Traffic::Smtp | Traffic::Mixed => {
                         counters[reason_counter_index(0, Family::Ipv4, Reason::Blocked) as usize]
                             .packets
                     }
@@ -994,7 +1156,7 @@ impl Router<'_> {
                 family,
                 table,
                 chain,
-            } if traffic == Traffic::Smtp => nft_counter(&self.bed.router, family, table, chain)?,
+            } if traffic != Traffic::Https => nft_counter(&self.bed.router, family, table, chain)?,
             _ => self.forwarded()?,
         })
     }
@@ -1127,7 +1289,7 @@ fn settle() -> Result<()> {
 /// Whether a sample's counters agree with what the router received: the setup's own
 /// counter equals the packets received, and what had to pass was forwarded.
 fn check(setup: Setup, traffic: Traffic, s: &Sample) -> Result<(), String> {
-    let drops = traffic == Traffic::Smtp
+    let drops = traffic != Traffic::Https
         && matches!(
             setup,
             Setup::OursNative
@@ -1139,6 +1301,23 @@ fn check(setup: Setup, traffic: Traffic, s: &Sample) -> Result<(), String> {
         );
     if s.rx == 0 {
         return Err("no packets received".into());
+    }
+    if drops && traffic == Traffic::Mixed {
+        // Which frames found the ring full is chance: the shares hold within a percent.
+        let share = s.counted as f64 / s.rx as f64;
+        if s.counted + s.forwarded != s.rx || (share - traffic.dropped_share()).abs() > 0.01 {
+            return Err(format!(
+                "{} dropped {} and forwarded {} of {} packets received, expected {:.0} % \
+                 dropped and the rest forwarded (router IPv4 counters: {:?})",
+                setup.name(),
+                s.counted,
+                s.forwarded,
+                s.rx,
+                traffic.dropped_share() * 100.0,
+                s.ip
+            ));
+        }
+        return Ok(());
     }
     if s.counted != s.rx {
         return Err(format!(
@@ -1172,6 +1351,8 @@ struct Row {
     setup: Setup,
     prefixes: usize,
     traffic: Traffic,
+    /// Distinct customers (source addresses) in the flood.
+    sources: u32,
     /// Median over repetitions of the router NAPI thread's run time / packets received.
     rx_ns_per_packet: f64,
     rx_ns_per_packet_min: f64,
@@ -1289,20 +1470,26 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
     }
     let mut dataplanes = BTreeMap::new();
     let mut slots = BTreeMap::new();
+    let mut flows = BTreeMap::new();
     for &size in plan.sizes {
         signals::check()?;
-        let prefixes = restricted_prefixes(size);
+        let policy = Policy::new(size);
         let t = Instant::now();
-        let mut dataplane = Dataplane::load_with(&map_image(&prefixes)?)?;
+        let mut dataplane = Dataplane::load_with(&map_image(&policy)?)?;
         let slot = dataplane.assign_interface_slot(&bed.router_customer_if, router_ifindex)?;
         let loaded = t.elapsed();
         let t = Instant::now();
-        nft(&bed.router, &nft_tables(size, &prefixes))?;
+        nft(&bed.router, &nft_tables(size, &policy.blocked()))?;
         eprintln!(
-            "policy of {size} prefixes: filter maps loaded in {:.2} s, nftables sets in {:.2} s",
+            "policy of {size} prefixes ({} exempt inside them): filter maps loaded in {:.2} s, \
+             nftables sets in {:.2} s",
+            policy.exempt.len(),
             loaded.as_secs_f64(),
             t.elapsed().as_secs_f64()
         );
+        for flood in FLOODS {
+            flows.insert((flood, size), policy.flows(flood));
+        }
         dataplanes.insert(size, dataplane);
         slots.insert(size, slot);
     }
@@ -1315,14 +1502,16 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
         generator,
     };
 
-    type Key = (Traffic, usize, Setup);
     let mut samples: BTreeMap<Key, Vec<Sample>> = BTreeMap::new();
     let mut rng = fastrand::Rng::with_seed(6);
     let total = plan.repetitions;
     for rep in 0..total {
-        for traffic in [Traffic::Smtp, Traffic::Https] {
-            router.generator.set_traffic(traffic)?;
+        for flood in FLOODS {
+            let traffic = flood.traffic;
             for &size in plan.sizes {
+                router
+                    .generator
+                    .set_flood(traffic, &flows[&(flood, size)])?;
                 // Every setup in each block, in a fresh order, so drift hits all alike.
                 let mut setups: Vec<Setup> = Setup::ALL
                     .into_iter()
@@ -1334,13 +1523,13 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
                     let sample = router
                         .measure(setup, size, traffic, plan)
                         .with_context(|| {
-                            format!("measuring {} {} {size}", setup.name(), traffic.name())
+                            format!("measuring {} {} {size}", setup.name(), flood.describe())
                         })?;
                     eprintln!(
-                        "[{}/{total} {:>4.0}s] {:<5} {:>6} {:<12} {:>7.1} ns/pkt  rx {:>8} of {:>8} sent ({} ring drops), {:.2} Mpps, fwd {} sunk {}{}",
+                        "[{}/{total} {:>4.0}s] {:<16} {:>7} {:<12} {:>7.1} ns/pkt  rx {:>8} of {:>8} sent ({} ring drops), {:.2} Mpps, fwd {} sunk {}{}",
                         rep + 1,
                         started.elapsed().as_secs_f64(),
-                        traffic.name(),
+                        flood.describe(),
                         size,
                         setup.name(),
                         sample.ns_per_packet(),
@@ -1356,7 +1545,7 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
                         }
                     );
                     samples
-                        .entry((traffic, size, setup))
+                        .entry((flood, size, setup))
                         .or_default()
                         .push(sample);
                 }
@@ -1370,15 +1559,19 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn summarize(samples: &BTreeMap<(Traffic, usize, Setup), Vec<Sample>>, plan: &Plan) -> Vec<Row> {
+/// Samples by flood, policy size and setup.
+type Key = (Flood, usize, Setup);
+
+fn summarize(samples: &BTreeMap<Key, Vec<Sample>>, plan: &Plan) -> Vec<Row> {
     let mut rows = Vec::new();
-    for traffic in [Traffic::Smtp, Traffic::Https] {
+    for flood in FLOODS {
+        let traffic = flood.traffic;
         for &size in plan.sizes {
-            let Some(ours) = samples.get(&(traffic, size, Setup::OursNative)) else {
+            let Some(ours) = samples.get(&(flood, size, Setup::OursNative)) else {
                 continue;
             };
             for setup in Setup::ALL {
-                let Some(list) = samples.get(&(traffic, size, setup)) else {
+                let Some(list) = samples.get(&(flood, size, setup)) else {
                     continue;
                 };
                 let ns: Vec<f64> = list.iter().map(Sample::ns_per_packet).collect();
@@ -1413,6 +1606,7 @@ fn summarize(samples: &BTreeMap<(Traffic, usize, Setup), Vec<Sample>>, plan: &Pl
                     setup,
                     prefixes: size,
                     traffic,
+                    sources: flood.sources,
                     rx_ns_per_packet: round(rx_ns, 1),
                     rx_ns_per_packet_min: round(lo, 1),
                     rx_ns_per_packet_max: round(hi, 1),
@@ -1446,7 +1640,7 @@ fn report(rows: &[Row], plan: &Plan, json: bool) -> Result<()> {
             "machine": machine(),
             "repetitions": plan.repetitions,
             "frames_per_run": plan.frames,
-            "frame": format!("{FRAME_LEN}-byte Ethernet/IPv4 TCP SYN from {SOURCE} to {REMOTE_V4}"),
+            "frame": format!("{FRAME_LEN}-byte Ethernet/IPv4 TCP SYN; sources 1: from {SOURCE} to {REMOTE_V4}; sources {MANY_SOURCES}: that many customers at random in the policy's blocked IPv4 ranges (mixed: 10 % of them to {RELAY_V4}, 10 % from exempt prefixes instead), one frame each in turn"),
             "input": "BPF_PROG_TEST_RUN live frames redirected out of a veth (xdp_frames in the router veth's NAPI ring)",
             "rx_ns_per_packet": "router NAPI thread run time (schedstat) / packets taken off the router veth's ring; median over repetitions",
             "max_mpps": "1000 / rx_ns_per_packet: packets per second one receive CPU handles on this path",
@@ -1467,8 +1661,9 @@ fn report(rows: &[Row], plan: &Plan, json: bool) -> Result<()> {
     );
     let program = rows.iter().any(|r| r.program_ns_per_packet.is_some());
     println!(
-        "\n{:<7} {:>8}  {:<12} {:>9} {:>13} {:>8} {:>7} {:>13} {:>7}{}  counters",
+        "\n{:<7} {:>7} {:>8}  {:<12} {:>9} {:>13} {:>8} {:>7} {:>13} {:>7}{}  counters",
         "traffic",
+        "sources",
         "prefixes",
         "setup",
         "rx ns/pkt",
@@ -1481,8 +1676,9 @@ fn report(rows: &[Row], plan: &Plan, json: bool) -> Result<()> {
     );
     for r in rows {
         println!(
-            "{:<7} {:>8}  {:<12} {:>9.1} {:>13} {:>8.2} {:>6.2}x {:>13} {:>6.0}%{}  {}",
+            "{:<7} {:>7} {:>8}  {:<12} {:>9.1} {:>13} {:>8.2} {:>6.2}x {:>13} {:>6.0}%{}  {}",
             r.traffic.name(),
+            r.sources,
             r.prefixes,
             r.setup.name(),
             r.rx_ns_per_packet,
@@ -1505,8 +1701,9 @@ fn report(rows: &[Row], plan: &Plan, json: bool) -> Result<()> {
     for r in rows.iter().filter(|r| !r.counters_ok) {
         for e in &r.counter_errors {
             println!(
-                "warning: {} {} {}: {e}",
+                "warning: {} from {} {} {}: {e}",
                 r.traffic.name(),
+                r.sources,
                 r.prefixes,
                 r.setup.name()
             );

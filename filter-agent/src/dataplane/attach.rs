@@ -42,7 +42,8 @@ impl Dataplane {
             warn!("interface={name} {text}");
             warnings.push(text);
         }
-        let ours = pins.map_id(FILTER_CONFIG.name)?;
+        // Our components are told apart by this map, which every program of ours shares.
+        let ours = self.map(FILTER_CONFIG.name)?.info()?.id();
         let hook = libxdp::inspect(ifindex).with_context(|| format!("inspecting {name}"))?;
         let mut attached = if pins.has_link(name)? {
             if interface.attach == AttachMode::Multiprog {

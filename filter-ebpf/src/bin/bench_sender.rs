@@ -31,13 +31,41 @@ const FRAME_LEN: usize = FRAME_WORDS * 8;
 pub struct SenderConfig {
     /// The customers' veth, in the namespace the test run is made from.
     pub ifindex: u32,
-    pub padding: u32,
+    /// 0 or 1: every frame is the template. More: frame n takes the addresses of flow
+    /// n modulo `flows` from `BENCH_FLOWS`, so the router sees many customers.
+    pub flows: u32,
     /// The frame, exactly `FRAME_LEN` bytes.
     pub frame: [u64; FRAME_WORDS],
 }
 
+/// One flow's fields of an Ethernet + IPv4 + TCP frame, checksums computed by the
+/// benchmark, so the sender only copies bytes.
+#[repr(C)]
+pub struct Flow {
+    /// IPv4 source and destination (frame bytes 26..34).
+    pub addresses: [u8; 8],
+    /// IPv4 header checksum (bytes 24..26).
+    pub ip_check: [u8; 2],
+    /// TCP checksum (bytes 50..52).
+    pub tcp_check: [u8; 2],
+}
+
+const IP_CHECK_AT: usize = 24;
+const ADDRESSES_AT: usize = 26;
+const TCP_CHECK_AT: usize = 50;
+
+/// The most flows one run cycles through.
+const MAX_FLOWS: u32 = 65_536;
+
 #[map(name = "BENCH_SENDER")]
 static BENCH_SENDER: Array<SenderConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_FLOWS")]
+static BENCH_FLOWS: Array<Flow> = Array::with_max_entries(MAX_FLOWS, 0);
+
+/// The next flow, per CPU (the sender runs on one).
+#[map(name = "BENCH_NEXT_FLOW")]
+static BENCH_NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Packets the sink saw (per CPU; index 0).
 #[map(name = "BENCH_SINK")]
@@ -57,6 +85,32 @@ pub fn bench_sender(ctx: XdpContext) -> u32 {
         // SAFETY: bounds checked above (i < FRAME_WORDS); live-frame data is 8-aligned
         // (XDP_PACKET_HEADROOM), and unaligned writes are used anyway.
         unsafe { words.add(i).write_unaligned(*word) };
+    }
+    if config.flows > 1 {
+        let Some(next) = BENCH_NEXT_FLOW.get_ptr_mut(0) else {
+            return XDP_ABORTED;
+        };
+        // SAFETY: this CPU's slot of a per-CPU array.
+        let index = unsafe { *next };
+        let following = index + 1;
+        // SAFETY: as above.
+        unsafe {
+            *next = if following >= config.flows {
+                0
+            } else {
+                following
+            }
+        };
+        let Some(flow) = BENCH_FLOWS.get(index) else {
+            return XDP_ABORTED;
+        };
+        let bytes = data as *mut u8;
+        // SAFETY: every offset plus its length is below FRAME_LEN, checked above.
+        unsafe {
+            (bytes.add(IP_CHECK_AT) as *mut [u8; 2]).write_unaligned(flow.ip_check);
+            (bytes.add(ADDRESSES_AT) as *mut [u8; 8]).write_unaligned(flow.addresses);
+            (bytes.add(TCP_CHECK_AT) as *mut [u8; 2]).write_unaligned(flow.tcp_check);
+        }
     }
     // SAFETY: a helper call; it only records the target for the XDP_REDIRECT below.
     unsafe { bpf_redirect(config.ifindex, 0) as u32 }
