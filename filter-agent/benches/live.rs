@@ -700,17 +700,11 @@ fn map_image(policy: &Policy) -> Result<MapImage> {
         ),
     ]
     .into();
-    let block = SourceRule {
-        group: 1,
-        smtp: Smtp::Block as u32,
-    };
+    let block = SourceRule::new(1, Smtp::Block);
     for &prefix in &policy.restricted {
         image.insert_source(prefix, block);
     }
-    let allow = SourceRule {
-        group: 2,
-        smtp: Smtp::Allow as u32,
-    };
+    let allow = SourceRule::new(2, Smtp::Allow);
     for &prefix in &policy.exempt {
         image.insert_source(IpNet::V4(prefix), allow);
     }

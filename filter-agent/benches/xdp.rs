@@ -145,14 +145,8 @@ fn policy(size: usize, reject: bool) -> MapImage {
         (2, group("business-ethernet", Smtp::Allow)),
     ]
     .into();
-    let block = SourceRule {
-        group: 1,
-        smtp: Smtp::Block as u32,
-    };
-    let allow = SourceRule {
-        group: 2,
-        smtp: Smtp::Allow as u32,
-    };
+    let block = SourceRule::new(1, Smtp::Block);
+    let allow = SourceRule::new(2, Smtp::Allow);
     image.insert_source("100.64.0.0/10".parse().unwrap(), block);
     image.insert_source("100.64.200.0/24".parse().unwrap(), allow);
     image.insert_source("2001:db8:1000::/36".parse().unwrap(), block);

@@ -441,10 +441,7 @@ pub fn apply_prefixes(
     image: &mut MapImage,
     prefixes: impl IntoIterator<Item = IpNet>,
 ) -> Vec<IpNet> {
-    let rule = SourceRule {
-        group: EXEMPTION_GROUP,
-        smtp: Smtp::Allow as u32,
-    };
+    let rule = SourceRule::new(EXEMPTION_GROUP, Smtp::Allow);
     let mut skipped = Vec::new();
     let mut applied = false;
     for prefix in prefixes {
@@ -970,10 +967,7 @@ exemptions:
                 request("2001:db8:1000::/64", None, None),
             ],
         );
-        let rule = SourceRule {
-            group: EXEMPTION_GROUP,
-            smtp: Smtp::Allow as u32,
-        };
+        let rule = SourceRule::new(EXEMPTION_GROUP, Smtp::Allow);
         assert!(apply(&mut image, &store).is_empty());
         assert_eq!(source(&image, net("100.64.0.10/32")), Some(rule));
         assert_eq!(source(&image, net("2001:db8:1000::/64")), Some(rule));

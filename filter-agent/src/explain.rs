@@ -2,12 +2,13 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use filter_common::{Action, Smtp};
+use filter_common::{Action, GroupMode, Smtp};
 
 use crate::{
     control::protocol::{Explanation, RelayLimit},
     image::MapImage,
     model,
+    policy::Mode,
 };
 
 pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explanation {
@@ -26,6 +27,11 @@ pub fn explain(image: &MapImage, src: IpAddr, dst: IpAddr, dport: u16) -> Explan
         relay_prefix: model::lookup_relay(image, dst),
         port_filtered: image.config.port_filtered(dport),
         monitor: image.config.monitor(),
+        group_mode: matched.and_then(|(_, rule)| match GroupMode::try_from(rule.mode) {
+            Ok(GroupMode::Enforce) => Some(Mode::Enforce),
+            Ok(GroupMode::Monitor) => Some(Mode::Monitor),
+            _ => None,
+        }),
         action: if image.config.reject() {
             Action::Reject
         } else {
@@ -74,8 +80,9 @@ impl Explanation {
         };
         let _ = writeln!(out, "relay     {relay}");
         let blocked = self.smtp == Some(Smtp::Block) && self.port_filtered;
+        let monitor = self.mode() == Mode::Monitor;
         if let (Some(limit), Some(_), true) = (self.relay_limit, self.relay_prefix, blocked) {
-            let over = if self.monitor {
+            let over = if monitor {
                 "counted as monitored"
             } else {
                 "dropped as rate-limited"
@@ -88,7 +95,7 @@ impl Explanation {
             );
         }
         if self.action == Action::Reject && blocked && self.relay_prefix.is_none() {
-            let action = if self.monitor {
+            let action = if monitor {
                 "reject, but monitor mode sends no resets"
             } else {
                 "reject: a SYN gets a TCP reset (RST+ACK, \"connection refused\"); \
@@ -96,12 +103,19 @@ impl Explanation {
             };
             let _ = writeln!(out, "action    {action}");
         }
-        if self.monitor {
-            let _ = writeln!(
-                out,
-                "mode      monitor: would-be drops are counted and passed"
-            );
-        }
+        let policy = if self.monitor { "monitor" } else { "enforce" };
+        let from = match (&self.group, self.group_mode) {
+            (Some(group), Some(_)) => {
+                format!("group \"{group}\"'s own mode (the policy's is {policy})")
+            }
+            _ => "the policy's mode".to_string(),
+        };
+        let effect = if monitor {
+            ": would-be drops are counted and passed"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "mode      {}, {from}{effect}", self.mode().name());
         out
     }
 }
@@ -192,13 +206,72 @@ mod tests {
     }
 
     #[test]
+    fn the_mode_that_applied_and_where_it_came_from_are_explained() {
+        let pilot =
+            "  - name: pilot\n    smtp: block\n    mode: monitor\n    prefixes: [198.18.0.0/15]\n";
+        let image = |mode: &str| {
+            let source = format!(
+                "version: 1\nmode: {mode}\naction: reject\ngroups:\n  - name: residential\n    smtp: block\n    prefixes: [100.64.0.0/10]\n{pilot}  - name: strict\n    smtp: block\n    mode: enforce\n    prefixes: [198.20.0.0/16]\n"
+            );
+            policy::parse(&source, "test.yaml")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .policy
+                .compile()
+        };
+        let enforce = image("enforce");
+        let e = explain(&enforce, ip("198.18.0.9"), ip("203.0.113.9"), 25);
+        assert_eq!((e.verdict, e.reason), (Verdict::Pass, Reason::Monitored));
+        assert_eq!(
+            (e.mode(), e.group_mode),
+            (Mode::Monitor, Some(Mode::Monitor))
+        );
+        let text = e.render();
+        assert!(
+            text.contains("mode      monitor, group \"pilot\"'s own mode (the policy's is enforce): would-be drops are counted and passed\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("action    reject, but monitor mode sends no resets\n"),
+            "{text}"
+        );
+        let e = explain(&enforce, ip("100.64.0.9"), ip("203.0.113.9"), 25);
+        assert_eq!((e.verdict, e.reason), (Verdict::Reject, Reason::Blocked));
+        assert!(
+            e.render()
+                .contains("mode      enforce, the policy's mode\n"),
+            "{}",
+            e.render()
+        );
+        // The other direction: a policy in monitor mode with one group enforcing.
+        let monitor = image("monitor");
+        let e = explain(&monitor, ip("198.20.0.9"), ip("203.0.113.9"), 25);
+        assert_eq!((e.verdict, e.reason), (Verdict::Reject, Reason::Blocked));
+        assert!(
+            e.render().contains(
+                "mode      enforce, group \"strict\"'s own mode (the policy's is monitor)\n"
+            ),
+            "{}",
+            e.render()
+        );
+        let e = explain(&monitor, ip("100.64.0.9"), ip("203.0.113.9"), 25);
+        assert_eq!((e.verdict, e.reason), (Verdict::Pass, Reason::Monitored));
+        assert!(e.render().contains(
+            "mode      monitor, the policy's mode: would-be drops are counted and passed\n"
+        ));
+    }
+
+    #[test]
     fn an_older_agents_json_still_reads() {
         let e = explain(&image(""), ip("100.64.9.9"), ip("203.0.113.9"), 25);
         let mut json = serde_json::to_value(&e).unwrap();
         let object = json.as_object_mut().unwrap();
         object.remove("action");
         object.remove("relay_limit");
+        object.remove("group_mode");
         let back: Explanation = serde_json::from_str(&json.to_string()).unwrap();
-        assert_eq!((back.action, back.relay_limit), (Action::Drop, None));
+        assert_eq!(
+            (back.action, back.relay_limit, back.group_mode),
+            (Action::Drop, None, None)
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     },
     image::MapImage,
     model,
-    policy::{Group, Policy},
+    policy::{Group, Mode, Policy},
 };
 
 /// One side of a comparison: a policy and the image the kernel would hold for it.
@@ -99,6 +99,7 @@ fn renamed_groups(old: &[Group], new: &[Group]) -> BTreeMap<String, String> {
             !old.iter().any(|o| o.name == n.name)
                 && !taken.contains(&n.name)
                 && n.smtp == gone.smtp
+                && n.mode == gone.mode
                 && prefixes(n) == prefixes(gone)
         });
         if let Some(twin) = twin {
@@ -127,14 +128,26 @@ fn group_changes(
             None if !renamed_to.contains(&group.name) => changes.push(PolicyChange::GroupAdded {
                 group: group.name.clone(),
                 smtp: group.smtp,
+                mode: group.mode,
                 prefixes: group.prefixes.len(),
             }),
-            Some(before) if before.smtp != group.smtp => changes.push(PolicyChange::GroupSmtp {
-                group: group.name.clone(),
-                from: before.smtp,
-                to: group.smtp,
-            }),
-            _ => {}
+            Some(before) => {
+                if before.smtp != group.smtp {
+                    changes.push(PolicyChange::GroupSmtp {
+                        group: group.name.clone(),
+                        from: before.smtp,
+                        to: group.smtp,
+                    });
+                }
+                if before.mode != group.mode {
+                    changes.push(PolicyChange::GroupMode {
+                        group: group.name.clone(),
+                        from: before.mode,
+                        to: group.mode,
+                    });
+                }
+            }
+            None => {}
         }
     }
     for group in &old.groups {
@@ -156,19 +169,29 @@ fn side(image: &MapImage, rule: Option<SourceRule>, renamed: &BTreeMap<String, S
         return Side {
             group: None,
             verdict: SmtpVerdict::Unmanaged,
+            mode: None,
         };
     };
+    let block = !rule.allows();
+    let mode = block.then(|| {
+        if rule.monitors(&image.config) {
+            Mode::Monitor
+        } else {
+            Mode::Enforce
+        }
+    });
     let name = image
         .group(rule.group)
         .map(|g| g.name.clone())
         .unwrap_or_else(|| format!("group-{}", rule.group));
     Side {
         group: Some(renamed.get(&name).cloned().unwrap_or(name)),
-        verdict: if rule.allows() {
-            SmtpVerdict::Allow
-        } else {
+        verdict: if block {
             SmtpVerdict::Block
+        } else {
+            SmtpVerdict::Allow
         },
+        mode,
     }
 }
 
@@ -184,7 +207,8 @@ fn as_was(side: Side, renamed: &BTreeMap<String, String>) -> Side {
 }
 
 /// Every prefix of either image whose longest match (the prefix itself or one around it)
-/// changes group or verdict: IPv4 first, most specific first.
+/// changes group or verdict: IPv4 first, most specific first. A mode that changes alone
+/// is one change of the group's or the policy's, not one per prefix.
 fn prefix_changes(
     old: &MapImage,
     new: &MapImage,
@@ -205,7 +229,8 @@ fn prefix_changes(
         .filter_map(|prefix| {
             let from = side(old, model::lookup_covering(old, prefix), renamed);
             let to = side(new, model::lookup_covering(new, prefix), renamed);
-            (from != to).then(|| (prefix, as_was(from, renamed), to))
+            let moved = (&from.group, from.verdict) != (&to.group, to.verdict);
+            moved.then(|| (prefix, as_was(from, renamed), to))
         })
         .collect();
     changes.sort_by_key(|(prefix, ..)| {
@@ -218,7 +243,8 @@ fn prefix_changes(
     changes
 }
 
-/// The source's verdict on both sides, if it changes.
+/// The source's verdict on both sides, if it changes: block, allow or unmanaged, or the
+/// mode a block is carried out in (a group's or the policy's mode change moves traffic).
 fn impact(
     old: &MapImage,
     new: &MapImage,
@@ -231,7 +257,7 @@ fn impact(
     let after = model::lookup_source(new, address);
     let from = side(old, before.map(|(_, rule)| rule), renamed);
     let to = side(new, after.map(|(_, rule)| rule), renamed);
-    if from.verdict == to.verdict {
+    if (from.verdict, from.mode) == (to.verdict, to.mode) {
         return None;
     }
     let prefix = [after, before]
@@ -391,6 +417,7 @@ relays: [203.0.113.25, 203.0.113.26]
         Side {
             group: group.map(Into::into),
             verdict,
+            mode: (verdict == SmtpVerdict::Block).then_some(Mode::Enforce),
         }
     }
 
@@ -480,6 +507,68 @@ relays: [203.0.113.25, 203.0.113.26]
             (4, 1, 2, 3_422)
         );
         assert_eq!(summary.sources_remembered, 7);
+    }
+
+    #[test]
+    fn a_group_mode_change_is_one_change_and_moves_its_seen_sources_only() {
+        let watched = OLD.replacen(
+            "  - name: residential\n    smtp: block\n",
+            "  - name: residential\n    smtp: block\n    mode: monitor\n",
+            1,
+        );
+        let sources = [seen("100.64.0.10", 9, 9_900), seen("192.0.2.130", 7, 9_900)];
+        let plan = compare(OLD, &watched, &sources);
+        assert_eq!(
+            plan.changes,
+            [PolicyChange::GroupMode {
+                group: "residential".into(),
+                from: None,
+                to: Some(Mode::Monitor)
+            }]
+        );
+        assert_eq!(plan.impact.sources.len(), 1, "{:?}", plan.impact.sources);
+        let source = &plan.impact.sources[0];
+        assert_eq!(source.source, "100.64.0.10");
+        assert_eq!(
+            (source.from.mode, source.to.mode, source.prefix),
+            (Some(Mode::Enforce), Some(Mode::Monitor), None)
+        );
+        assert_eq!(
+            (source.from.outcome(), source.to.outcome()),
+            ("block", "monitored")
+        );
+        // The policy's mode flips too: residential keeps its own, the rest follows.
+        let both = watched.replacen("version: 1\n", "version: 1\nmode: monitor\n", 1);
+        let plan = compare(&watched, &both, &sources);
+        assert_eq!(
+            plan.changes,
+            [PolicyChange::Mode {
+                from: Mode::Enforce,
+                to: Mode::Monitor
+            }]
+        );
+        assert_eq!(plan.impact.sources, []);
+        // A new group rolled out watched says so.
+        let added = OLD.replacen(
+            "relays:",
+            "  - name: pilot\n    smtp: block\n    mode: monitor\n    prefixes: [198.18.0.0/15]\nrelays:",
+            1,
+        );
+        let plan = compare(OLD, &added, &[seen("198.18.0.10", 3, 9_900)]);
+        assert_eq!(
+            plan.changes[0],
+            PolicyChange::GroupAdded {
+                group: "pilot".into(),
+                smtp: filter_common::Smtp::Block,
+                mode: Some(Mode::Monitor),
+                prefixes: 1
+            }
+        );
+        let source = &plan.impact.sources[0];
+        assert_eq!(
+            (source.from.outcome(), source.to.outcome()),
+            ("unmanaged", "monitored")
+        );
     }
 
     #[test]

@@ -46,10 +46,7 @@ fn image(config: impl FnOnce(&mut Config)) -> MapImage {
             smtp: Smtp::Block,
         },
     );
-    let rule = SourceRule {
-        group: 1,
-        smtp: Smtp::Block as u32,
-    };
+    let rule = SourceRule::new(1, Smtp::Block);
     image.insert_source("100.64.0.0/10".parse().unwrap(), rule);
     image.insert_source("2001:db8:1000::/36".parse().unwrap(), rule);
     let relays: Vec<IpNet> = vec![RELAY_V4.into(), RELAY_V6.into()];

@@ -1,7 +1,8 @@
 //! The operator's change workflow against a real agent in a lab, with real TCP: `reload`
 //! that says whether it applied, `apply` with an automatic rollback that happens on time
 //! (also across a kill -9 of the agent) unless confirmed, `rollback` byte for byte, the
-//! history, `run --no-watch`, and systemd's READY=1 once the filter enforces. Needs root.
+//! history, `run --no-watch`, systemd's READY=1 once the filter enforces, and a group
+//! rolled out in monitor mode under an enforcing policy (and the reverse). Needs root.
 
 use std::{
     os::unix::net::UnixDatagram,
@@ -425,8 +426,8 @@ fn plan_names_the_prefixes_and_seen_sources_that_would_change_and_nothing_else()
     assert_eq!(
         changes[0],
         serde_json::json!({"kind": "prefix", "prefix": "100.64.0.0/24",
-            "from": {"group": "residential", "verdict": "block"},
-            "to": {"group": "leased-line", "verdict": "allow"}})
+            "from": {"group": "residential", "verdict": "block", "mode": "enforce"},
+            "to": {"group": "leased-line", "verdict": "allow", "mode": null}})
     );
     assert_eq!(
         changes[1],
@@ -439,8 +440,8 @@ fn plan_names_the_prefixes_and_seen_sources_that_would_change_and_nothing_else()
     assert_eq!(
         (source["from"].clone(), source["to"].clone()),
         (
-            serde_json::json!({"group": "residential", "verdict": "block"}),
-            serde_json::json!({"group": "leased-line", "verdict": "allow"})
+            serde_json::json!({"group": "residential", "verdict": "block", "mode": "enforce"}),
+            serde_json::json!({"group": "leased-line", "verdict": "allow", "mode": null})
         )
     );
     assert!(source["attempts"].as_u64().unwrap() >= 1, "{source}");
@@ -489,4 +490,119 @@ fn plan_needs_a_running_agent() {
     let output = scratch.cli(&["plan", "--policy", scratch.policy().to_str().unwrap()]);
     assert_eq!(code(&output), 2, "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("no agent is running"));
+}
+
+/// The lab policy with `mode` at the top and `group_mode` on business-broadband.
+fn with_group_mode(lab: &Lab, mode: &str, group: &str, group_mode: &str) -> String {
+    lab.policy_yaml()
+        .replacen("mode: enforce\n", &format!("mode: {mode}\n"), 1)
+        .replacen(
+            &format!("  - name: {group}\n    smtp: block\n"),
+            &format!("  - name: {group}\n    smtp: block\n    mode: {group_mode}\n"),
+            1,
+        )
+}
+
+/// Packets the kernel counted for `group` with `reason`, from `stats --json`.
+fn group_packets(scratch: &Scratch, group: &str, reason: &str) -> u64 {
+    let stats: Value = serde_json::from_str(&ok(scratch.cli(&["stats", "--json"]))).unwrap();
+    stats["by_group"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["group"] == group && r["reason"] == reason)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_group_in_monitor_mode_passes_and_counts_only_its_own_would_be_drops() {
+    let lab = Lab::create().unwrap();
+    let (scratch, _agent, listener) = start(&lab, &["--no-watch"]);
+    let broadband = || lab.connect(lab::BUSINESS_BROADBAND.v4, at(REMOTE_V4, 25), CONNECT);
+    assert_eq!(broadband(), Outcome::TimedOut);
+
+    // Rolled out watched: business-broadband in monitor mode, the policy enforcing.
+    let watched = scratch.dir().join("watched.yaml");
+    std::fs::write(
+        &watched,
+        with_group_mode(&lab, "enforce", "business-broadband", "monitor"),
+    )
+    .unwrap();
+    let output = scratch.cli(&["plan", "--policy", watched.to_str().unwrap(), "--json"]);
+    assert_eq!(code(&output), 1, "{output:?}");
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        plan["changes"],
+        serde_json::json!([{"kind": "group-mode", "group": "business-broadband",
+            "from": null, "to": "monitor"}]),
+        "{plan:#}"
+    );
+    let sources = plan["impact"]["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{plan:#}");
+    assert_eq!(sources[0]["source"], lab::BUSINESS_BROADBAND.v4.to_string());
+    assert_eq!(
+        (sources[0]["from"].clone(), sources[0]["to"].clone()),
+        (
+            serde_json::json!({"group": "business-broadband", "verdict": "block", "mode": "enforce"}),
+            serde_json::json!({"group": "business-broadband", "verdict": "block", "mode": "monitor"})
+        )
+    );
+    let text = String::from_utf8(
+        scratch
+            .cli(&["plan", "--policy", watched.to_str().unwrap()])
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("group mode")
+            && text.contains("business-broadband: the policy's -> monitor")
+            && text.contains("business-broadband: block -> monitored"),
+        "{text}"
+    );
+    ok(scratch.cli(&["apply", "--policy", watched.to_str().unwrap()]));
+
+    let (residential_before, broadband_before) = (
+        group_packets(&scratch, "residential", "blocked"),
+        group_packets(&scratch, "business-broadband", "monitored"),
+    );
+    let accepted = listener.accepted();
+    // The watched group's SYN to port 25 arrives; the other block group's does not.
+    assert_eq!(broadband(), Outcome::Connected);
+    assert_eq!(listener.accepted(), accepted + 1);
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+    assert_eq!(listener.accepted(), accepted + 1);
+    let monitored = group_packets(&scratch, "business-broadband", "monitored");
+    assert!(
+        monitored > broadband_before,
+        "{broadband_before} -> {monitored}"
+    );
+    assert!(group_packets(&scratch, "residential", "blocked") > residential_before);
+    // Each group counts only its own: nothing of residential monitored, nothing more of
+    // business-broadband blocked than before the change.
+    assert_eq!(group_packets(&scratch, "residential", "monitored"), 0);
+    let explained = ok(scratch.cli(&["explain", "--src", "192.0.2.10", "--dst", "203.0.113.9"]));
+    assert!(
+        explained.contains("verdict   pass monitored")
+            && explained.contains(
+                "mode      monitor, group \"business-broadband\"'s own mode (the policy's is enforce)"
+            ),
+        "{explained}"
+    );
+
+    // The other direction: the policy monitoring, residential enforcing.
+    let strict = scratch.dir().join("strict.yaml");
+    std::fs::write(
+        &strict,
+        with_group_mode(&lab, "monitor", "residential", "enforce"),
+    )
+    .unwrap();
+    ok(scratch.cli(&["apply", "--policy", strict.to_str().unwrap()]));
+    let blocked = group_packets(&scratch, "residential", "blocked");
+    let accepted = listener.accepted();
+    assert_eq!(residential(&lab), Outcome::TimedOut);
+    assert_eq!(broadband(), Outcome::Connected);
+    assert_eq!(listener.accepted(), accepted + 1);
+    assert!(group_packets(&scratch, "residential", "blocked") > blocked);
+    assert_eq!(group_packets(&scratch, "residential", "monitored"), 0);
 }

@@ -16,7 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use filter_agent::{dataplane::Dataplane, image::MapImage, model::Model, policy, replay::hex};
+use filter_agent::{
+    dataplane::Dataplane,
+    image::MapImage,
+    model::Model,
+    policy::{self, Mode},
+    replay::hex,
+};
 use filter_common::{FLAG_MONITOR, REASON_COUNT, Reason, Verdict};
 use filter_testkit::{
     corpus::{REJECT_CORPUS, corpus, corpus_dir, reject_corpus},
@@ -228,6 +234,67 @@ fn kernel_and_model_agree_with_reject_and_a_relay_limit_in_monitor_mode() {
     );
     assert_eq!(count(&tally, Verdict::Reject, Reason::Blocked), 0);
     assert_eq!(count(&tally, Verdict::Drop, Reason::RateLimited), 0);
+}
+
+/// A corpus policy with the given top-level mode and per-group modes (in group order;
+/// `None`: the policy's).
+fn with_modes(name: &str, mode: Mode, groups: &[Option<Mode>]) -> MapImage {
+    let mut policy = policy::load(&corpus_dir().join(name)).unwrap().policy;
+    policy.mode = mode;
+    assert_eq!(policy.groups.len(), groups.len(), "{name}'s groups");
+    for (group, &mode) in policy.groups.iter_mut().zip(groups) {
+        group.mode = mode;
+    }
+    policy.compile()
+}
+
+#[test]
+fn kernel_and_model_agree_with_random_per_group_modes() {
+    let mut rng = fastrand::Rng::with_seed(seed() ^ 0x6d6f);
+    let modes = [None, Some(Mode::Enforce), Some(Mode::Monitor)];
+    let top = [Mode::Enforce, Mode::Monitor];
+    // Both directions first (residential and business-broadband block, the others allow),
+    // then random policies.
+    let mut policies = vec![
+        (Mode::Enforce, [Some(Mode::Monitor), None, None, None]),
+        (
+            Mode::Monitor,
+            [Some(Mode::Enforce), None, Some(Mode::Monitor), None],
+        ),
+    ];
+    for _ in 0..4 {
+        let mut groups = [None; 4];
+        for group in &mut groups {
+            *group = modes[rng.usize(0..modes.len())];
+        }
+        policies.push((top[rng.usize(0..2)], groups));
+    }
+    for (round, (mode, groups)) in policies.iter().enumerate() {
+        let what = format!("policy mode {mode:?}, group modes {groups:?}");
+        let frames = mixed_frames(&mut rng, 2_000);
+        let tally = assert_agree(
+            &with_modes("policy.yaml", *mode, groups),
+            &frames,
+            &format!("drop, {what}"),
+        );
+        let reject = assert_agree(
+            &with_modes(REJECT_CORPUS.policy, *mode, groups),
+            &frames,
+            &format!("reject and limit, {what}"),
+        );
+        if round < 2 {
+            // Not vacuous: one block group monitored while the other blocked, in one run.
+            for tally in [&tally, &reject] {
+                assert!(
+                    count(tally, Verdict::Pass, Reason::Monitored) > 50,
+                    "{tally:?}"
+                );
+                let stopped = count(tally, Verdict::Drop, Reason::Blocked)
+                    + count(tally, Verdict::Reject, Reason::Blocked);
+                assert!(stopped > 50, "{tally:?}");
+            }
+        }
+    }
 }
 
 /// A jumbo frame's length: in the kernel it arrives in several buffers (the first holds

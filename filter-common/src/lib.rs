@@ -30,7 +30,8 @@ pub use records::{
     SourceRule,
 };
 pub use verdict::{
-    Action, ActionStat, EventKind, FAMILY_COUNT, Family, REASON_COUNT, Reason, Smtp, Verdict,
+    Action, ActionStat, EventKind, FAMILY_COUNT, Family, GroupMode, REASON_COUNT, Reason, Smtp,
+    Verdict,
 };
 
 /// The XDP entry point that filters.

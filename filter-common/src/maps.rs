@@ -100,7 +100,7 @@ pub const ALL: [MapSpec; 15] = [
 // The layouts userspace and the kernel agree on; a change here is a change of the pinned
 // format (the agent then refuses old pins and asks for `detach`).
 const _: () = {
-    assert!(size_of::<SourceRule>() == 8);
+    assert!(size_of::<SourceRule>() == 12);
     assert!(size_of::<SourceKey>() == 12);
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<GroupName>() == 64);

@@ -4,7 +4,10 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::verdict::{EventKind, Family, Smtp};
+use crate::{
+    config::Config,
+    verdict::{EventKind, Family, GroupMode, Smtp},
+};
 
 /// The value of a source-prefix entry.
 #[repr(C)]
@@ -14,13 +17,32 @@ pub struct SourceRule {
     pub group: u32,
     /// A [`Smtp`] as u32; the kernel treats anything but `Allow` as `Block`.
     pub smtp: u32,
+    /// A [`GroupMode`] as u32: whether the group's would-be drops are only counted.
+    pub mode: u32,
 }
 
 impl SourceRule {
+    /// A rule that follows the policy's mode.
     pub const fn new(group: u32, smtp: Smtp) -> Self {
+        SourceRule::with_mode(group, smtp, GroupMode::Policy)
+    }
+
+    pub const fn with_mode(group: u32, smtp: Smtp, mode: GroupMode) -> Self {
         SourceRule {
             group,
             smtp: smtp as u32,
+            mode: mode as u32,
+        }
+    }
+
+    /// Whether the group's would-be drops are only counted (`pass monitored`): its own
+    /// mode, else the policy's. An unknown mode enforces (fail closed).
+    #[inline(always)]
+    pub fn monitors(&self, config: &Config) -> bool {
+        if self.mode == GroupMode::Policy as u32 {
+            config.monitor()
+        } else {
+            self.mode == GroupMode::Monitor as u32
         }
     }
 
@@ -254,7 +276,31 @@ mod tests {
     fn only_an_explicit_allow_allows() {
         assert!(SourceRule::new(1, Smtp::Allow).allows());
         assert!(!SourceRule::new(1, Smtp::Block).allows());
-        assert!(!SourceRule { group: 1, smtp: 0 }.allows());
+        assert!(
+            !SourceRule {
+                group: 1,
+                smtp: 0,
+                mode: 0
+            }
+            .allows()
+        );
+    }
+
+    #[test]
+    fn a_groups_own_mode_overrides_the_policys_and_an_unknown_one_enforces() {
+        let mut monitor = Config::empty();
+        monitor.flags |= crate::FLAG_MONITOR;
+        let enforce = Config::empty();
+        let rule = |mode| SourceRule::with_mode(1, Smtp::Block, mode);
+        assert!(!rule(GroupMode::Policy).monitors(&enforce));
+        assert!(rule(GroupMode::Policy).monitors(&monitor));
+        assert!(rule(GroupMode::Monitor).monitors(&enforce));
+        assert!(!rule(GroupMode::Enforce).monitors(&monitor));
+        let unknown = SourceRule {
+            mode: 7,
+            ..rule(GroupMode::Policy)
+        };
+        assert!(!unknown.monitors(&monitor));
     }
 }
 

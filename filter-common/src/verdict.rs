@@ -146,6 +146,20 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// A group's own mode (`SourceRule::mode`), precomputed by the agent into every rule of
+    /// the group so the lookup that finds the group also says how it is enforced.
+    pub enum GroupMode {
+        /// The policy's top-level mode (`Config::flags`), so switching the policy's mode
+        /// stays one config write whatever the number of prefixes.
+        Policy = 0 => "policy",
+        /// Dropped (or rejected) whatever the policy's mode.
+        Enforce = 1 => "enforce",
+        /// Counted as `monitored` and passed whatever the policy's mode.
+        Monitor = 2 => "monitor",
+    }
+}
+
+wire_enum! {
     /// What a blocked frame gets (`Config::action`).
     pub enum Action {
         /// Dropped silently.

@@ -77,8 +77,10 @@ pub fn decide_source(cur: &Cursor, config: Option<&Config>, decision: &mut Decis
         }
         return;
     }
+    // The group's mode came with its rule: no lookup beyond the one that found it.
+    let monitor = rule.monitors(config);
     if malformed {
-        enforce(config, decision, Reason::Malformed);
+        enforce(monitor, decision, Reason::Malformed);
         return;
     }
     let (family, l3, l4) = (decision.family, decision.l3, decision.l4);
@@ -87,23 +89,24 @@ pub fn decide_source(cur: &Cursor, config: Option<&Config>, decision: &mut Decis
             && cur.tcp_flags(l4).is_some_and(is_connection_request)
             && !relay_conforms(config, cur, family, l3)
         {
-            enforce(config, decision, Reason::RateLimited);
+            enforce(monitor, decision, Reason::RateLimited);
         } else {
             decision.reason = Reason::Relay;
         }
         return;
     }
-    enforce(config, decision, Reason::Blocked);
+    enforce(monitor, decision, Reason::Blocked);
     decision.blocked_attempt = true;
     if matches!(decision.verdict, Verdict::Drop) && config.reject() && can_reject(cur, l4) {
         decision.verdict = Verdict::Reject;
     }
 }
 
-/// Drop for `reason`, or in monitor mode only count it as monitored.
+/// Drop for `reason`, or in monitor mode (the group's, else the policy's) only count it
+/// as monitored.
 #[inline(always)]
-fn enforce(config: &Config, decision: &mut Decision, reason: Reason) {
-    if config.monitor() {
+fn enforce(monitor: bool, decision: &mut Decision, reason: Reason) {
+    if monitor {
         decision.reason = Reason::Monitored;
     } else {
         decision.verdict = Verdict::Drop;

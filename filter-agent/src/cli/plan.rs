@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::render::table;
-use crate::control::protocol::{OffenderAlerts, Plan, PolicyChange, RelayLimit, Side};
+use crate::{
+    control::protocol::{OffenderAlerts, Plan, PolicyChange, RelayLimit, Side},
+    policy::Mode,
+};
 
 /// Prefix changes and sources shown before `--json` is needed for the rest.
 const SHOWN: usize = 100;
@@ -35,10 +38,10 @@ fn movement(from: &Side, to: &Side) -> String {
     } else {
         format!("{} -> {}", group(from), group(to))
     };
-    if from.verdict == to.verdict {
-        format!("{groups}: {}", from.verdict.name())
+    if from.outcome() == to.outcome() {
+        format!("{groups}: {}", from.outcome())
     } else {
-        format!("{groups}: {} -> {}", from.verdict.name(), to.verdict.name())
+        format!("{groups}: {} -> {}", from.outcome(), to.outcome())
     }
 }
 
@@ -67,11 +70,15 @@ fn setting(change: &PolicyChange) -> Option<(&'static str, String)> {
         PolicyChange::GroupAdded {
             group,
             smtp,
+            mode,
             prefixes,
-        } => (
-            "group added",
-            format!("{group} ({smtp}, {prefixes} prefixes)"),
-        ),
+        } => {
+            let mode = mode.map_or(String::new(), |m| format!(", mode {}", m.name()));
+            (
+                "group added",
+                format!("{group} ({smtp}{mode}, {prefixes} prefixes)"),
+            )
+        }
         PolicyChange::GroupRemoved {
             group,
             smtp,
@@ -83,6 +90,13 @@ fn setting(change: &PolicyChange) -> Option<(&'static str, String)> {
         PolicyChange::GroupRenamed { from, to } => ("group renamed", format!("{from} -> {to}")),
         PolicyChange::GroupSmtp { group, from, to } => {
             ("group smtp", format!("{group}: {from} -> {to}"))
+        }
+        PolicyChange::GroupMode { group, from, to } => {
+            let name = |m: &Option<Mode>| m.map_or("the policy's", Mode::name);
+            (
+                "group mode",
+                format!("{group}: {} -> {}", name(from), name(to)),
+            )
         }
         PolicyChange::Prefix { .. } => return None,
         PolicyChange::RelayAdded { relay } => ("relay added", relay.to_string()),
@@ -205,10 +219,12 @@ mod tests {
         let block = |group: &str| Side {
             group: Some(group.into()),
             verdict: SmtpVerdict::Block,
+            mode: Some(Mode::Enforce),
         };
         let allow = |group: &str| Side {
             group: Some(group.into()),
             verdict: SmtpVerdict::Allow,
+            mode: None,
         };
         let prefix: IpNet = "100.64.7.0/24".parse().unwrap();
         let source = |n: u8, attempts| ImpactSource {

@@ -462,6 +462,21 @@ impl SmtpVerdict {
 pub struct Side {
     pub group: Option<String>,
     pub verdict: SmtpVerdict,
+    /// For `block`: the mode it is carried out in, the group's own or else the policy's
+    /// (`monitor`: counted as monitored and passed); null for `allow` and `unmanaged`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+impl Side {
+    /// What the source gets, as `plan` prints it: `block`, `monitored` (a block in
+    /// monitor mode), `allow` or `unmanaged`.
+    pub fn outcome(&self) -> &'static str {
+        match (self.verdict, self.mode) {
+            (SmtpVerdict::Block, Some(Mode::Monitor)) => "monitored",
+            (verdict, _) => verdict.name(),
+        }
+    }
 }
 
 /// One difference between two policies, as `plan` and `diff` list them.
@@ -471,6 +486,9 @@ pub enum PolicyChange {
     GroupAdded {
         group: String,
         smtp: Smtp,
+        /// The group's own mode; null: the policy's.
+        #[serde(default)]
+        mode: Option<Mode>,
         prefixes: usize,
     },
     GroupRemoved {
@@ -487,6 +505,12 @@ pub enum PolicyChange {
         group: String,
         from: Smtp,
         to: Smtp,
+    },
+    /// A group's own mode set, changed or removed (null: the policy's mode).
+    GroupMode {
+        group: String,
+        from: Option<Mode>,
+        to: Option<Mode>,
     },
     /// A prefix of either policy whose group or verdict changes (its longest match on
     /// each side); most specific first.
@@ -881,7 +905,12 @@ pub struct Explanation {
     pub smtp: Option<Smtp>,
     pub relay_prefix: Option<IpNet>,
     pub port_filtered: bool,
+    /// The policy's mode is `monitor`.
     pub monitor: bool,
+    /// The matched group's own mode, which overrides the policy's for it (an older agent
+    /// sends none: the policy's).
+    #[serde(default)]
+    pub group_mode: Option<Mode>,
     /// The policy's action (an older agent sends none: drop).
     #[serde(default = "drop_action")]
     pub action: Action,
@@ -895,6 +924,17 @@ pub struct Explanation {
 
 fn drop_action() -> Action {
     Action::Drop
+}
+
+impl Explanation {
+    /// The mode that applies to this flow: the group's own, else the policy's.
+    pub fn mode(&self) -> Mode {
+        match (self.group_mode, self.monitor) {
+            (Some(mode), _) => mode,
+            (None, true) => Mode::Monitor,
+            (None, false) => Mode::Enforce,
+        }
+    }
 }
 
 /// Reply to `offenders`: the sources most likely infected, first.

@@ -294,14 +294,10 @@ mod tests {
             .map(|_| {
                 let len = rng.u8(22..=30);
                 let addr = Ipv4Addr::from(0x0a00_0000 | rng.u32(0..SPACE));
-                let rule = SourceRule {
-                    group: rng.u32(1..4),
-                    smtp: if rng.bool() {
-                        Smtp::Block as u32
-                    } else {
-                        Smtp::Allow as u32
-                    },
-                };
+                let rule = SourceRule::new(
+                    rng.u32(1..4),
+                    if rng.bool() { Smtp::Block } else { Smtp::Allow },
+                );
                 (Ipv4Net::new(addr, len).unwrap().trunc(), rule)
             })
             .collect()

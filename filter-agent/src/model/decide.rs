@@ -25,9 +25,10 @@ fn blocks(rule: SourceRule) -> bool {
     !rule.allows()
 }
 
-/// The verdict for a frame the policy wants dropped: monitor mode only counts it.
-fn enforce(image: &MapImage, reason: Reason) -> (Verdict, Reason) {
-    if image.config.monitor() {
+/// The verdict for a frame the policy wants dropped: monitor mode (the group's own, else
+/// the policy's) only counts it.
+fn enforce(image: &MapImage, rule: SourceRule, reason: Reason) -> (Verdict, Reason) {
+    if rule.monitors(&image.config) {
         (Verdict::Pass, Reason::Monitored)
     } else {
         (Verdict::Drop, reason)
@@ -66,13 +67,13 @@ pub(super) fn decide(
             if flow.connection_request
                 && !limiter.admit(config, SourceKey::from_ip(flow.source), now_ns)
             {
-                (decision.verdict, decision.reason) = enforce(image, Reason::RateLimited);
+                (decision.verdict, decision.reason) = enforce(image, rule, Reason::RateLimited);
             }
         }
-        None if config.reject() && !config.monitor() && flow.rejectable => {
+        None if config.reject() && !rule.monitors(config) && flow.rejectable => {
             (decision.verdict, decision.reason) = (Verdict::Reject, Reason::Blocked);
         }
-        None => (decision.verdict, decision.reason) = enforce(image, Reason::Blocked),
+        None => (decision.verdict, decision.reason) = enforce(image, rule, Reason::Blocked),
     }
     decision
 }
@@ -85,7 +86,7 @@ pub(super) fn malformed(image: &MapImage, family: Family, source: Option<IpAddr>
         decision.group = rule.group;
         decision.source_prefix = Some(prefix);
         if blocks(rule) {
-            (decision.verdict, decision.reason) = enforce(image, Reason::Malformed);
+            (decision.verdict, decision.reason) = enforce(image, rule, Reason::Malformed);
         }
     }
     decision

@@ -856,7 +856,14 @@ fn monitor_mode() {
 #[test]
 fn unknown_smtp_code_blocks() {
     let mut image = image();
-    image.insert_source(net("10.9.0.0/16"), SourceRule { group: 3, smtp: 0 });
+    image.insert_source(
+        net("10.9.0.0/16"),
+        SourceRule {
+            group: 3,
+            smtp: 0,
+            mode: 0,
+        },
+    );
     let d = judge_frame(
         &image,
         &eth(&[ETHERTYPE_IPV4], &tcp4(blocked4(), dst4(), 25)),

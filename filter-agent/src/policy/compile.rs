@@ -42,10 +42,9 @@ impl Policy {
                     smtp: group.smtp,
                 },
             );
-            let rule = SourceRule {
-                group: id,
-                smtp: group.smtp as u32,
-            };
+            // The group's mode goes into each of its rules, so the kernel learns it from
+            // the lookup that finds the group.
+            let rule = SourceRule::with_mode(id, group.smtp, Mode::of_group(group.mode));
             for &prefix in &group.prefixes {
                 image.insert_source(prefix, rule);
             }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
-use filter_common::{Action, Smtp};
+use filter_common::{Action, GroupMode, Smtp};
 
 /// The only policy version this agent understands.
 pub const VERSION: u32 = 1;
@@ -117,6 +117,10 @@ fn human_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S
 pub struct Group {
     pub name: String,
     pub smtp: Smtp,
+    /// The group's own mode, overriding the policy's for this group only (a new group is
+    /// rolled out watched before it blocks); `None`: the policy's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
     /// Networks with their host bits clear; a bare address is a /32 or /128.
     pub prefixes: Vec<IpNet>,
 }
@@ -157,7 +161,7 @@ impl AttachMode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Filtered traffic is dropped.
@@ -172,6 +176,15 @@ impl Mode {
         match self {
             Mode::Enforce => "enforce",
             Mode::Monitor => "monitor",
+        }
+    }
+
+    /// A group's mode as its kernel rules hold it (`None`: the policy's).
+    pub const fn of_group(mode: Option<Mode>) -> GroupMode {
+        match mode {
+            None => GroupMode::Policy,
+            Some(Mode::Enforce) => GroupMode::Enforce,
+            Some(Mode::Monitor) => GroupMode::Monitor,
         }
     }
 }

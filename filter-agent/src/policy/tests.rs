@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use filter_common::{Action, MAX_GROUPS, Smtp, SourceRule};
+use filter_common::{Action, GroupMode, MAX_GROUPS, Smtp, SourceRule};
 use ipnet::IpNet;
 
 use super::*;
@@ -204,8 +204,8 @@ interfaces:
                 "did you mean \"mode\"? known keys: version, mode, action, ports, groups, relays, relay_limit, offenders, events, interfaces, subscribers"
             ),
             None,
-            Some("did you mean \"prefixes\"? known keys: name, smtp, prefixes"),
-            Some("known keys: name, smtp, prefixes"),
+            Some("did you mean \"prefixes\"? known keys: name, smtp, mode, prefixes"),
+            Some("known keys: name, smtp, mode, prefixes"),
             Some("did you mean \"xdp_mode\"? known keys: name, xdp_mode, attach, priority"),
         ]
     );
@@ -697,40 +697,13 @@ fn example_policy_loads_and_compiles() {
     assert_eq!(image.source_count(), 7);
     let v4 = |p: &str| image.sources_v4[&p.parse().unwrap()];
     let v6 = |p: &str| image.sources_v6[&p.parse().unwrap()];
-    assert_eq!(
-        v4("100.64.0.0/10"),
-        SourceRule {
-            group: 1,
-            smtp: Smtp::Block as u32
-        }
-    );
-    assert_eq!(
-        v4("192.0.2.0/24"),
-        SourceRule {
-            group: 2,
-            smtp: Smtp::Block as u32
-        }
-    );
-    assert_eq!(
-        v4("192.0.2.128/26"),
-        SourceRule {
-            group: 3,
-            smtp: Smtp::Allow as u32
-        }
-    );
-    assert_eq!(
-        v4("198.51.100.128/25"),
-        SourceRule {
-            group: 4,
-            smtp: Smtp::Allow as u32
-        }
-    );
+    assert_eq!(v4("100.64.0.0/10"), SourceRule::new(1, Smtp::Block));
+    assert_eq!(v4("192.0.2.0/24"), SourceRule::new(2, Smtp::Block));
+    assert_eq!(v4("192.0.2.128/26"), SourceRule::new(3, Smtp::Allow));
+    assert_eq!(v4("198.51.100.128/25"), SourceRule::new(4, Smtp::Allow));
     assert_eq!(
         v6("2001:db8:2000:100::/56"),
-        SourceRule {
-            group: 3,
-            smtp: Smtp::Allow as u32
-        }
+        SourceRule::new(3, Smtp::Allow)
     );
     assert_eq!(
         image
@@ -739,6 +712,101 @@ fn example_policy_loads_and_compiles() {
             .map(|p| p.to_string())
             .collect::<Vec<_>>(),
         ["203.0.113.25/32", "2001:db8:ffff::25/128"]
+    );
+}
+
+#[test]
+fn a_groups_mode_compiles_into_each_of_its_rules() {
+    let source = "version: 1
+mode: enforce
+groups:
+  - name: residential
+    smtp: block
+    prefixes: [100.64.0.0/10]
+  - name: pilot
+    smtp: block
+    mode: monitor
+    prefixes: [198.18.0.0/15, \"2001:db8:4000::/48\"]
+  - name: strict
+    smtp: block
+    mode: enforce
+    prefixes: [192.0.2.0/24]
+";
+    let loaded = parse(source, FILE).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let policy = loaded.policy;
+    let modes: Vec<_> = policy.groups.iter().map(|g| g.mode).collect();
+    assert_eq!(modes, [None, Some(Mode::Monitor), Some(Mode::Enforce)]);
+    let image = policy.compile();
+    assert!(!image.config.monitor());
+    let rule = |p: &str| *image.source(net(p)).unwrap();
+    assert_eq!(
+        rule("100.64.0.0/10"),
+        SourceRule::with_mode(1, Smtp::Block, GroupMode::Policy)
+    );
+    for prefix in ["198.18.0.0/15", "2001:db8:4000::/48"] {
+        assert_eq!(
+            rule(prefix),
+            SourceRule::with_mode(2, Smtp::Block, GroupMode::Monitor)
+        );
+    }
+    assert_eq!(
+        rule("192.0.2.0/24"),
+        SourceRule::with_mode(3, Smtp::Block, GroupMode::Enforce)
+    );
+}
+
+#[test]
+fn a_bad_group_mode_is_an_error_at_its_value_and_one_on_an_allow_group_a_warning() {
+    let source = "version: 1
+groups:
+  - name: pilot
+    smtp: block
+    mode: monitr
+    prefixes: [198.18.0.0/15]
+  - name: other
+    smtp: block
+    mode: [monitor]
+    prefixes: [100.64.0.0/10]
+";
+    let got: Vec<_> = diagnostics(source)
+        .iter()
+        .map(|d| (at(d), d.message.clone(), d.hint.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                (5, 11),
+                "unknown value \"monitr\" for mode".to_string(),
+                "did you mean \"monitor\"? allowed values: enforce, monitor".to_string()
+            ),
+            (
+                (9, 11),
+                "expected a value for mode, found a list".to_string(),
+                "allowed values: enforce, monitor".to_string()
+            ),
+        ]
+    );
+    let allow = "version: 1
+groups:
+  - name: leased-line
+    smtp: allow
+    mode: monitor
+    prefixes: [198.51.100.128/25]
+";
+    let loaded = parse(allow, FILE).unwrap();
+    let warnings: Vec<_> = loaded
+        .warnings
+        .iter()
+        .map(|d| (at(d), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        warnings,
+        [(
+            (5, 11),
+            "group \"leased-line\" allows: its mode has no effect, nothing of it is dropped"
+        )]
     );
 }
 

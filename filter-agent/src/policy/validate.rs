@@ -39,7 +39,7 @@ const RADIUS_CLIENT_KEYS: &[&str] = &["address", "secret_file"];
 /// RADIUS sessions last from a minute without an update to a month.
 const MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
-const GROUP_KEYS: &[&str] = &["name", "smtp", "prefixes"];
+const GROUP_KEYS: &[&str] = &["name", "smtp", "mode", "prefixes"];
 const INTERFACE_KEYS: &[&str] = &["name", "xdp_mode", "attach", "priority"];
 const RELAY_LIMIT_KEYS: &[&str] = &["syn_per_minute", "burst"];
 const OFFENDERS_KEYS: &[&str] = &["alert_after", "window"];
@@ -621,12 +621,25 @@ impl Checker<'_> {
         let smtp = self
             .required(&fields, "smtp")
             .and_then(|n| self.choice(n, "smtp", SMTP));
+        // Absent: the policy's mode. A value that is no mode is an error, not the default.
+        let mode = match fields.get("mode") {
+            None => Some(None),
+            Some(n) => self.choice(n, "mode", MODES).map(Some),
+        };
+        if let (Some(node), Some(Smtp::Allow), Some(Some(_))) = (fields.get("mode"), smtp, mode) {
+            self.warning(
+                node.pos,
+                format!("{label} allows: its mode has no effect, nothing of it is dropped"),
+                Some("a group's mode matters only with `smtp: block`".to_string()),
+            );
+        }
         let prefixes = self
             .required(&fields, "prefixes")
             .map(|n| self.group_prefixes(n, index, &label, seen));
         Some(Group {
             name: name?.to_string(),
             smtp: smtp?,
+            mode: mode?,
             prefixes: prefixes?,
         })
     }
