@@ -171,7 +171,7 @@ fn start_agent(bench: &Bench, policy: &Path) -> Result<AgentProcess> {
     AgentProcess::spawn(&AgentOptions {
         binary: AGENT.into(),
         netns: netns::path(&bench.netns()),
-        policy: policy.to_owned(),
+        policy: Some(policy.to_owned()),
         pin_path: bench.pin_path().into(),
         socket: bench.socket(),
         state_dir: bench.dir().join("state"),

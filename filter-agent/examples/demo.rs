@@ -614,7 +614,7 @@ impl Agent {
         Ok(Agent(AgentProcess::spawn(&AgentOptions {
             binary: binary.to_owned(),
             netns: lab.netns_path(Ns::Router),
-            policy: policy_file.to_owned(),
+            policy: Some(policy_file.to_owned()),
             pin_path: PIN_PATH.into(),
             socket: dir.join("control.sock"),
             state_dir: dir.join("state"),

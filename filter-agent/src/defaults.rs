@@ -10,3 +10,11 @@ pub const CONTROL_SOCKET: &str = "/run/filter-agent/control.sock";
 pub const STATE_DIR: &str = "/var/lib/filter-agent";
 /// The exemptions file's name inside the state directory.
 pub const EXEMPTIONS_FILE: &str = "exemptions.yaml";
+/// The last good policy fetched from `--policy-url`, with its signature, inside the state
+/// directory.
+pub const FETCHED_POLICY_FILE: &str = "fetched-policy.json";
+/// How often `--policy-url` is polled.
+pub const POLICY_POLL: &str = "30s";
+/// The CA certificates an https `--policy-url` must chain to: Debian's bundle of the
+/// system's trusted roots (ca-certificates; `update-ca-certificates` adds a private CA).
+pub const POLICY_CA: &str = "/etc/ssl/certs/ca-certificates.crt";

@@ -15,5 +15,6 @@ pub mod plan;
 pub mod policy;
 pub mod replay;
 pub mod rfc3339;
+pub mod source;
 pub mod state_file;
 pub mod subscribers;

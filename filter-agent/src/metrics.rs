@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub offenders_over_threshold: u64,
     /// Changes applied with --confirm-within that the agent rolled back by itself.
     pub automatic_rollbacks: u64,
+    /// Fetches of the policy URL by outcome; empty for a policy file.
+    pub policy_fetches: Vec<(crate::source::Outcome, u64)>,
 }
 
 /// What the program did besides passing and dropping, from ACTION_STATS.
@@ -124,6 +126,7 @@ impl Default for Snapshot {
             actions: Actions::default(),
             offenders_over_threshold: 0,
             automatic_rollbacks: 0,
+            policy_fetches: Vec::new(),
         }
     }
 }
@@ -258,6 +261,15 @@ impl Collector for SnapshotCollector {
             Some(Unit::Seconds),
             "Unix time of the last policy reload attempt, applied or refused.",
             [([] as [(&str, &str); 0], reload_time)],
+        )?;
+        counters(
+            &mut encoder,
+            "policy_fetch",
+            None,
+            "Fetches of the signed policy URL (run --policy-url), by outcome: applied, unchanged, not-modified, or refused (bad-signature, invalid, http-error, unreachable) with the policy in force untouched.",
+            s.policy_fetches
+                .iter()
+                .map(|(outcome, n)| ([("outcome", outcome.name())], *n)),
         )?;
         counters(
             &mut encoder,
@@ -606,6 +618,10 @@ mod tests {
             },
             offenders_over_threshold: 1,
             automatic_rollbacks: 1,
+            policy_fetches: vec![
+                (crate::source::Outcome::NotModified, 12),
+                (crate::source::Outcome::BadSignature, 2),
+            ],
         }
     }
 
@@ -725,6 +741,9 @@ mod tests {
             "filter_agent_last_reload_success 1",
             "# UNIT filter_agent_last_reload_timestamp_seconds seconds",
             "filter_agent_last_reload_timestamp_seconds 1700000000.5",
+            "# TYPE filter_agent_policy_fetch counter",
+            r#"filter_agent_policy_fetch_total{outcome="not-modified"} 12"#,
+            r#"filter_agent_policy_fetch_total{outcome="bad-signature"} 2"#,
             "# TYPE filter_agent_automatic_rollbacks counter",
             "filter_agent_automatic_rollbacks_total 1",
             "# HELP filter_agent_attached 1 for each interface the filter is attached to, with its XDP mode and program id.",
@@ -748,8 +767,8 @@ mod tests {
         let samples = parse(&text);
         assert_eq!(
             samples.len(),
-            // The last 1: the attached_info sample.
-            4 * 2 + 2 * 2 + 2 + 4 + 7 + 1 + 2 + 1 + 1,
+            // The attached_info sample, then the two policy fetch samples.
+            4 * 2 + 2 * 2 + 2 + 4 + 7 + 1 + 2 + 1 + 1 + 2,
             "{text}"
         );
         let group = samples
@@ -791,7 +810,7 @@ mod tests {
     fn empty_snapshot_still_describes_every_family() {
         let text = render(&Snapshot::default());
         let samples = parse(&text);
-        assert_eq!(text.matches("# TYPE ").count(), 19, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 20, "{text}");
         let names: Vec<_> = samples.iter().map(|s| s.name.as_str()).collect();
         let mut expected = vec!["filter_agent_exemptions"];
         // Every outcome, so a rate() over it never starts from a missing series.

@@ -39,7 +39,8 @@ pub struct AgentOptions {
     /// The network namespace it runs in (`/run/netns/NAME`), entered with
     /// [`crate::netns::command`].
     pub netns: PathBuf,
-    pub policy: PathBuf,
+    /// `--policy FILE`; `None` when `args` give `--policy-url`.
+    pub policy: Option<PathBuf>,
     pub pin_path: PathBuf,
     pub socket: PathBuf,
     /// `--state-dir`: the exemptions file and everything else the agent persists.
@@ -69,10 +70,11 @@ pub struct AgentProcess {
 impl AgentProcess {
     pub fn spawn(options: &AgentOptions) -> anyhow::Result<AgentProcess> {
         let mut cmd = crate::netns::command(&options.netns, &options.binary);
-        cmd.arg("run")
-            .arg("--policy")
-            .arg(&options.policy)
-            .arg("--pin-path")
+        cmd.arg("run");
+        if let Some(policy) = &options.policy {
+            cmd.arg("--policy").arg(policy);
+        }
+        cmd.arg("--pin-path")
             .arg(&options.pin_path)
             .arg("--socket")
             .arg(&options.socket)
@@ -330,10 +332,39 @@ impl Scratch {
         extra: &[&str],
         env: Vec<(String, String)>,
     ) -> AgentProcess {
+        self.spawn(lab, Some(self.policy()), extra, env)
+    }
+
+    /// Starts `filter-agent run --policy-url URL --policy-key KEY` (and `extra`) in the
+    /// router namespace on these files, without waiting.
+    pub fn spawn_agent_from_url(
+        &self,
+        lab: &Lab,
+        url: &str,
+        key: &Path,
+        extra: &[&str],
+    ) -> AgentProcess {
+        let mut args = vec![
+            "--policy-url",
+            url,
+            "--policy-key",
+            key.to_str().expect("a UTF-8 key path"),
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(lab, None, &args, Vec::new())
+    }
+
+    fn spawn(
+        &self,
+        lab: &Lab,
+        policy: Option<PathBuf>,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> AgentProcess {
         AgentProcess::spawn(&AgentOptions {
             binary: self.binary.clone(),
             netns: lab.netns_path(Ns::Router),
-            policy: self.policy(),
+            policy,
             pin_path: self.pin_path.clone(),
             socket: self.socket(),
             state_dir: self.state_dir(),

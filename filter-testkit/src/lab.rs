@@ -177,9 +177,24 @@ impl Lab {
         Lab::with_prefix(&format!("l{:06x}{n:02x}", std::process::id()))
     }
 
+    /// [`Lab::create`], with the router's customer-facing veth named `router_if` (at most
+    /// 15 characters): labs whose routers share one policy text, as a fleet's do, need
+    /// the same interface name in each router namespace.
+    pub fn create_with_router_if(router_if: &str) -> anyhow::Result<Lab> {
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed) % 256;
+        Lab::build_named(
+            &format!("l{:06x}{n:02x}", std::process::id()),
+            Some(router_if),
+        )
+    }
+
     /// Creates a lab with a chosen prefix (1 to 9 of `[a-z0-9-]`), e.g. for the demo.
     /// Namespaces left over with these names (a killed earlier run) are deleted first.
     pub fn with_prefix(prefix: &str) -> anyhow::Result<Lab> {
+        Lab::build_named(prefix, None)
+    }
+
+    fn build_named(prefix: &str, router_if: Option<&str>) -> anyhow::Result<Lab> {
         if prefix.is_empty()
             || prefix.len() > 9
             || !prefix
@@ -199,7 +214,7 @@ impl Lab {
         let lab = Lab {
             prefix: prefix.to_owned(),
             customer_if: format!("{prefix}-cust"),
-            router_customer_if: format!("{prefix}-rcust"),
+            router_customer_if: router_if.map_or_else(|| format!("{prefix}-rcust"), str::to_string),
             router_internet_if: format!("{prefix}-rnet"),
             internet_if: format!("{prefix}-net"),
         };

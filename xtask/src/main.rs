@@ -83,7 +83,9 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 /// the tests that run beside other XDP programs; prometheus (the server and promtool) for
 /// the tests of the alerting rules and of a real scrape of the agents; dpkg-dev
 /// (dpkg-shlibdeps, and strip through binutils) and systemd (systemd-sysusers,
-/// systemd-analyze) to build the Debian package and test it in a scratch root.
+/// systemd-analyze) to build the Debian package and test it in a scratch root; minisign,
+/// whose signatures and keys the signed-policy tests exchange with filter-agent's own;
+/// ca-certificates for the CA bundle an https --policy-url is checked against by default.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -96,6 +98,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "dpkg-dev",
     "systemd",
+    "minisign",
+    "ca-certificates",
 ];
 
 fn main() -> Result<()> {

@@ -18,7 +18,9 @@ use super::{
 };
 use crate::{
     control::protocol::{Applied, Confirmed, How, PendingRollback, timestamp},
-    policy, state_file,
+    policy,
+    source::PolicySource,
+    state_file,
 };
 
 /// The mode a policy file gets when `apply` creates it.
@@ -49,12 +51,13 @@ impl Agent {
             self.record(origin);
         }
         Ok(Applied {
-            policy_file: self.state.policy_path.clone(),
+            policy_file: self.state.policy_file(),
             generation,
             sha256,
             new_generation,
             pending: None,
             settled: None,
+            fetch: None,
         })
     }
 
@@ -135,6 +138,7 @@ impl Agent {
         confirm_within: Option<&str>,
         origin: Origin,
     ) -> Result<Applied> {
+        self.refuse_under_url(origin.how)?;
         let confirm_within = confirm_within
             .map(|d| history::parse_confirm_within(d).map(|parsed| (d.trim(), parsed)))
             .transpose()
@@ -201,9 +205,24 @@ impl Agent {
         Ok(applied)
     }
 
+    /// `apply` and `rollback` make no sense while the policy comes from a URL: the next
+    /// fetch would undo them, or a 304 would keep them unseen by the fleet's source.
+    fn refuse_under_url(&self, how: How) -> Result<()> {
+        if let PolicySource::Url(url) = &self.state.source {
+            bail!(
+                "the policy comes from {} (run --policy-url): `{}` would be undone by the next fetch; publish the policy you want there, signed (`filter-agent sign`); the texts of earlier generations are in the state directory's history/N.yaml",
+                url.url,
+                how.name()
+            );
+        }
+        Ok(())
+    }
+
     /// Replaces the policy file whole, keeping its mode.
     fn write_policy_file(&self, text: &str) -> Result<()> {
-        let path = &self.state.policy_path;
+        let PolicySource::File { path, .. } = &self.state.source else {
+            bail!("the policy comes from a URL; there is no policy file to write");
+        };
         let mode = std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(POLICY_FILE_MODE);

@@ -31,8 +31,8 @@ use crate::{
             ExemptionEntry, ExemptionList, ExemptionSource, Explanation, FamilyCount, GroupCount,
             History, How, InterfaceCount, LastReload, MapUsage, OffenderAlerts, OffenderRow,
             Offenders, PLAN_WINDOW_SECONDS, Plan, PolicyStatus, PolicyUpload, ReasonCount,
-            RelayLimit, Response, SessionChange, SessionEntry, SessionList, Stats, Status,
-            StatusCounters, SubscriberExemptionEntry, timestamp,
+            RelayLimit, Response, SessionChange, SessionEntry, SessionList, SourceStatus, Stats,
+            Status, StatusCounters, SubscriberExemptionEntry, timestamp,
         },
     },
     dataplane::{self, Capacity, Dataplane},
@@ -42,6 +42,7 @@ use crate::{
     metrics::{Actions, AttachedMetric, Snapshot},
     plan,
     policy::Policy,
+    source::PolicySource,
     subscribers::{Feed, Session, SessionKey, SubscriberExemption, Subscribers, sessions},
 };
 
@@ -194,6 +195,24 @@ impl Handler for AgentHandler {
                 ))
             }
             Request::Reload => {
+                let now = self
+                    .lock()?
+                    .state
+                    .fetch
+                    .as_ref()
+                    .and_then(|f| f.now.clone());
+                if let Some(now) = now {
+                    // Fetched by the fetch task, waited for here (a blocking thread), the
+                    // agent unlocked meanwhile.
+                    let (reply, outcome) = tokio::sync::oneshot::channel();
+                    now.blocking_send(Some(reply))
+                        .map_err(|_| ControlError::Failed("the fetch task has stopped".into()))?;
+                    let applied = outcome
+                        .blocking_recv()
+                        .map_err(|_| ControlError::Failed("the fetch task has stopped".into()))?
+                        .map_err(ControlError::Failed)?;
+                    return Ok(Response::Applied(applied));
+                }
                 let origin = Origin::new(How::Reload, Some(peer.user.clone()));
                 let applied = self.lock()?.reload(origin).map_err(failed)?;
                 Ok(Response::Applied(applied))
@@ -460,7 +479,7 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
         program_id: interfaces.first().map(|i| i.program_id),
         interfaces,
         policy: PolicyStatus {
-            file: state.policy_path.clone(),
+            file: state.policy_file(),
             sha256: state.policy_sha256.clone(),
             loaded_at: timestamp(state.policy_loaded_at),
             generation: state.generation,
@@ -500,6 +519,7 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
         exemptions: state.exemptions.len(),
         sessions: state.subscribers.sessions.len(),
         subscriber_exemptions: state.subscribers.exemptions.len(),
+        source: Some(source_status(state)),
         counters: StatusCounters {
             packets: stats.by_reason.iter().map(|r| r.packets).sum(),
             blocked: count(Reason::Blocked),
@@ -512,6 +532,34 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
             events_lost: stats.actions.events_lost,
             offender_alerts: stats.actions.offender_alerts,
             offenders_over_threshold: stats.offenders_over_threshold,
+        },
+    }
+}
+
+/// The policy file, or the URL with its last fetch.
+fn source_status(state: &State) -> SourceStatus {
+    match (&state.source, &state.fetch) {
+        (_, Some(fetch)) => SourceStatus::Url {
+            url: fetch.url.clone(),
+            key: fetch.key.clone(),
+            key_id: fetch.key_id.clone(),
+            poll_seconds: fetch.poll.as_secs(),
+            cache: fetch.cache.clone(),
+            etag: fetch.etag.clone(),
+            last_fetch: fetch.last.clone(),
+        },
+        (PolicySource::File { path, watch }, None) => SourceStatus::File {
+            path: path.clone(),
+            watched: *watch,
+        },
+        (PolicySource::Url(url), None) => SourceStatus::Url {
+            url: url.url.clone(),
+            key: url.key.clone(),
+            key_id: String::new(),
+            poll_seconds: url.poll.as_secs(),
+            cache: PathBuf::new(),
+            etag: None,
+            last_fetch: None,
         },
     }
 }
@@ -644,7 +692,7 @@ fn exemption_list(state: &State) -> ExemptionList {
                 prefix,
                 source: ExemptionSource::Policy,
                 reason: format!("group {}", group.name),
-                added_by: state.policy_path.display().to_string(),
+                added_by: state.source.label(),
                 added_at: timestamp(state.policy_loaded_at),
                 expires_at: None,
             });
@@ -836,6 +884,12 @@ pub fn counters(agent: &mut Agent) -> Result<Counters> {
         last_reload_time: agent.state.last_reload.at,
         attached_interfaces: Vec::new(),
         automatic_rollbacks: agent.state.automatic_rollbacks,
+        policy_fetches: agent
+            .state
+            .fetch
+            .as_ref()
+            .map(|f| f.counted())
+            .unwrap_or_default(),
     };
     let stats = Stats {
         at: timestamp(SystemTime::now()),
@@ -950,7 +1004,11 @@ relays: [203.0.113.25]
         ));
         let dir = store.parent().unwrap().to_path_buf();
         State {
-            policy_path: "/etc/filter-agent/policy.yaml".into(),
+            source: crate::source::PolicySource::File {
+                path: "/etc/filter-agent/policy.yaml".into(),
+                watch: true,
+            },
+            fetch: None,
             policy: loaded.policy,
             policy_text: policy.to_string(),
             policy_sha256: "ab".repeat(32),

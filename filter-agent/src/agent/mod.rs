@@ -6,6 +6,7 @@
 mod change;
 pub mod clock;
 pub mod events;
+mod fetch;
 mod handler;
 mod history;
 pub mod offenders;
@@ -32,10 +33,12 @@ use tokio::{
 use crate::{
     control::{self, protocol::How},
     dataplane::{self, Capacity, Dataplane, PinDir},
+    defaults,
     exemptions::ExemptionStore,
     image::MapImage,
     metrics,
     policy::{self, Policy, RadiusAccounting},
+    source::{PolicySource, fetch as fetch_source},
     subscribers::{
         Subscribers,
         accounting::{self, Client, Clients},
@@ -59,15 +62,103 @@ pub fn run(options: AgentOptions) -> Result<()> {
         .block_on(run_async(options))
 }
 
-/// Loads the policy, logging its warnings; errors are returned whole. Returns the policy,
-/// its text and the text's SHA-256.
-fn load_policy(path: &Path) -> Result<(Policy, String, String)> {
-    let text = policy::read(path)?;
-    let policy = policy::parse_reporting(&text, &path.display().to_string(), |warning| {
+/// Parses the policy (`name` in diagnostics), logging its warnings; errors are returned
+/// whole. Returns the policy, its text and the text's SHA-256.
+fn load_policy(text: String, name: &str) -> Result<(Policy, String, String)> {
+    let policy = policy::parse_reporting(&text, name, |warning| {
         warn!("{}", one_line(&warning.to_string()));
     })?;
     let sha256 = policy::sha256_hex(text.as_bytes());
     Ok((policy, text, sha256))
+}
+
+/// How the agent follows a URL, once started.
+struct Following {
+    fetcher: Arc<fetch_source::Fetcher>,
+    state: fetch::FetchState,
+    /// Fetched at start: to cache and count once it is in force.
+    fetched: Option<(Option<String>, String)>,
+    /// Started from the cache: fetch at once, not after a poll.
+    from_cache: bool,
+}
+
+/// The policy text to start with: the file's; or for a URL the cached one (the server
+/// is asked right after), else a fetch now. Without either nothing is attached: the
+/// agent never starts unfiltered or on a policy it could not verify.
+fn initial_policy(options: &AgentOptions) -> Result<(String, Option<Following>)> {
+    let url = match &options.source {
+        PolicySource::File { path, .. } => {
+            let text = policy::read(path)
+                .with_context(|| format!("policy {} rejected; nothing attached", path.display()))?;
+            return Ok((text, None));
+        }
+        PolicySource::Url(url) => url,
+    };
+    let fetcher = fetch_source::Fetcher::new(url).context("nothing attached")?;
+    let cache = options.state_dir.join(defaults::FETCHED_POLICY_FILE);
+    let mut state = fetch::FetchState::new(
+        url.url.clone(),
+        url.key.clone(),
+        fetcher.key().id(),
+        url.poll,
+        cache.clone(),
+    );
+    let cached = match fetch::usable_cache(&cache, &url.url, fetcher.key()) {
+        Ok(cached) => cached,
+        Err(why) => {
+            warn!("the cached policy is not used: {why}");
+            None
+        }
+    };
+    if let Some(cached) = cached {
+        info!(
+            "enforcing the cached policy of {} (fetched {}, sha256 {}, signature verified with key {}) until the server answers",
+            url.url,
+            cached.fetched_at,
+            &cached.sha256[..16],
+            fetcher.key().id()
+        );
+        state.etag = cached.etag;
+        let following = Following {
+            fetcher: Arc::new(fetcher),
+            state,
+            fetched: None,
+            from_cache: true,
+        };
+        return Ok((cached.policy, Some(following)));
+    }
+    match fetcher.fetch(None) {
+        Ok(fetch_source::Fetched::Signed {
+            text,
+            signature,
+            etag,
+        }) => {
+            info!(
+                "fetched the policy from {} (etag {})",
+                url.url,
+                etag.as_deref().unwrap_or("none")
+            );
+            let following = Following {
+                fetcher: Arc::new(fetcher),
+                state,
+                fetched: Some((etag, signature)),
+                from_cache: false,
+            };
+            Ok((text, Some(following)))
+        }
+        Ok(fetch_source::Fetched::NotModified) => {
+            bail!(
+                "{}: 304 Not Modified to a request without If-None-Match; nothing attached",
+                url.url
+            )
+        }
+        Err(refused) => bail!(
+            "no policy to enforce: no usable cached policy in {} and the fetch was refused ({}): {}; nothing attached (the agent retries when restarted, e.g. by systemd's Restart=on-failure)",
+            cache.display(),
+            refused.outcome.name(),
+            refused.reason
+        ),
+    }
 }
 
 /// Journald and log shippers want one event per line.
@@ -95,12 +186,10 @@ fn check_interfaces(policy: &Policy) -> Result<()> {
 
 async fn run_async(options: AgentOptions) -> Result<()> {
     let started = Instant::now();
-    let (policy, text, sha256) = load_policy(&options.policy).with_context(|| {
-        format!(
-            "policy {} rejected; nothing attached",
-            options.policy.display()
-        )
-    })?;
+    let (text, following) = initial_policy(&options)?;
+    let label = options.source.label();
+    let (policy, text, sha256) = load_policy(text, &label)
+        .with_context(|| format!("policy {label} rejected; nothing attached"))?;
     check_interfaces(&policy)?;
     std::fs::create_dir_all(&options.state_dir).with_context(|| {
         format!(
@@ -146,7 +235,8 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         pins,
         dataplane,
         state: State {
-            policy_path: options.policy.clone(),
+            source: options.source.clone(),
+            fetch: None,
             // Set by `apply_image` below, like the policy.
             policy_image: MapImage::new(applied.config),
             policy: policy.clone(),
@@ -182,6 +272,31 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         agent.record(Origin::new(How::Start, None));
     }
     agent.state.last_reload.message = format!("generation {} in force", agent.state.generation);
+    let mut fetch_task = None;
+    if let Some(Following {
+        fetcher,
+        state,
+        fetched,
+        from_cache,
+    }) = following
+    {
+        let (now_tx, now_rx) = mpsc::channel(4);
+        let poll = state.poll;
+        agent.state.fetch = Some(fetch::FetchState {
+            now: Some(now_tx),
+            ..state
+        });
+        if let Some((etag, signature)) = fetched {
+            agent.fetched_at_start(etag, signature);
+        }
+        if agent.state.pending.get().is_some() {
+            warn!(
+                "the policy now comes from {label}: the pending rollback of an earlier `apply` is dropped"
+            );
+            agent.state.pending.set(None)?;
+        }
+        fetch_task = Some((fetcher, now_rx, from_cache, poll));
+    }
     if let Some((pending, left)) = agent.pending_deadline() {
         warn!(
             "generation {} is not confirmed: generation {} is applied again in {} unless `filter-agent confirm` comes first",
@@ -194,15 +309,26 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     // a SIGHUP sent (or a file saved) right after the announcement is a reload, not the
     // default action (death) or a missed change. Both queue until the loop below runs.
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
-    // With --no-watch the sender is dropped: the file is read on SIGHUP and `reload` only.
-    let _watcher = if options.watch {
-        Some(watch(&options.policy, file_tx)?)
-    } else {
-        info!(
-            "not watching {}: it is read on SIGHUP and `filter-agent reload`",
-            options.policy.display()
-        );
-        None
+    // With --no-watch (or a URL) the sender is dropped: the file is read on SIGHUP and
+    // `reload` only.
+    let _watcher = match &options.source {
+        PolicySource::File { path, watch: true } => Some(watch(path, file_tx)?),
+        PolicySource::File { path, watch: false } => {
+            info!(
+                "not watching {}: it is read on SIGHUP and `filter-agent reload`",
+                path.display()
+            );
+            None
+        }
+        PolicySource::Url(url) => {
+            info!(
+                "following {} every {} (key {}); SIGHUP and `filter-agent reload` fetch it now",
+                url.url,
+                humantime::format_duration(url.poll),
+                url.key.display()
+            );
+            None
+        }
     };
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -255,6 +381,15 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     };
 
     let agent = Arc::new(Mutex::new(agent));
+    if let Some((fetcher, now_rx, from_cache, poll)) = fetch_task {
+        tokio::spawn(fetch::follow(
+            agent.clone(),
+            fetcher,
+            poll,
+            now_rx,
+            from_cache,
+        ));
+    }
     tokio::spawn(control::serve(
         listener,
         control::Permissions { writers_gid },
@@ -283,7 +418,17 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                let _ = lock().reload(Origin::new(How::Sighup, None));
+                let now = lock().state.fetch.as_ref().and_then(|f| f.now.clone());
+                match now {
+                    // The fetch task logs what it came to.
+                    Some(now) => {
+                        info!("SIGHUP: fetching the policy now");
+                        let _ = now.try_send(None);
+                    }
+                    None => {
+                        let _ = lock().reload(Origin::new(How::Sighup, None));
+                    }
+                }
             }
             Some(()) = file_rx.recv() => {
                 // Let the burst of events from one save settle, then reload once.

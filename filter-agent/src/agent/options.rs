@@ -3,11 +3,13 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use crate::source::PolicySource;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentOptions {
-    /// The policy file; re-read on SIGHUP and `reload`, and when it changes if `watch`.
-    pub policy: PathBuf,
-    pub watch: bool,
+    /// The policy file (re-read on SIGHUP and `reload`, and when it changes if watched),
+    /// or the URL of a signed policy (fetched every poll, on SIGHUP and `reload`).
+    pub source: PolicySource,
     /// Where maps and links are pinned.
     pub pin_path: PathBuf,
     /// The control socket.

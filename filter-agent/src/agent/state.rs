@@ -18,6 +18,7 @@ use super::{
     check_interfaces,
     clock::{self, Clock},
     events::{self, Names},
+    fetch::FetchState,
     history::{Origin, PendingStore, PolicyHistory},
     ifindex,
     offenders::{AlertSettings, OverThreshold},
@@ -28,6 +29,7 @@ use crate::{
     exemptions::{self, Exemption, ExemptionStore},
     image::MapImage,
     policy::{self, Policy},
+    source::PolicySource,
     subscribers::{
         self, Session, SubscriberExemption, Subscribers,
         accounting::{Change, Clients, Counters},
@@ -51,7 +53,9 @@ pub struct Agent {
 
 /// What is in force, as plain data: everything a reply reads that is not in the kernel.
 pub struct State {
-    pub policy_path: PathBuf,
+    /// Where the policy comes from: a file, or a URL (then `fetch` is set).
+    pub source: PolicySource,
+    pub fetch: Option<FetchState>,
     /// The policy in force, its text, its hash and when it was loaded.
     pub policy: Policy,
     pub policy_text: String,
@@ -170,7 +174,7 @@ impl Agent {
         self.state.generation = generation;
         info!(
             "policy={} generation={} groups={} prefixes={} relays={} exemptions={} {report} applied_ms={}",
-            self.state.policy_path.display(),
+            self.state.source.label(),
             self.state.generation,
             policy.groups.len(),
             policy.prefix_count(),
@@ -217,7 +221,9 @@ impl Agent {
     pub fn reload(&mut self, origin: Origin) -> Result<Applied> {
         info!("reload requested ({})", origin.how.name());
         let started = Instant::now();
-        let path = self.state.policy_path.clone();
+        let PolicySource::File { path, .. } = self.state.source.clone() else {
+            bail!("the policy comes from a URL: it is fetched, not read from a file");
+        };
         let result = policy::read(&path)
             .map_err(anyhow::Error::from)
             .and_then(|text| self.change_to(text, &path.display().to_string(), origin));
@@ -657,6 +663,16 @@ impl Agent {
 }
 
 impl State {
+    /// The file that holds the text in force: the policy file, or the cache of the
+    /// policy fetched from a URL.
+    pub fn policy_file(&self) -> PathBuf {
+        match (&self.source, &self.fetch) {
+            (_, Some(fetch)) => fetch.cache.clone(),
+            (PolicySource::File { path, .. }, None) => path.clone(),
+            (PolicySource::Url(url), None) => PathBuf::from(&url.url),
+        }
+    }
+
     /// What the maps hold for `policy_image`: it, the CLI exemptions and the subscribers'
     /// exemptions; and the CLI exemptions the policy itself now lists (skipped).
     pub fn with_exemptions(&self, policy_image: &MapImage) -> (MapImage, Vec<IpNet>) {

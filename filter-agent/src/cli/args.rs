@@ -4,7 +4,12 @@ use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{agent::AgentOptions, control::protocol::DEFAULT_TOP_OFFENDERS, defaults, replay};
+use crate::{
+    agent::AgentOptions,
+    control::protocol::DEFAULT_TOP_OFFENDERS,
+    defaults, replay,
+    source::{PolicySource, UrlSource},
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,10 +31,42 @@ pub enum Command {
     #[command(after_help = "Examples:
   filter-agent run --policy /etc/filter-agent/policy.yaml
   filter-agent run --policy policies/lab.yaml --pin-path /sys/fs/bpf/filter-agent-lab
-  kill -HUP $(pidof filter-agent)     # reload now
+  filter-agent run --policy-url https://policy.example.net/edge.yaml --policy-key /etc/filter-agent/policy.pub --poll 30s
+  kill -HUP $(pidof filter-agent)     # reload now (with --policy-url: fetch now)
 
 Logging: RUST_LOG=debug for more detail; one event per line.")]
     Run(RunArgs),
+    /// Make an Ed25519 key pair for signing policies (minisign's format, no password):
+    /// KEY (mode 0600, the secret: keep it on the signing host) and KEY.pub (for the
+    /// agents' --policy-key). Existing files are never overwritten.
+    #[command(after_help = "Examples:
+  filter-agent keygen --out /etc/filter-agent/signing.key
+  scp /etc/filter-agent/signing.key.pub router1:/etc/filter-agent/policy.pub")]
+    Keygen {
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+    },
+    /// Sign a policy file: writes POLICY.yaml.sig (minisign's format; `minisign -Vm
+    /// POLICY.yaml -p KEY.pub` verifies it). A key with a password asks for it on the
+    /// terminal.
+    #[command(after_help = "Examples:
+  filter-agent check --policy edge.yaml && filter-agent sign --key signing.key edge.yaml
+  minisign -S -s signing.key -m edge.yaml      # the same, with the minisign tool")]
+    Sign {
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(value_name = "POLICY.yaml")]
+        policy: PathBuf,
+    },
+    /// Check POLICY.yaml.sig against POLICY.yaml and a public key: exit 0 valid, 1 not
+    /// valid, 2 when a file cannot be read.
+    #[command(after_help = "Example:\n  filter-agent verify --key policy.pub edge.yaml")]
+    Verify {
+        #[arg(long, value_name = "KEY.pub")]
+        key: PathBuf,
+        #[arg(value_name = "POLICY.yaml")]
+        policy: PathBuf,
+    },
     /// What the running agent is doing: interfaces, program, policy, maps, counters.
     #[command(
         after_help = "Examples:\n  filter-agent status\n  filter-agent status --json | jq .policy"
@@ -186,7 +223,8 @@ run (no root or BPF, an unreadable or invalid policy, an unreadable capture).")]
         json: bool,
     },
     /// Ask the agent to re-read its policy file and wait: exit 0 when applied, 1 (with
-    /// the errors, each at its line) when refused; the policy in force then stays.
+    /// the errors, each at its line) when refused; the policy in force then stays. An
+    /// agent that follows --policy-url fetches it now instead (exit 1 when refused).
     #[command(after_help = "Examples:
   filter-agent reload
   systemctl reload filter-agent     # ExecReload runs `filter-agent reload`")]
@@ -304,12 +342,32 @@ fn parse_confirm_within(text: &str) -> Result<String, String> {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The policy file; watched, and re-read on SIGHUP and `filter-agent reload`.
-    #[arg(long, value_name = "FILE")]
-    pub policy: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "policy_url",
+        conflicts_with = "policy_url"
+    )]
+    pub policy: Option<PathBuf>,
     /// Do not watch the policy file: read it only at start, on SIGHUP and on
     /// `filter-agent reload` (for sites where saving a file must not change the network).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "policy_url")]
     pub no_watch: bool,
+    /// Follow a signed policy at URL (http or https) instead of a file: URL and URL.sig
+    /// are fetched every --poll, on SIGHUP and on `filter-agent reload`; the last good
+    /// one is kept in STATE_DIR for a start while the server is down.
+    #[arg(long, value_name = "URL", requires = "policy_key")]
+    pub policy_url: Option<String>,
+    /// The minisign public key (KEY.pub, from `filter-agent keygen` or `minisign -G`)
+    /// the policy at --policy-url must be signed with.
+    #[arg(long, value_name = "KEY.pub", requires = "policy_url")]
+    pub policy_key: Option<PathBuf>,
+    /// How often to fetch --policy-url (each wait random between 80 % and 100 % of it).
+    #[arg(long, value_name = "DURATION", requires = "policy_url", value_parser = crate::source::parse_poll)]
+    pub poll: Option<std::time::Duration>,
+    /// CA certificates (PEM) an https --policy-url must chain to.
+    #[arg(long, value_name = "FILE", requires = "policy_url", default_value = defaults::POLICY_CA)]
+    pub policy_ca: PathBuf,
     /// Where maps and links are pinned (bpffs is mounted there if needed).
     #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH)]
     pub pin_path: PathBuf,
@@ -340,6 +398,10 @@ impl From<RunArgs> for AgentOptions {
         let RunArgs {
             policy,
             no_watch,
+            policy_url,
+            policy_key,
+            poll,
+            policy_ca,
             pin_path,
             socket,
             socket_group,
@@ -348,9 +410,23 @@ impl From<RunArgs> for AgentOptions {
             state_file,
             metrics,
         } = args;
+        // clap holds --policy and --policy-url (with --policy-key) exclusive, one required.
+        let source = match (policy, policy_url, policy_key) {
+            (_, Some(url), Some(key)) => PolicySource::Url(UrlSource {
+                url,
+                key,
+                poll: poll.unwrap_or_else(|| {
+                    crate::source::parse_poll(defaults::POLICY_POLL).expect("the default poll")
+                }),
+                ca: policy_ca,
+            }),
+            (path, ..) => PolicySource::File {
+                path: path.unwrap_or_default(),
+                watch: !no_watch,
+            },
+        };
         AgentOptions {
-            policy,
-            watch: !no_watch,
+            source,
             pin_path,
             socket,
             socket_group,

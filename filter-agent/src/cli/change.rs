@@ -49,6 +49,14 @@ fn render_applied(applied: &Applied) -> String {
             applied.policy_file.display()
         )
     };
+    if let Some(fetch) = &applied.fetch {
+        out += &format!(
+            "fetched {} at {}: {}\n",
+            fetch.url,
+            fetch.at,
+            fetch.outcome.name()
+        );
+    }
     if let Some(pending) = &applied.pending {
         out += &format!(
             "unconfirmed: run `filter-agent confirm` within {} (by {}), or the agent applies generation {} again\n",

@@ -15,7 +15,7 @@ use crate::control::{
     self, Request,
     protocol::{
         EventRate, ExemptionChange, ExemptionList, OffenderAlerts, Offenders, PolicyStatus,
-        RelayLimit, SessionChange, SessionEntry, SessionList, Stats, Status, sorted,
+        RelayLimit, SessionChange, SessionEntry, SessionList, SourceStatus, Stats, Status, sorted,
     },
 };
 use crate::dataplane::ChainProgram;
@@ -107,6 +107,47 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where the policy comes from; for a URL, the last fetch.
+fn render_source(source: &SourceStatus) -> String {
+    match source {
+        SourceStatus::File { path, watched } => format!(
+            "source       file {}{}\n",
+            path.display(),
+            if *watched {
+                " (watched)"
+            } else {
+                " (not watched)"
+            }
+        ),
+        SourceStatus::Url {
+            url,
+            key,
+            key_id,
+            poll_seconds,
+            cache,
+            etag,
+            last_fetch,
+        } => {
+            let mut out = format!(
+                "source       {url} (key {} id {key_id}, poll {poll_seconds}s, cache {})\n",
+                key.display(),
+                cache.display()
+            );
+            out += &match last_fetch {
+                Some(last) => format!(
+                    "last fetch   {} at {}: {} (etag {})\n",
+                    last.outcome.name(),
+                    last.at,
+                    last.message,
+                    etag.as_deref().unwrap_or("none")
+                ),
+                None => "last fetch   none yet\n".to_string(),
+            };
+            out
+        }
+    }
+}
+
 fn render_status(status: &Status) -> String {
     let policy = &status.policy;
     let reload = &status.last_reload;
@@ -145,6 +186,9 @@ fn render_status(status: &Status) -> String {
         reload.at,
         reload.message
     );
+    if let Some(source) = &status.source {
+        out += &render_source(source);
+    }
     out += &format!("limits       {}\n", limits(policy));
     out += &format!(
         "counters     {} packets seen, {} blocked, {} monitored, {} malformed, {} rate-limited, {} resets sent\n",

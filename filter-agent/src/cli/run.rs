@@ -13,7 +13,7 @@ use super::{
 use crate::{
     agent, capture,
     control::{Request, protocol::Explanation},
-    explain, policy, replay,
+    explain, policy, replay, source,
 };
 
 pub fn main() -> ExitCode {
@@ -57,6 +57,36 @@ fn run(command: Command) -> Result<ExitCode> {
             agent::run(options.into())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen { out } => {
+            let (public, path) = source::sign::keygen(&out)?;
+            println!(
+                "secret key {} (mode 0600: keep it on the signing host)\npublic key {} (key id {}: give it to the agents as --policy-key)",
+                out.display(),
+                path.display(),
+                public.id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign { key, policy } => {
+            let sig = source::sign::sign(&key, &policy, &source::sign::ask_on_terminal)?;
+            println!("{}", sig.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { key, policy } => Ok(match source::sign::verify_file(&key, &policy) {
+            Ok(Ok(public)) => {
+                println!(
+                    "{}: signature ok (key id {})",
+                    policy.display(),
+                    public.id()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(Err(reason)) => {
+                eprintln!("{}: INVALID: {reason}", policy.display());
+                ExitCode::FAILURE
+            }
+            Err(err) => usage_failure(&format!("{err:#}")),
+        }),
         Command::Status { json, socket } => {
             render::status(&socket, json)?;
             Ok(ExitCode::SUCCESS)

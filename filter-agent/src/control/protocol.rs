@@ -360,6 +360,8 @@ pub enum How {
     Apply,
     /// `filter-agent rollback`, or an unconfirmed change undone by the agent.
     Rollback,
+    /// Fetched from the policy URL (`run --policy-url`), its signature verified.
+    Fetch,
 }
 
 impl How {
@@ -371,6 +373,7 @@ impl How {
             How::Reload => "reload",
             How::Apply => "apply",
             How::Rollback => "rollback",
+            How::Fetch => "fetch",
         }
     }
 }
@@ -417,6 +420,9 @@ pub struct Applied {
     pub pending: Option<PendingRollback>,
     /// An earlier pending rollback this change settled.
     pub settled: Option<PendingRollback>,
+    /// For a `reload` of an agent that follows a URL: what the fetch came to.
+    #[serde(default)]
+    pub fetch: Option<LastFetch>,
 }
 
 /// Reply to `confirm`.
@@ -629,6 +635,40 @@ pub struct Status {
     pub sessions: usize,
     #[serde(default)]
     pub subscriber_exemptions: usize,
+    /// Where the policy comes from (an older agent sends none).
+    #[serde(default)]
+    pub source: Option<SourceStatus>,
+}
+
+/// Where the policy in force comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum SourceStatus {
+    File {
+        path: PathBuf,
+        watched: bool,
+    },
+    Url {
+        url: String,
+        /// The public key file and its minisign key id.
+        key: PathBuf,
+        key_id: String,
+        poll_seconds: u64,
+        /// Where the last good policy and its signature are kept.
+        cache: PathBuf,
+        /// The ETag of the policy in force, sent as If-None-Match.
+        etag: Option<String>,
+        last_fetch: Option<LastFetch>,
+    },
+}
+
+/// The last fetch of the policy URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastFetch {
+    pub url: String,
+    pub at: String,
+    pub outcome: crate::source::Outcome,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
