@@ -189,6 +189,9 @@ fn a_fleet_follows_one_signed_policy_and_refuses_what_is_not_signed() {
     for router in &routers {
         assert!(router.fetches("not-modified") >= 1.0);
         assert_eq!(router.fetches("applied"), 2.0);
+        // `reload` fetches now and waits for the outcome.
+        let out = ok(router.scratch.cli(&["reload"]));
+        assert!(out.contains(": not-modified"), "{out}");
     }
 
     // Tampered: v1's text (residential blocked again) with v2's signature.
@@ -235,6 +238,9 @@ fn a_fleet_follows_one_signed_policy_and_refuses_what_is_not_signed() {
             Outcome::Connected,
             "v2 still in force"
         );
+        let out = router.scratch.cli(&["reload"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not with the trusted key"));
         // `apply` would be undone by the next fetch: refused, saying so.
         let out = router.scratch.cli(&[
             "apply",
