@@ -248,8 +248,14 @@ impl AgentProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                // Let the log reader drain.
-                std::thread::sleep(Duration::from_millis(50));
+                // The log reader ends at the end of stderr, which the exit closes; on a
+                // loaded machine it may still be reading the last lines.
+                let drained = Instant::now() + Duration::from_secs(5);
+                while self.reader.as_ref().is_some_and(|r| !r.is_finished())
+                    && Instant::now() < drained
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return Ok(Some(status));
             }
             if Instant::now() > deadline {
