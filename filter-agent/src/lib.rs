@@ -18,3 +18,4 @@ pub mod rfc3339;
 pub mod source;
 pub mod state_file;
 pub mod subscribers;
+pub mod web_config;

@@ -15,12 +15,15 @@ use std::{
 use anyhow::{Result, bail};
 use filter_common::{ActionStat, Counter, Family, Reason};
 
-use crate::subscribers::accounting::Outcome;
+use crate::{
+    subscribers::accounting::Outcome,
+    web_config::{Access, WebConfig},
+};
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::{CONTENT_TYPE, HeaderValue},
+    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
 };
@@ -33,8 +36,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpListener,
 };
 
 /// Everything a scrape reports, gathered by the agent at scrape time.
@@ -150,6 +153,14 @@ struct SnapshotCollector(Snapshot);
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
+
+        gauges(
+            &mut encoder,
+            "build_info",
+            None,
+            "Always 1; the agent's version in a label, to tell which routers run which build.",
+            [([("version", env!("CARGO_PKG_VERSION"))], 1u64)],
+        )?;
 
         let interfaces = summed(s.interfaces.iter().map(|(interface, family, reason, c)| {
             (
@@ -449,13 +460,25 @@ pub type SnapshotFn = dyn Fn() -> Result<Snapshot> + Send + Sync;
 /// anything else 404 (405 for methods other than GET and HEAD). One request per
 /// connection. Runs until the task is dropped; a failing connection or scrape is logged
 /// and never stops the server.
-pub async fn serve(listener: TcpListener, snapshot: Arc<SnapshotFn>) {
+///
+/// `web` adds TLS and basic auth (`--web-config`); with auth, every path needs it.
+pub async fn serve(listener: TcpListener, snapshot: Arc<SnapshotFn>, web: Arc<WebConfig>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let snapshot = snapshot.clone();
+                let (snapshot, web) = (snapshot.clone(), web.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, snapshot).await {
+                    let served = match &web.tls {
+                        None => connection(stream, snapshot, web.clone()).await,
+                        Some(tls) => {
+                            match tokio::time::timeout(IO_TIMEOUT, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => connection(stream, snapshot, web.clone()).await,
+                                Ok(Err(e)) => Err(anyhow::anyhow!("TLS handshake: {e}")),
+                                Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
+                            }
+                        }
+                    };
+                    if let Err(e) = served {
                         debug!("metrics: connection from {peer}: {e:#}");
                     }
                 });
@@ -469,10 +492,14 @@ pub async fn serve(listener: TcpListener, snapshot: Arc<SnapshotFn>) {
     }
 }
 
-async fn connection(mut stream: TcpStream, snapshot: Arc<SnapshotFn>) -> Result<()> {
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    snapshot: Arc<SnapshotFn>,
+    web: Arc<WebConfig>,
+) -> Result<()> {
     let service = service_fn(move |request| {
-        let snapshot = snapshot.clone();
-        async move { Ok::<_, Infallible>(respond(&request, snapshot).await) }
+        let (snapshot, web) = (snapshot.clone(), web.clone());
+        async move { Ok::<_, Infallible>(respond(&request, snapshot, web).await) }
     });
     // hyper borrows the stream, so that it is still ours to answer a late request head.
     let served = http1::Builder::new()
@@ -514,11 +541,31 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     response(status, "text/plain; charset=utf-8", format!("{body}\n"))
 }
 
-async fn respond(request: &Request<Incoming>, snapshot: Arc<SnapshotFn>) -> Response<Full<Bytes>> {
+async fn respond(
+    request: &Request<Incoming>,
+    snapshot: Arc<SnapshotFn>,
+    web: Arc<WebConfig>,
+) -> Response<Full<Bytes>> {
     // Origin form (`/metrics?...`) only, as a scraper sends it.
     let uri = request.uri();
     if uri.authority().is_some() || !uri.path().starts_with('/') {
         return text(StatusCode::BAD_REQUEST, "bad request");
+    }
+    if web.requires_auth() {
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        // bcrypt takes milliseconds of CPU: off the agent's runtime.
+        let access = tokio::task::spawn_blocking(move || web.check(authorization.as_deref())).await;
+        if !matches!(access, Ok(Access::Allowed)) {
+            let mut denied = text(StatusCode::UNAUTHORIZED, "unauthorized");
+            denied.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"filter-agent\""),
+            );
+            return denied;
+        }
     }
     let (method, path) = (request.method(), uri.path());
     if path != "/" && path != "/metrics" {
@@ -564,6 +611,7 @@ mod tests {
         collections::HashMap,
         io::{Read, Write},
         net::SocketAddr,
+        path::Path,
         time::Instant,
     };
 
@@ -764,11 +812,17 @@ mod tests {
             assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
         }
 
+        let build_info = format!(
+            "filter_agent_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(lines.contains(&build_info.as_str()), "{text}");
+
         let samples = parse(&text);
         assert_eq!(
             samples.len(),
-            // The attached_info sample, then the two policy fetch samples.
-            4 * 2 + 2 * 2 + 2 + 4 + 7 + 1 + 2 + 1 + 1 + 2,
+            // The first 1: build_info; the last 1 and 2: attached_info and two policy fetches.
+            1 + 4 * 2 + 2 * 2 + 2 + 4 + 7 + 1 + 2 + 1 + 1 + 2,
             "{text}"
         );
         let group = samples
@@ -810,8 +864,11 @@ mod tests {
     fn empty_snapshot_still_describes_every_family() {
         let text = render(&Snapshot::default());
         let samples = parse(&text);
-        assert_eq!(text.matches("# TYPE ").count(), 20, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 21, "{text}");
         let names: Vec<_> = samples.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names[0], "filter_agent_build_info");
+        assert_eq!(samples[0].value, 1.0);
+        let (names, samples) = (&names[1..], &samples[1..]);
         let mut expected = vec!["filter_agent_exemptions"];
         // Every outcome, so a rate() over it never starts from a missing series.
         expected.extend(["filter_agent_radius_requests_total"; 9]);
@@ -838,6 +895,11 @@ mod tests {
     /// Serves `snapshot` from a runtime of its own, as the agent will, so the blocking
     /// std clients below play the scraper.
     fn start(snapshot: Arc<SnapshotFn>) -> SocketAddr {
+        start_with(snapshot, WebConfig::default())
+    }
+
+    fn start_with(snapshot: Arc<SnapshotFn>, web: WebConfig) -> SocketAddr {
+        let web = Arc::new(web);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -846,7 +908,9 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(async { serve(TcpListener::from_std(listener).unwrap(), snapshot).await })
+                .block_on(async {
+                    serve(TcpListener::from_std(listener).unwrap(), snapshot, web).await
+                })
         });
         addr
     }
@@ -941,6 +1005,43 @@ mod tests {
         drop(std::net::TcpStream::connect(addr).unwrap());
 
         assert_eq!(get(addr, "/metrics").0, "HTTP/1.1 200 OK");
+    }
+
+    #[test]
+    fn basic_auth_guards_every_path() {
+        let hash = bcrypt::hash_with_salt("secret", 4, [1; 16])
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoY);
+        let web = WebConfig::parse(
+            &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let addr = start_with(fixed(), web);
+        for path in ["/metrics", "/", "/nope"] {
+            let (status, headers, body) = get(addr, path);
+            assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{path}");
+            assert!(
+                headers.contains("Www-Authenticate: Basic realm=\"filter-agent\""),
+                "{headers}"
+            );
+            assert!(!body.contains("filter_agent_"), "{body}");
+        }
+        // "prometheus:secret" and "prometheus:wrong" in base64.
+        let with = |credentials: &str| {
+            exchange(
+                addr,
+                format!("GET /metrics HTTP/1.1\r\nAuthorization: Basic {credentials}\r\n\r\n")
+                    .as_bytes(),
+            )
+        };
+        assert_eq!(
+            with("cHJvbWV0aGV1czp3cm9uZw==").0,
+            "HTTP/1.1 401 Unauthorized"
+        );
+        let (status, _, body) = with("cHJvbWV0aGV1czpzZWNyZXQ=");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, render(&snapshot()));
     }
 
     #[test]

@@ -85,7 +85,8 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 /// (dpkg-shlibdeps, and strip through binutils) and systemd (systemd-sysusers,
 /// systemd-analyze) to build the Debian package and test it in a scratch root; minisign,
 /// whose signatures and keys the signed-policy tests exchange with filter-agent's own;
-/// ca-certificates for the CA bundle an https --policy-url is checked against by default.
+/// ca-certificates for the CA bundle an https --policy-url is checked against by default;
+/// curl, the real client of the metrics endpoint's TLS and basic auth tests.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -100,6 +101,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
     "minisign",
     "ca-certificates",
+    "curl",
 ];
 
 fn main() -> Result<()> {

@@ -1,5 +1,5 @@
 //! The EVENTS ring buffer as the agent reads it: sampled drop events and offender alerts,
-//! each decoded fail-closed and written as one `key=value` log line.
+//! each decoded fail-closed and logged as one line: `key=value` text, or JSON.
 
 use std::net::IpAddr;
 
@@ -71,48 +71,120 @@ pub trait Names {
     fn subscriber(&self, source: IpAddr) -> Option<String>;
 }
 
-/// ` subscriber=NAME` when a session holds the source, else nothing.
-fn subscriber_field(names: &dyn Names, source: Option<IpAddr>) -> String {
-    source
-        .and_then(|a| names.subscriber(a))
-        .map(|name| format!(" subscriber={}", value(&name)))
-        .unwrap_or_default()
+/// One field's value: text is quoted in key=value form when it needs to be (see
+/// [`value`]) and a JSON string in JSON; a number is bare in both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Field {
+    Text(String),
+    Number(u64),
 }
 
-/// The log line of one event; `None` for a kind this agent does not know.
-pub fn log_line(
+/// The fields of one event, in their order, starting with `event`: written as one
+/// `key=value` line, or handed to the logger as key-values for `--log-format json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields(pub Vec<(&'static str, Field)>);
+
+impl Fields {
+    fn text(mut self, key: &'static str, text: impl Into<String>) -> Fields {
+        self.0.push((key, Field::Text(text.into())));
+        self
+    }
+
+    fn number(mut self, key: &'static str, n: impl Into<u64>) -> Fields {
+        self.0.push((key, Field::Number(n.into())));
+        self
+    }
+
+    /// `subscriber` when a session holds the source.
+    fn subscriber(self, names: &dyn Names, source: Option<IpAddr>) -> Fields {
+        match source.and_then(|a| names.subscriber(a)) {
+            Some(name) => self.text("subscriber", name),
+            None => self,
+        }
+    }
+}
+
+impl std::fmt::Display for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (key, field)) in self.0.iter().enumerate() {
+            let space = if i == 0 { "" } else { " " };
+            match field {
+                Field::Text(text) => write!(f, "{space}{key}={}", value(text))?,
+                Field::Number(n) => write!(f, "{space}{key}={n}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl log::kv::Source for Fields {
+    fn visit<'kvs>(
+        &'kvs self,
+        visitor: &mut dyn log::kv::VisitSource<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        for (key, field) in &self.0 {
+            let value = match field {
+                Field::Text(text) => log::kv::Value::from(text.as_str()),
+                Field::Number(n) => log::kv::Value::from(*n),
+            };
+            visitor.visit_pair(log::kv::Key::from_str(key), value)?;
+        }
+        Ok(())
+    }
+}
+
+/// The fields of one event; `None` for a kind this agent does not know.
+pub fn fields(
     event: &Event,
     clock: &Clock,
     names: &dyn Names,
     alerts: AlertSettings,
-) -> Option<String> {
+) -> Option<Fields> {
+    let source = records::address(event.family, &event.source);
     match EventKind::try_from(event.kind).ok()? {
-        EventKind::Sample => Some(format!(
-            "event=drop time={} interface={} family={} source={} sport={} destination={} dport={} verdict={} reason={} group={} flags={}{}",
-            humantime::format_rfc3339_millis(clock.wall_of(event.time_ns)),
-            value(&names.interface(event.ifindex)),
-            Family::from_code(event.family).name(),
-            address_text(event.family, &event.source),
-            event.sport,
-            address_text(event.family, &event.destination),
-            event.dport,
-            name_or_unknown(Verdict::try_from(event.verdict).map(Verdict::name)),
-            name_or_unknown(Reason::try_from(event.reason).map(Reason::name)),
-            value(&names.group(event.group)),
-            flags_text(event.tcp_flags),
-            subscriber_field(names, records::address(event.family, &event.source)),
-        )),
-        EventKind::Offender => Some(format!(
-            "event=offender source={} group={} attempts={} window={} threshold={}{}",
-            event
-                .alert_key()
-                .map_or_else(|| "-".into(), |key| key.to_string()),
-            value(&names.group(event.group)),
-            event.attempts,
-            value(&alerts.window_text()),
-            alerts.threshold,
-            subscriber_field(names, records::address(event.family, &event.source)),
-        )),
+        EventKind::Sample => Some(
+            Fields(Vec::new())
+                .text("event", "drop")
+                .text(
+                    "time",
+                    humantime::format_rfc3339_millis(clock.wall_of(event.time_ns)).to_string(),
+                )
+                .text("interface", names.interface(event.ifindex))
+                .text("family", Family::from_code(event.family).name())
+                .text("source", address_text(event.family, &event.source))
+                .number("sport", event.sport)
+                .text(
+                    "destination",
+                    address_text(event.family, &event.destination),
+                )
+                .number("dport", event.dport)
+                .text(
+                    "verdict",
+                    name_or_unknown(Verdict::try_from(event.verdict).map(Verdict::name)),
+                )
+                .text(
+                    "reason",
+                    name_or_unknown(Reason::try_from(event.reason).map(Reason::name)),
+                )
+                .text("group", names.group(event.group))
+                .text("flags", flags_text(event.tcp_flags))
+                .subscriber(names, source),
+        ),
+        EventKind::Offender => Some(
+            Fields(Vec::new())
+                .text("event", "offender")
+                .text(
+                    "source",
+                    event
+                        .alert_key()
+                        .map_or_else(|| "-".into(), |key| key.to_string()),
+                )
+                .text("group", names.group(event.group))
+                .number("attempts", event.attempts)
+                .text("window", alerts.window_text())
+                .number("threshold", alerts.threshold)
+                .subscriber(names, source),
+        ),
     }
 }
 
@@ -123,6 +195,16 @@ mod tests {
     use filter_common::SourceKey;
 
     use super::*;
+
+    /// The key=value line of an event.
+    fn key_value_line(
+        event: &Event,
+        clock: &Clock,
+        names: &dyn Names,
+        alerts: AlertSettings,
+    ) -> Option<String> {
+        fields(event, clock, names, alerts).map(|f| f.to_string())
+    }
 
     const MINUTE: u64 = 60_000_000_000;
 
@@ -173,7 +255,7 @@ mod tests {
             window_ns: 10 * MINUTE,
         };
         assert_eq!(
-            log_line(&event, &c, &Fixed, settings).unwrap(),
+            key_value_line(&event, &c, &Fixed, settings).unwrap(),
             "event=drop time=2026-09-21T14:13:19.750Z interface=eth7 family=ipv4 \
              source=100.64.0.10 sport=40000 destination=203.0.113.9 dport=25 verdict=drop \
              reason=blocked group=residential flags=SYN"
@@ -188,7 +270,7 @@ mod tests {
             tcp_flags: 0x12,
             ..event
         };
-        let line = log_line(&v6, &c, &Fixed, settings).unwrap();
+        let line = key_value_line(&v6, &c, &Fixed, settings).unwrap();
         assert!(
             line.contains(
                 "family=ipv6 source=2001:db8:1000::10 sport=40000 \
@@ -203,13 +285,13 @@ mod tests {
             tcp_flags: 0,
             ..event
         };
-        let line = log_line(&monitored, &c, &Fixed, settings).unwrap();
+        let line = key_value_line(&monitored, &c, &Fixed, settings).unwrap();
         assert!(
             line.contains("verdict=pass reason=monitored group=residential flags=none"),
             "{line}"
         );
         assert_eq!(
-            log_line(&Event { kind: 99, ..event }, &c, &Fixed, settings),
+            key_value_line(&Event { kind: 99, ..event }, &c, &Fixed, settings),
             None
         );
     }
@@ -231,7 +313,7 @@ mod tests {
             ..Event::default()
         };
         assert_eq!(
-            log_line(&event, &Clock::fixed(), &Fixed, settings).unwrap(),
+            key_value_line(&event, &Clock::fixed(), &Fixed, settings).unwrap(),
             "event=offender source=2001:db8:1000::/64 group=residential attempts=100 \
              window=10m threshold=100"
         );
@@ -242,7 +324,7 @@ mod tests {
             ..event
         };
         assert_eq!(
-            log_line(
+            key_value_line(
                 &event,
                 &Clock::fixed(),
                 &Fixed,

@@ -9,6 +9,7 @@ pub mod events;
 mod fetch;
 mod handler;
 mod history;
+mod logging;
 pub mod offenders;
 mod options;
 mod state;
@@ -46,6 +47,7 @@ use crate::{
 };
 pub use history::{HISTORY_KEPT, parse_confirm_within};
 use history::{Origin, PendingStore, PolicyHistory};
+pub use logging::{LogFormat, init_logging};
 pub use options::AgentOptions;
 use state::{Agent, ReloadResult, State};
 
@@ -191,6 +193,11 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     let (policy, text, sha256) = load_policy(text, &label)
         .with_context(|| format!("policy {label} rejected; nothing attached"))?;
     check_interfaces(&policy)?;
+    // Before anything is created or attached: a bad file changes nothing.
+    let web_config = match &options.web_config {
+        Some(path) => crate::web_config::WebConfig::load(path)?,
+        None => crate::web_config::WebConfig::default(),
+    };
     std::fs::create_dir_all(&options.state_dir).with_context(|| {
         format!(
             "creating the state directory {}",
@@ -398,7 +405,20 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         }),
     ));
     if let Some(listener) = metrics_listener {
-        info!("metrics on http://{}/metrics", listener.local_addr()?);
+        info!(
+            "metrics on {}://{}/metrics{}",
+            if web_config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            listener.local_addr()?,
+            if web_config.requires_auth() {
+                " (basic auth)"
+            } else {
+                ""
+            }
+        );
         let source = agent.clone();
         let snapshot: Arc<metrics::SnapshotFn> = Arc::new(move || {
             let mut agent = source
@@ -406,7 +426,7 @@ async fn run_async(options: AgentOptions) -> Result<()> {
                 .map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
             handler::snapshot(&mut agent)
         });
-        tokio::spawn(metrics::serve(listener, snapshot));
+        tokio::spawn(metrics::serve(listener, snapshot, Arc::new(web_config)));
     }
 
     // Exemptions expire on time: checked every second (and any events a missed wakeup
@@ -655,35 +675,4 @@ pub fn detach(pin_path: &Path) -> Result<()> {
     }
     println!("removed the pins under {}", pin_path.display());
     Ok(())
-}
-
-/// Daemon logging: one event per line; under systemd (JOURNAL_STREAM set) with syslog
-/// level prefixes and no timestamp, since journald adds its own.
-pub fn init_logging() {
-    use std::io::Write;
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if journal {
-        builder.format(|buf, record| {
-            let priority = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(buf, "<{priority}>{}", record.args())
-        });
-    } else {
-        builder.format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        });
-    }
-    builder.init();
 }

@@ -24,4 +24,6 @@ pub struct AgentOptions {
     pub state_file: PathBuf,
     /// Where to serve metrics, if at all.
     pub metrics: Option<SocketAddr>,
+    /// `--web-config`: TLS and basic auth for the metrics endpoint.
+    pub web_config: Option<PathBuf>,
 }

@@ -20,7 +20,7 @@ use super::{
     events::{self, Names},
     fetch::FetchState,
     history::{Origin, PendingStore, PolicyHistory},
-    ifindex,
+    ifindex, logging,
     offenders::{AlertSettings, OverThreshold},
 };
 use crate::{
@@ -606,12 +606,12 @@ impl Agent {
         let clock = Clock::now();
         let settings = self.alert_settings();
         for event in batch {
-            let Some(line) = events::log_line(event, &clock, self, settings) else {
+            let Some(fields) = events::fields(event, &clock, self, settings) else {
                 debug!("event of unknown kind {} ignored", event.kind);
                 continue;
             };
             if event.is(EventKind::Offender) {
-                warn!("{line}");
+                logging::event(log::Level::Warn, &fields);
                 let Some(key) = event.alert_key() else {
                     continue;
                 };
@@ -621,7 +621,7 @@ impl Agent {
                     OverThreshold::window_end(record.as_ref(), event.time_ns, settings),
                 );
             } else {
-                info!("{line}");
+                logging::event(log::Level::Info, &fields);
             }
         }
     }

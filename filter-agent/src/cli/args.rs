@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    agent::AgentOptions,
+    agent::{AgentOptions, LogFormat},
     control::protocol::DEFAULT_TOP_OFFENDERS,
     defaults, replay,
     source::{PolicySource, UrlSource},
@@ -391,6 +391,15 @@ pub struct RunArgs {
     /// Serve Prometheus/OpenMetrics metrics on ADDR:PORT (path /metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// TLS and basic auth for the metrics endpoint, in the Prometheus exporter-toolkit
+    /// format (tls_server_config: cert_file, key_file; basic_auth_users: user: bcrypt
+    /// hash). Checked at start: a bad file stops the agent before anything is attached.
+    #[arg(long, value_name = "FILE", requires = "metrics")]
+    pub web_config: Option<PathBuf>,
+    /// Log lines as key=value text, or as one JSON object per line (with ts, level, and
+    /// an event's fields, or message) for log pipelines.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl From<RunArgs> for AgentOptions {
@@ -409,6 +418,9 @@ impl From<RunArgs> for AgentOptions {
             state_dir,
             state_file,
             metrics,
+            web_config,
+            // Taken by `init_logging` before the agent starts.
+            log_format: _,
         } = args;
         // clap holds --policy and --policy-url (with --policy-key) exclusive, one required.
         let source = match (policy, policy_url, policy_key) {
@@ -434,6 +446,7 @@ impl From<RunArgs> for AgentOptions {
             state_file: state_file.unwrap_or_else(|| state_dir.join(defaults::EXEMPTIONS_FILE)),
             state_dir,
             metrics,
+            web_config,
         }
     }
 }

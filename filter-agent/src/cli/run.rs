@@ -53,7 +53,7 @@ fn plan_outcome(outcome: Result<bool>) -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(options) => {
-            agent::init_logging();
+            agent::init_logging(options.log_format);
             agent::run(options.into())?;
             Ok(ExitCode::SUCCESS)
         }
