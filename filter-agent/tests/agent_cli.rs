@@ -343,3 +343,157 @@ fn metrics_parse_and_their_counters_move_with_traffic() {
         "{watched}"
     );
 }
+
+/// A read command against a stopped agent's pins and state directory, as root.
+fn read_stopped(scratch: &Scratch, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<&str> = args.to_vec();
+    let (pins, state) = (
+        scratch.pin_path.display().to_string(),
+        scratch.state_dir().display().to_string(),
+    );
+    all.extend(["--pin-path", &pins, "--state-dir", &state]);
+    scratch.cli(&all)
+}
+
+const NOT_RUNNING: &str = "agent not running; reading the pinned filter, which is enforcing\n";
+
+#[test]
+fn status_stats_offenders_and_exemptions_read_the_pinned_filter_when_the_agent_is_stopped() {
+    let lab = Lab::create().unwrap();
+    let (scratch, mut agent, _listeners) = start(&lab, &[]);
+    ok(scratch.cli(&[
+        "exemptions",
+        "add",
+        "2001:db8:1000:42::/64",
+        "--reason",
+        "pilot",
+    ]));
+    assert_eq!(residential_v4(&lab), Outcome::TimedOut);
+    let before: serde_json::Value =
+        serde_json::from_str(&ok(scratch.cli(&["stats", "--json"]))).unwrap();
+    let offenders_before: serde_json::Value =
+        serde_json::from_str(&ok(scratch.cli(&["offenders", "--json"]))).unwrap();
+    let exemptions_before = ok(scratch.cli(&["exemptions", "list", "--json"]));
+    // SIGTERM: the agent exits, the filter stays attached.
+    agent.stop(Duration::from_secs(10)).unwrap();
+
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["stats"],
+        &["stats", "--json"],
+        &["offenders", "--json"],
+        &["exemptions", "list", "--json"],
+    ] {
+        let output = read_stopped(&scratch, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        assert_eq!(stderr, NOT_RUNNING, "{args:?}");
+    }
+    let status = ok(read_stopped(&scratch, &["status"]));
+    assert!(
+        status.contains("agent        not running")
+            && status.contains("generation 1")
+            && status.contains("1 CLI exemptions"),
+        "{status}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(read_stopped(&scratch, &["status", "--json"]))).unwrap();
+    assert_eq!(status["agent"]["pid"], serde_json::Value::Null);
+    assert_eq!(
+        status["interfaces"][0]["interface"],
+        lab.router_customer_if()
+    );
+    // The counters as they were when the agent stopped (nothing was sent since).
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(read_stopped(&scratch, &["stats", "--json"]))).unwrap();
+    assert_eq!(stats["by_group"], before["by_group"]);
+    assert_eq!(stats["by_reason"], before["by_reason"]);
+    // Offenders and exemptions as they were (times are rendered at each read, so the
+    // comparison leaves them out).
+    let rows = |offenders: &serde_json::Value| -> Vec<(String, u64, String)> {
+        offenders["offenders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["source"].as_str().unwrap().to_string(),
+                    o["attempts"].as_u64().unwrap(),
+                    o["group"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let offenders: serde_json::Value =
+        serde_json::from_str(&ok(read_stopped(&scratch, &["offenders", "--json"]))).unwrap();
+    assert_eq!(rows(&offenders), rows(&offenders_before));
+    assert_eq!(
+        offenders["offenders"][0]["source"],
+        RESIDENTIAL.v4.to_string()
+    );
+    let entries = |list: &str| -> Vec<(String, String, String)> {
+        let list: serde_json::Value = serde_json::from_str(list).unwrap();
+        list["exemptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["prefix"].as_str().unwrap().to_string(),
+                    e["source"].as_str().unwrap().to_string(),
+                    e["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let exemptions = ok(read_stopped(&scratch, &["exemptions", "list", "--json"]));
+    assert_eq!(entries(&exemptions), entries(&exemptions_before));
+    assert!(
+        entries(&exemptions).contains(&(
+            "2001:db8:1000:42::/64".into(),
+            "cli".into(),
+            "pilot".into()
+        )),
+        "{exemptions}"
+    );
+
+    // Still enforcing, and the counters read without the agent move with the traffic.
+    assert_eq!(residential_v4(&lab), Outcome::TimedOut);
+    let after: serde_json::Value =
+        serde_json::from_str(&ok(read_stopped(&scratch, &["stats", "--json"]))).unwrap();
+    let blocked = |stats: &serde_json::Value| -> u64 {
+        stats["by_reason"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["reason"] == "blocked")
+            .map(|r| r["packets"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(blocked(&after) > blocked(&stats), "{after:#}");
+
+    // The program off every interface (its link unpinned), the maps still pinned: not
+    // "enforcing".
+    for link in std::fs::read_dir(scratch.pin_path.join("links")).unwrap() {
+        std::fs::remove_file(link.unwrap().path()).unwrap();
+    }
+    let output = read_stopped(&scratch, &["status"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "agent not running; reading the pinned filter, which is attached to no interface: \
+         nothing is filtered\n"
+    );
+    assert_eq!(
+        residential_v4(&lab),
+        Outcome::Connected,
+        "the filter is off indeed"
+    );
+
+    // Nothing pinned either: the agent's absence is the error.
+    ok(scratch.detach());
+    let output = read_stopped(&scratch, &["status"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no agent is running"));
+}

@@ -471,7 +471,7 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
     };
     Status {
         agent: AgentInfo {
-            pid: std::process::id(),
+            pid: Some(std::process::id()),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: timestamp(state.started_at),
             pin_path,

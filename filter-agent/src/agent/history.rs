@@ -108,7 +108,7 @@ impl PolicyHistory {
     }
 
     fn text_path(&self, generation: u64) -> PathBuf {
-        self.dir.join(format!("{generation}.yaml"))
+        text_path(&self.dir, generation)
     }
 
     /// The text of a kept generation, checked against its SHA-256.
@@ -237,6 +237,11 @@ impl PendingStore {
 
 /// When a pending rollback is carried out; `None` for an unreadable deadline (due now:
 /// fail safe, back to the confirmed policy).
+/// Where a generation's text is kept in the history directory `dir`.
+pub fn text_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{generation}.yaml"))
+}
+
 pub fn deadline(pending: &PendingRollback) -> Option<SystemTime> {
     humantime::parse_rfc3339(&pending.deadline).ok()
 }

@@ -12,6 +12,7 @@ mod history;
 mod logging;
 pub mod offenders;
 mod options;
+mod pinned;
 mod state;
 
 use std::{
@@ -49,6 +50,7 @@ pub use history::{HISTORY_KEPT, parse_confirm_within};
 use history::{Origin, PendingStore, PolicyHistory};
 pub use logging::{LogFormat, init_logging};
 pub use options::AgentOptions;
+pub use pinned::{Enforcing, PinnedFilter};
 use state::{Agent, ReloadResult, State};
 
 /// Debounce for file events: editors write, rename and chmod in a burst.

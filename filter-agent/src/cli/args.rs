@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    agent::{AgentOptions, LogFormat},
+    agent::{AgentOptions, LogFormat, PinnedFilter},
     control::protocol::DEFAULT_TOP_OFFENDERS,
     defaults, replay,
     source::{PolicySource, UrlSource},
@@ -76,6 +76,8 @@ Logging: RUST_LOG=debug for more detail; one event per line.")]
         json: bool,
         #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
+        #[command(flatten)]
+        pinned: PinnedArgs,
     },
     /// Packets and bytes per reason, family, group and interface; with rates when watching.
     #[command(
@@ -89,6 +91,8 @@ Logging: RUST_LOG=debug for more detail; one event per line.")]
         watch: Option<u64>,
         #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
+        #[command(flatten)]
+        pinned: PinnedArgs,
     },
     /// The sources with the most blocked attempts, most likely infected first: the abuse
     /// desk's daily view. IPv6 sources are counted per /64.
@@ -110,6 +114,8 @@ close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
         json: bool,
         #[arg(long, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
+        #[command(flatten)]
+        pinned: PinnedArgs,
     },
     /// Per-customer permission to send on port 25 (the abuse desk's tool).
     Exemptions {
@@ -117,6 +123,8 @@ close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
         command: ExemptionsCommand,
         #[arg(long, global = true, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
+        #[command(flatten)]
+        pinned: PinnedArgs,
     },
     /// Subscriber sessions: who is online with which addresses. `up` and `down` are what
     /// the BNG's hooks call (packaging/ppp/ip-up and ip-down for pppd); RADIUS accounting
@@ -336,6 +344,28 @@ fn parse_window(text: &str) -> Result<u64, String> {
 /// `--confirm-within`, checked before anything is sent.
 fn parse_confirm_within(text: &str) -> Result<String, String> {
     crate::agent::parse_confirm_within(text).map(|_| text.to_string())
+}
+
+/// Where a stopped agent left its filter: `status`, `stats`, `offenders` and
+/// `exemptions list` read it directly (as root) when no agent answers.
+#[derive(Args, Debug, Clone)]
+pub struct PinnedArgs {
+    /// The agent's pin path, read when the agent is not running.
+    #[arg(long, global = true, value_name = "DIR", default_value = defaults::PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// The agent's state directory (policy history, exemptions, sessions), read when the
+    /// agent is not running.
+    #[arg(long, global = true, value_name = "DIR", default_value = defaults::STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+impl From<PinnedArgs> for PinnedFilter {
+    fn from(args: PinnedArgs) -> Self {
+        PinnedFilter {
+            pin_path: args.pin_path,
+            state_dir: args.state_dir,
+        }
+    }
 }
 
 /// `filter-agent run`'s options.

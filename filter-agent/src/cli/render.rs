@@ -18,7 +18,7 @@ use crate::control::{
         RelayLimit, SessionChange, SessionEntry, SessionList, SourceStatus, Stats, Status, sorted,
     },
 };
-use crate::dataplane::ChainProgram;
+use crate::{agent::PinnedFilter, dataplane::ChainProgram};
 
 /// The programs on an interface's hook in run order: `id name [prio N] (ours)`.
 fn hook_chain(chain: &[ChainProgram]) -> String {
@@ -57,6 +57,27 @@ pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T> 
         );
     }
     reply.result.context("the agent replied without a result")
+}
+
+/// [`call`] for a read the pinned filter can answer when no agent runs (root only): then
+/// one line on stderr says so (stdout stays the reply, so `--json` stays parseable). With
+/// nothing pinned either, the agent's absence is the error.
+pub fn read<T: DeserializeOwned>(
+    socket: &Path,
+    pinned: &PinnedFilter,
+    request: &Request,
+) -> Result<T> {
+    match call(socket, request) {
+        Err(err) if err.is::<control::NoAgent>() && pinned.exists() => {
+            let (response, enforcing) = pinned
+                .answer(request.clone())
+                .with_context(|| format!("{err}; reading the pinned filter instead failed"))?;
+            eprintln!("{}", enforcing.line());
+            // Through JSON, as over the socket: the reply is the same type either way.
+            Ok(serde_json::from_value(serde_json::to_value(&response)?)?)
+        }
+        other => other,
+    }
 }
 
 /// `--json`: the reply as the agent sent it (keys sorted), indented.
@@ -98,8 +119,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn status(socket: &Path, json: bool) -> Result<()> {
-    let status: Status = call(socket, &Request::Status)?;
+pub fn status(socket: &Path, pinned: &PinnedFilter, json: bool) -> Result<()> {
+    let status: Status = read(socket, pinned, &Request::Status)?;
     if json {
         return print_json(&status);
     }
@@ -152,13 +173,18 @@ fn render_status(status: &Status) -> String {
     let policy = &status.policy;
     let reload = &status.last_reload;
     let counters = &status.counters;
-    let mut out = format!(
-        "agent        pid {} (version {}), up since {}, pins {}\n",
-        status.agent.pid,
-        status.agent.version,
-        status.agent.started_at,
-        status.agent.pin_path.display()
-    );
+    let mut out = match status.agent.pid {
+        Some(pid) => format!(
+            "agent        pid {pid} (version {}), up since {}, pins {}\n",
+            status.agent.version,
+            status.agent.started_at,
+            status.agent.pin_path.display()
+        ),
+        None => format!(
+            "agent        not running; read from the pins {} and the state directory\n",
+            status.agent.pin_path.display()
+        ),
+    };
     out += &format!(
         "policy       {} (sha256 {}), loaded {}, generation {}\n",
         policy.file.display(),
@@ -283,8 +309,8 @@ fn limits(policy: &PolicyStatus) -> String {
     format!("{relay}, {offenders}, {events}")
 }
 
-pub fn offenders(socket: &Path, top: usize, json: bool) -> Result<()> {
-    let reply: Offenders = call(socket, &Request::Offenders { top: Some(top) })?;
+pub fn offenders(socket: &Path, pinned: &PinnedFilter, top: usize, json: bool) -> Result<()> {
+    let reply: Offenders = read(socket, pinned, &Request::Offenders { top: Some(top) })?;
     if json {
         return print_json(&reply);
     }
@@ -352,8 +378,8 @@ fn render_offenders(reply: &Offenders) -> String {
     out
 }
 
-pub fn exemptions_list(socket: &Path, json: bool) -> Result<()> {
-    let list: ExemptionList = call(socket, &Request::ExemptionsList)?;
+pub fn exemptions_list(socket: &Path, pinned: &PinnedFilter, json: bool) -> Result<()> {
+    let list: ExemptionList = read(socket, pinned, &Request::ExemptionsList)?;
     if json {
         return print_json(&list);
     }
@@ -675,9 +701,9 @@ fn render_actions(stats: &Stats, previous: Option<(&Stats, f64)>) -> String {
     )
 }
 
-pub fn stats(socket: &Path, json: bool, watch: Option<u64>) -> Result<()> {
+pub fn stats(socket: &Path, pinned: &PinnedFilter, json: bool, watch: Option<u64>) -> Result<()> {
     let Some(interval) = watch else {
-        let stats: Stats = call(socket, &Request::Stats)?;
+        let stats: Stats = read(socket, pinned, &Request::Stats)?;
         if json {
             println!("{}", serde_json::to_string(&sorted(&stats)?)?);
         } else {

@@ -87,25 +87,41 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             Err(err) => usage_failure(&format!("{err:#}")),
         }),
-        Command::Status { json, socket } => {
-            render::status(&socket, json)?;
+        Command::Status {
+            json,
+            socket,
+            pinned,
+        } => {
+            render::status(&socket, &pinned.into(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats {
             json,
             watch,
             socket,
+            pinned,
         } => {
-            render::stats(&socket, json, watch)?;
+            render::stats(&socket, &pinned.into(), json, watch)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Offenders { top, json, socket } => {
-            render::offenders(&socket, top, json)?;
+        Command::Offenders {
+            top,
+            json,
+            socket,
+            pinned,
+        } => {
+            render::offenders(&socket, &pinned.into(), top, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exemptions { command, socket } => {
+        Command::Exemptions {
+            command,
+            socket,
+            pinned,
+        } => {
             match command {
-                ExemptionsCommand::List { json } => render::exemptions_list(&socket, json)?,
+                ExemptionsCommand::List { json } => {
+                    render::exemptions_list(&socket, &pinned.into(), json)?
+                }
                 ExemptionsCommand::Add {
                     prefix,
                     subscriber,

@@ -94,17 +94,32 @@ fn read_reply(
     Ok(bytes)
 }
 
+/// No agent answers on the control socket (none ever ran, or it stopped): the one failure
+/// after which the pinned filter may still be read directly.
+#[derive(Debug)]
+pub struct NoAgent(String);
+
+impl std::fmt::Display for NoAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoAgent {}
+
 /// Says why the agent cannot be reached and what to do about it.
 fn connect_error(path: &Path, error: io::Error) -> anyhow::Error {
     let shown = path.display();
     match error.raw_os_error().map(Errno::from_raw) {
-        Some(Errno::ENOENT) => {
-            anyhow!("no agent is running (no control socket at {shown}); start `filter-agent run`")
-        }
+        Some(Errno::ENOENT) => NoAgent(format!(
+            "no agent is running (no control socket at {shown}); start `filter-agent run`"
+        ))
+        .into(),
         // The socket file of an agent that stopped.
-        Some(Errno::ECONNREFUSED) => {
-            anyhow!("no agent is running (nothing answers on {shown}); start `filter-agent run`")
-        }
+        Some(Errno::ECONNREFUSED) => NoAgent(format!(
+            "no agent is running (nothing answers on {shown}); start `filter-agent run`"
+        ))
+        .into(),
         Some(Errno::EACCES) => {
             let advice = "run as root or as a member of the socket's group";
             match std::fs::metadata(path) {

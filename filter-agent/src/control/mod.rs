@@ -11,6 +11,6 @@ mod server;
 #[cfg(test)]
 mod testing;
 
-pub use client::request;
+pub use client::{NoAgent, request};
 pub use protocol::{ControlError, ErrorKind, PROTOCOL_VERSION, Reply, Request};
 pub use server::{Handler, Peer, Permissions, bind, group_id, serve};

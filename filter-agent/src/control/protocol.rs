@@ -673,7 +673,8 @@ pub struct LastFetch {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
-    pub pid: u32,
+    /// `None`: no agent runs, the pinned filter was read directly.
+    pub pid: Option<u32>,
     pub version: String,
     pub started_at: String,
     pub pin_path: PathBuf,

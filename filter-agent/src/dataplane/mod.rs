@@ -108,6 +108,36 @@ impl Dataplane {
         Self::load_object(loader, capacity)
     }
 
+    /// Opens the maps an agent pinned under `pins`, to read them while no agent runs:
+    /// every map must be pinned already (nothing is created) and no program is loaded.
+    pub fn open_pinned(pins: &PinDir) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for spec in maps::ALL {
+            let path = pins.map_path(spec.name);
+            if !path.exists() {
+                bail!("{} is not pinned", path.display());
+            }
+            check_pinned_map(&spec, &path)?;
+            loader.map_pin_path(spec.name, path);
+        }
+        let max = |name: &str| -> Result<u32> {
+            let path = pins.map_path(name);
+            Ok(MapInfo::from_pin(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .max_entries())
+        };
+        let ebpf = loader
+            .map_max_entries(SOURCES_V4.name, max(SOURCES_V4.name)?)
+            .map_max_entries(SOURCES_V6.name, max(SOURCES_V6.name)?)
+            .load(OBJECT)
+            .context("opening the pinned maps")
+            .map_err(explain_permission)?;
+        Ok(Dataplane {
+            ebpf,
+            components: Default::default(),
+        })
+    }
+
     fn load_object(mut loader: EbpfLoader, capacity: Capacity) -> Result<Self> {
         let mut ebpf = loader
             .map_max_entries(SOURCES_V4.name, capacity.sources_v4)
