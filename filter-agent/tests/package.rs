@@ -13,6 +13,7 @@ use std::{
     process::{Command, Output},
 };
 
+use filter_testkit::agent::ok;
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
@@ -23,17 +24,6 @@ fn workspace() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn ok(output: Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 fn dpkg(root: &Path, args: &[&str]) -> Output {
