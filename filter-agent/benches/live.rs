@@ -33,7 +33,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -47,21 +47,19 @@ use aya::{
 };
 use filter_agent::{
     dataplane::{Capacity, Dataplane, PinDir, detach_components, freplace_refusal},
-    image::{GroupInfo, MapImage},
     policy::{AttachMode, DEFAULT_PRIORITY, Interface, XdpMode},
 };
 use filter_common::{
-    Config, Family, PROGRAM_DROP_BASELINE, PROGRAM_PASS_BASELINE, Reason, Smtp, SourceRule,
-    reason_counter_index,
+    Config, Family, PROGRAM_DROP_BASELINE, PROGRAM_PASS_BASELINE, Reason, reason_counter_index,
 };
 use filter_testkit::{
-    bench::{median, stale_runs},
+    bench::{MANY_SOURCES, Mix, Policy, RESTRICTED, SOURCE, median, stale_runs},
     frames::Frame,
     ip,
     lab::{RELAY_V4, RELAY_V6, REMOTE_V4, ROUTER_CUSTOMER_V4, ROUTER_INTERNET_V4},
     netns, signals,
 };
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use serde::Serialize;
 
 /// The traffic generator and sink, built by build.rs from filter-ebpf's `bench_sender` bin.
@@ -99,16 +97,6 @@ const FRAME_LEN: usize = 64;
 
 const SENDER_CPU: usize = 0;
 const RECEIVE_CPU: usize = 1;
-
-/// The single-source floods' source, inside the restricted 100.64.0.0/10 of every policy
-/// size (in the half of it that no exempt prefix covers).
-const SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 2);
-const RESTRICTED: &str = "100.64.0.0/10";
-/// Customers in a many-source flood: as many as an ISP's flood from infected hosts might
-/// count, so the prefix tries are not cache-hot.
-const MANY_SOURCES: u32 = 65_536;
-/// One restricted IPv4 prefix in this many holds an exempt prefix (its upper half).
-const EXEMPT_EVERY: usize = 10;
 
 /// Locally administered MACs, fixed so frames and neighbour entries need no lookups.
 const MAC_CUSTOMER: [u8; 6] = [0x02, 0xb1, 0, 0, 0, 0x01];
@@ -564,154 +552,20 @@ fn link_counters() -> Result<BTreeMap<String, [u64; 4]>> {
     Ok(counters)
 }
 
-/// A policy of `size` restricted prefixes, and the exempt prefixes inside some of them.
-struct Policy {
-    restricted: Vec<IpNet>,
-    /// The upper half of every [`EXEMPT_EVERY`]th restricted IPv4 prefix: an allow group.
-    exempt: Vec<Ipv4Net>,
-}
-
-impl Policy {
-    fn new(size: usize) -> Policy {
-        let restricted = restricted_prefixes(size);
-        let exempt = restricted
-            .iter()
-            .filter_map(|p| match p {
-                IpNet::V4(net) if net.prefix_len() < 32 => Some(*net),
-                _ => None,
-            })
-            .step_by(EXEMPT_EVERY)
-            .map(|net| net.subnets(net.prefix_len() + 1).unwrap().nth(1).unwrap())
-            .collect();
-        Policy { restricted, exempt }
-    }
-
-    /// The restricted address ranges that no exempt prefix covers: what nftables' set
-    /// holds, and where the blocked customers of a flood are.
-    fn blocked(&self) -> Vec<IpNet> {
-        let exempt: std::collections::BTreeSet<Ipv4Net> = self.exempt.iter().copied().collect();
-        self.restricted
-            .iter()
-            .map(|p| match p {
-                IpNet::V4(net) if net.prefix_len() < 32 => {
-                    let mut halves = net.subnets(net.prefix_len() + 1).unwrap();
-                    let (lower, upper) = (halves.next().unwrap(), halves.next().unwrap());
-                    IpNet::V4(if exempt.contains(&upper) { lower } else { *net })
-                }
-                other => *other,
-            })
-            .collect()
-    }
-
-    /// (source, destination) of each customer of `flood`, spread at random over the
-    /// policy's blocked IPv4 ranges (and, for the mixed traffic, its exempt prefixes).
-    fn flows(&self, flood: Flood) -> Vec<(Ipv4Addr, IpAddr)> {
-        if flood.sources == 1 {
-            return vec![(SOURCE, REMOTE_V4)];
-        }
-        let blocked: Vec<Ipv4Net> = self
-            .blocked()
-            .into_iter()
-            .filter_map(|p| match p {
-                IpNet::V4(net) => Some(net),
-                IpNet::V6(_) => None,
-            })
-            .collect();
-        let mut rng = fastrand::Rng::with_seed(u64::from(flood.sources));
-        let mut host = |nets: &[Ipv4Net]| {
-            let net = nets[rng.usize(..nets.len())];
-            let offset = rng.u32(..=(!0u32 >> net.prefix_len()));
-            Ipv4Addr::from(u32::from(net.network()) | offset)
-        };
-        (0..flood.sources)
-            .map(|i| match (flood.traffic, i % 10) {
-                (Traffic::Mixed, 0) => (host(&blocked), RELAY_V4),
-                (Traffic::Mixed, 1) => (host(&self.exempt), REMOTE_V4),
-                _ => (host(&blocked), REMOTE_V4),
-            })
-            .collect()
+/// (source, destination) of each customer of `flood`.
+fn customers(policy: &Policy, flood: Flood) -> Vec<(Ipv4Addr, IpAddr)> {
+    match (flood.sources, flood.traffic) {
+        (1, _) => vec![(SOURCE, REMOTE_V4)],
+        (count, Traffic::Mixed) => policy.customers(Mix::Mixed, count),
+        (count, _) => policy.customers(Mix::Blocked, count),
     }
 }
 
-/// Prefixes of a policy of `size`: the flood's 100.64.0.0/10, then random IPv4 and IPv6
-/// (/32../64) prefixes, none overlapping another, so an nftables interval set holds exactly
-/// the same entries as the filter's tries. IPv4 prefixes are /16../28, or /20../28 in
-/// policies above 100,000 prefixes, whose 500,000 IPv4 prefixes would not fit otherwise.
-fn restricted_prefixes(size: usize) -> Vec<IpNet> {
-    fn overlaps<T: Ord + Copy>(ranges: &BTreeMap<T, T>, start: T, end: T) -> bool {
-        ranges
-            .range(..=end)
-            .next_back()
-            .is_some_and(|(_, &last)| last >= start)
-    }
-    let restricted: Ipv4Net = RESTRICTED.parse().unwrap();
-    let mut v4 = BTreeMap::from([(
-        u32::from(restricted.network()),
-        u32::from(restricted.broadcast()),
-    )]);
-    let mut v6: BTreeMap<u128, u128> = BTreeMap::new();
-    let mut prefixes = vec![IpNet::V4(restricted)];
-    let mut rng = fastrand::Rng::with_seed(25);
-    let v4_lengths = if size > 100_000 { 20..=28 } else { 16..=28 };
-    while prefixes.len() < size {
-        if rng.bool() {
-            let addr = Ipv4Addr::from(rng.u32(0x0100_0000..0x6400_0000));
-            let net = Ipv4Net::new(addr, rng.u8(v4_lengths.clone()))
-                .unwrap()
-                .trunc();
-            let (start, end) = (u32::from(net.network()), u32::from(net.broadcast()));
-            if !overlaps(&v4, start, end) {
-                v4.insert(start, end);
-                prefixes.push(IpNet::V4(net));
-            }
-        } else {
-            let addr = Ipv6Addr::from(rng.u128(..) & !(0xffffu128 << 112) | (0x2a00u128 << 112));
-            let net = Ipv6Net::new(addr, rng.u8(32..=64)).unwrap().trunc();
-            let (start, end) = (u128::from(net.network()), u128::from(net.broadcast()));
-            if !overlaps(&v6, start, end) {
-                v6.insert(start, end);
-                prefixes.push(IpNet::V6(net));
-            }
-        }
-    }
-    prefixes
-}
-
-/// The filter's maps for the policy: a block group, an allow group (the exempt prefixes),
-/// relays, port 25.
-fn map_image(policy: &Policy) -> Result<MapImage> {
+/// The filter's config for the policy: port 25, the defaults otherwise.
+fn config() -> Config {
     let mut config = Config::empty();
     config.set_port(25);
-    let mut image = MapImage::new(config);
-    image.groups = [
-        (
-            1,
-            GroupInfo {
-                name: "restricted".into(),
-                smtp: Smtp::Block,
-            },
-        ),
-        (
-            2,
-            GroupInfo {
-                name: "exempt".into(),
-                smtp: Smtp::Allow,
-            },
-        ),
-    ]
-    .into();
-    let block = SourceRule::new(1, Smtp::Block);
-    for &prefix in &policy.restricted {
-        image.insert_source(prefix, block);
-    }
-    let allow = SourceRule::new(2, Smtp::Allow);
-    for &prefix in &policy.exempt {
-        image.insert_source(IpNet::V4(prefix), allow);
-    }
-    image
-        .set_relays(&[RELAY_V4.into(), RELAY_V6.into()])
-        .map_err(|_| anyhow::anyhow!("too many relays"))?;
-    Ok(image)
+    config
 }
 
 /// The same policy as nftables tables: `netdev blN` and `inet bfN`, sets only; the chains
@@ -1469,7 +1323,7 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
         signals::check()?;
         let policy = Policy::new(size);
         let t = Instant::now();
-        let mut dataplane = Dataplane::load_with(&map_image(&policy)?)?;
+        let mut dataplane = Dataplane::load_with(&policy.map_image(config()))?;
         let slot = dataplane.assign_interface_slot(&bed.router_customer_if, router_ifindex)?;
         let loaded = t.elapsed();
         let t = Instant::now();
@@ -1482,7 +1336,7 @@ fn bench(bed: &Bed, plan: &Plan, prog_stats: bool) -> Result<Vec<Row>> {
             t.elapsed().as_secs_f64()
         );
         for flood in FLOODS {
-            flows.insert((flood, size), policy.flows(flood));
+            flows.insert((flood, size), customers(&policy, flood));
         }
         dataplanes.insert(size, dataplane);
         slots.insert(size, slot);

@@ -38,6 +38,9 @@ enum Task {
     Bench {
         #[arg(long)]
         json: bool,
+        /// The 10,000-prefix policy only, three rounds: for trying out a change.
+        #[arg(long)]
+        quick: bool,
     },
     /// Write shell completions and man pages, generated from the CLI definitions, into
     /// target/docs.
@@ -172,7 +175,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Task::Bench { json } => bench("xdp", json, false, &[]),
+        Task::Bench { json, quick } => bench("xdp", json, quick, &[]),
         Task::BenchAgent { json, quick } => bench("agent", json, quick, &[]),
         Task::BenchLive {
             json,
