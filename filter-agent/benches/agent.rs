@@ -252,6 +252,11 @@ struct Change {
     /// (CLI process start to reply; the change is in the kernel when it returns), median.
     exemption_add_ms: f64,
     exemption_remove_ms: f64,
+    /// `filter-agent prefixes add` of one prefix through the control socket (an IPAM's
+    /// change: the CLI process's wall time from spawn to exit; the prefix is in the kernel,
+    /// the drop-in and the history when it returns), median; and the agent's own figure.
+    socket_change_ms: f64,
+    socket_change_agent_ms: f64,
     /// VmHWM after the changes: peak memory over start, reloads and exemptions.
     peak_rss_kib: u64,
 }
@@ -435,6 +440,42 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
             );
         }
     }
+    // An IPAM's one-prefix change: `prefixes add` into residential, then removed again
+    // (a prefix in no group of the policy).
+    let ipam = "198.19.0.0/24";
+    let mut ipam_times = Vec::new();
+    let mut ipam_agent = Vec::new();
+    for round in 0..plan.changes {
+        for verb in ["add", "remove"] {
+            let mut cmd = Command::new(AGENT);
+            cmd.args(["prefixes", verb]);
+            if verb == "add" {
+                cmd.args(["--group", "residential"]);
+            }
+            cmd.args([ipam, "--json", "--socket"]).arg(bench.socket());
+            let started = Instant::now();
+            let out = cmd.stdin(Stdio::null()).output()?;
+            let elapsed = started.elapsed();
+            if !out.status.success() {
+                bail!(
+                    "filter-agent prefixes {verb} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            if verb == "add" {
+                let reply: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                ipam_times.push(ms(elapsed));
+                ipam_agent.push(reply["agent_ms"].as_f64().unwrap_or(f64::NAN));
+                eprintln!(
+                    "prefixes add {}/{}: {:.1} ms (agent {:.2} ms)",
+                    round + 1,
+                    plan.changes,
+                    ms(elapsed),
+                    ipam_agent[round]
+                );
+            }
+        }
+    }
     let peak = status_kib(agent.pid(), "VmHWM:")?;
     agent.stop(STOP_TIMEOUT)?;
     Bench::detach(&bench.pin_path());
@@ -461,6 +502,8 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
         report,
         exemption_add_ms: median(&add_times),
         exemption_remove_ms: median(&remove_times),
+        socket_change_ms: median(&ipam_times),
+        socket_change_agent_ms: median(&ipam_agent),
         peak_rss_kib: peak,
     })
 }
@@ -569,6 +612,11 @@ fn print_report(r: &Report) {
         "  an exemption through the control socket instead: add {:.1} ms, remove {:.1} ms \
          (CLI start to reply, median)",
         c.exemption_add_ms, c.exemption_remove_ms
+    );
+    println!(
+        "  `filter-agent prefixes add` of one prefix (an IPAM's change) instead: {:.1} ms \
+         (CLI spawn to exit, median), {:.2} ms inside the agent",
+        c.socket_change_ms, c.socket_change_agent_ms
     );
     let p = &r.replay;
     println!(

@@ -52,6 +52,13 @@ impl MapImage {
         };
     }
 
+    pub fn remove_source(&mut self, prefix: IpNet) -> Option<SourceRule> {
+        match prefix {
+            IpNet::V4(p) => self.sources_v4.remove(&p),
+            IpNet::V6(p) => self.sources_v6.remove(&p),
+        }
+    }
+
     /// Writes the relays into the config, longest prefix first per family.
     pub fn set_relays(&mut self, relays: &[IpNet]) -> Result<(), TooManyRelays> {
         let mut v4: Vec<Ipv4Net> = relays

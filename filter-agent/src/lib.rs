@@ -6,6 +6,7 @@ pub mod cli;
 pub mod control;
 pub mod dataplane;
 pub mod defaults;
+pub mod drop_in;
 pub mod exemptions;
 pub mod explain;
 pub mod image;

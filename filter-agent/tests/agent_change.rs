@@ -503,18 +503,6 @@ fn with_group_mode(lab: &Lab, mode: &str, group: &str, group_mode: &str) -> Stri
         )
 }
 
-/// Packets the kernel counted for `group` with `reason`, from `stats --json`.
-fn group_packets(scratch: &Scratch, group: &str, reason: &str) -> u64 {
-    let stats: Value = serde_json::from_str(&ok(scratch.cli(&["stats", "--json"]))).unwrap();
-    stats["by_group"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["group"] == group && r["reason"] == reason)
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn a_group_in_monitor_mode_passes_and_counts_only_its_own_would_be_drops() {
     let lab = Lab::create().unwrap();
@@ -563,8 +551,8 @@ fn a_group_in_monitor_mode_passes_and_counts_only_its_own_would_be_drops() {
     ok(scratch.cli(&["apply", "--policy", watched.to_str().unwrap()]));
 
     let (residential_before, broadband_before) = (
-        group_packets(&scratch, "residential", "blocked"),
-        group_packets(&scratch, "business-broadband", "monitored"),
+        scratch.group_packets("residential", "blocked"),
+        scratch.group_packets("business-broadband", "monitored"),
     );
     let accepted = listener.accepted();
     // The watched group's SYN to port 25 arrives; the other block group's does not.
@@ -572,15 +560,15 @@ fn a_group_in_monitor_mode_passes_and_counts_only_its_own_would_be_drops() {
     assert_eq!(listener.accepted(), accepted + 1);
     assert_eq!(residential(&lab), Outcome::TimedOut);
     assert_eq!(listener.accepted(), accepted + 1);
-    let monitored = group_packets(&scratch, "business-broadband", "monitored");
+    let monitored = scratch.group_packets("business-broadband", "monitored");
     assert!(
         monitored > broadband_before,
         "{broadband_before} -> {monitored}"
     );
-    assert!(group_packets(&scratch, "residential", "blocked") > residential_before);
+    assert!(scratch.group_packets("residential", "blocked") > residential_before);
     // Each group counts only its own: nothing of residential monitored, nothing more of
     // business-broadband blocked than before the change.
-    assert_eq!(group_packets(&scratch, "residential", "monitored"), 0);
+    assert_eq!(scratch.group_packets("residential", "monitored"), 0);
     let explained = ok(scratch.cli(&["explain", "--src", "192.0.2.10", "--dst", "203.0.113.9"]));
     assert!(
         explained.contains("verdict   pass monitored")
@@ -598,11 +586,11 @@ fn a_group_in_monitor_mode_passes_and_counts_only_its_own_would_be_drops() {
     )
     .unwrap();
     ok(scratch.cli(&["apply", "--policy", strict.to_str().unwrap()]));
-    let blocked = group_packets(&scratch, "residential", "blocked");
+    let blocked = scratch.group_packets("residential", "blocked");
     let accepted = listener.accepted();
     assert_eq!(residential(&lab), Outcome::TimedOut);
     assert_eq!(broadband(), Outcome::Connected);
     assert_eq!(listener.accepted(), accepted + 1);
-    assert!(group_packets(&scratch, "residential", "blocked") > blocked);
-    assert_eq!(group_packets(&scratch, "residential", "monitored"), 0);
+    assert!(scratch.group_packets("residential", "blocked") > blocked);
+    assert_eq!(scratch.group_packets("residential", "monitored"), 0);
 }

@@ -7,8 +7,7 @@
 //! Then https with a self-signed certificate (`--policy-ca`). Needs root.
 
 use std::{
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -16,7 +15,7 @@ use filter_testkit::{
     agent::{AgentProcess, Scratch, ok},
     lab::{self, BUSINESS_BROADBAND, Lab, Outcome, RESIDENTIAL, at},
     metrics_text,
-    policy_server::{PolicyServer, SelfSigned, ServerNs},
+    policy_server::{PolicyServer, Publisher, SelfSigned, ServerNs},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_filter-agent");
@@ -28,44 +27,6 @@ const EDGE_IF: &str = "edge-source0";
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// The signing side: a key pair and `filter-agent sign`.
-struct Publisher {
-    dir: tempfile::TempDir,
-}
-
-impl Publisher {
-    fn new() -> Publisher {
-        let publisher = Publisher {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        for name in ["fleet.key", "other.key"] {
-            let key = publisher.dir.path().join(name);
-            ok(Command::new(BIN)
-                .args(["keygen", "--out", path_str(&key)])
-                .output()
-                .unwrap());
-        }
-        publisher
-    }
-
-    fn public(&self) -> PathBuf {
-        self.dir.path().join("fleet.key.pub")
-    }
-
-    /// `text` and its signature with key `key` (`fleet.key` or `other.key`).
-    fn sign(&self, text: &str, key: &str) -> (String, String) {
-        let policy = self.dir.path().join("edge.yaml");
-        std::fs::write(&policy, text).unwrap();
-        let key = self.dir.path().join(key);
-        ok(Command::new(BIN)
-            .args(["sign", "--key", path_str(&key), path_str(&policy)])
-            .output()
-            .unwrap());
-        let sig = std::fs::read_to_string(self.dir.path().join("edge.yaml.sig")).unwrap();
-        (text.to_string(), sig)
-    }
 }
 
 fn publish(server: &PolicyServer, (text, sig): &(String, String)) {
@@ -135,7 +96,7 @@ fn residential_allowed(policy: &str) -> String {
 
 #[test]
 fn a_fleet_follows_one_signed_policy_and_refuses_what_is_not_signed() {
-    let publisher = Publisher::new();
+    let publisher = Publisher::new(BIN);
     let mut routers = [Router::new(19725), Router::new(19726)];
     let server_ns = ServerNs::create(
         &format!("{}-source", routers[0].lab.prefix()),
@@ -245,7 +206,7 @@ fn a_fleet_follows_one_signed_policy_and_refuses_what_is_not_signed() {
         let out = router.scratch.cli(&[
             "apply",
             "--policy",
-            path_str(&publisher.dir.path().join("edge.yaml")),
+            path_str(&publisher.dir().join("edge.yaml")),
         ]);
         assert_eq!(out.status.code(), Some(1));
         assert!(
@@ -315,11 +276,11 @@ fn a_fleet_follows_one_signed_policy_and_refuses_what_is_not_signed() {
 
 #[test]
 fn https_with_a_self_signed_certificate() {
-    let publisher = Publisher::new();
+    let publisher = Publisher::new(BIN);
     let router = Router::new(19727);
     // The server in the internet namespace, at the remote MTA's address.
     let cert = SelfSigned::for_ip(lab::REMOTE_V4).unwrap();
-    let ca = publisher.dir.path().join("ca.pem");
+    let ca = publisher.dir().join("ca.pem");
     std::fs::write(&ca, &cert.cert_pem).unwrap();
     let listener = router
         .lab

@@ -403,6 +403,19 @@ impl Scratch {
             .unwrap()
     }
 
+    /// Packets the kernel counted for `group` with `reason`, from `stats --json`.
+    pub fn group_packets(&self, group: &str, reason: &str) -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&ok(self.cli(&["stats", "--json"]))).unwrap();
+        stats["by_group"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["group"] == group && r["reason"] == reason)
+            .map(|r| r["packets"].as_u64().unwrap())
+            .sum()
+    }
+
     /// Replaces the policy file the way editors do: write a temporary file, rename it.
     pub fn write_policy(&self, text: &str) {
         let tmp = self.dir().join(".policy.yaml.tmp");

@@ -25,6 +25,61 @@ use crate::{
     netns,
 };
 
+/// The signing side of a fleet: two key pairs (`fleet.key`, `other.key`) made with
+/// `filter-agent keygen`, and `filter-agent sign`.
+pub struct Publisher {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl Publisher {
+    /// `binary`: the filter-agent binary.
+    pub fn new(binary: impl Into<PathBuf>) -> Publisher {
+        let publisher = Publisher {
+            dir: tempfile::tempdir().unwrap(),
+            binary: binary.into(),
+        };
+        for name in ["fleet.key", "other.key"] {
+            let key = publisher.dir().join(name);
+            crate::agent::ok(
+                std::process::Command::new(&publisher.binary)
+                    .arg("keygen")
+                    .arg("--out")
+                    .arg(&key)
+                    .output()
+                    .unwrap(),
+            );
+        }
+        publisher
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The public key of `fleet.key`, for the agents' --policy-key.
+    pub fn public(&self) -> PathBuf {
+        self.dir().join("fleet.key.pub")
+    }
+
+    /// `text` and its signature with key `key` (`fleet.key` or `other.key`).
+    pub fn sign(&self, text: &str, key: &str) -> (String, String) {
+        let policy = self.dir().join("edge.yaml");
+        std::fs::write(&policy, text).unwrap();
+        crate::agent::ok(
+            std::process::Command::new(&self.binary)
+                .arg("sign")
+                .arg("--key")
+                .arg(self.dir().join(key))
+                .arg(&policy)
+                .output()
+                .unwrap(),
+        );
+        let sig = std::fs::read_to_string(self.dir().join("edge.yaml.sig")).unwrap();
+        (text.to_string(), sig)
+    }
+}
+
 /// One request as the server saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seen {

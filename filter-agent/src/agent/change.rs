@@ -5,6 +5,7 @@
 
 use std::{
     os::unix::fs::PermissionsExt,
+    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -18,7 +19,7 @@ use super::{
 };
 use crate::{
     control::protocol::{Applied, Confirmed, How, PendingRollback, timestamp},
-    policy,
+    drop_in, policy,
     source::PolicySource,
     state_file,
 };
@@ -27,26 +28,42 @@ use crate::{
 const POLICY_FILE_MODE: u32 = 0o644;
 
 impl Agent {
-    /// Validates `text` (diagnostics call it `name`) and applies it. A text other than
-    /// the one in force becomes a new generation in the history.
-    pub fn change_to(&mut self, text: String, name: &str, origin: Origin) -> Result<Applied> {
-        let policy = policy::parse_reporting(&text, name, |warning| {
+    /// Validates `text` (diagnostics call it `name`) with the prefixes drop-in `drop_in`
+    /// laid over it, and applies them. Texts other than those in force become a new
+    /// generation in the history.
+    pub fn change_to(
+        &mut self,
+        text: String,
+        drop_in: Option<String>,
+        name: &str,
+        origin: Origin,
+    ) -> Result<Applied> {
+        let drop_in_name = self.state.drop_in_name();
+        let layered = drop_in::parse(
+            &text,
+            name,
+            drop_in.as_deref().map(|d| (d, drop_in_name.as_str())),
+        )?;
+        for warning in &layered.warnings {
             warn!("{}", one_line(&warning.to_string()));
-        })?;
+        }
         let sha256 = policy::sha256_hex(text.as_bytes());
+        let drop_in_sha256 = drop_in.as_ref().map(|d| policy::sha256_hex(d.as_bytes()));
         let current = self.state.history.current();
-        let new_generation = current.is_none_or(|g| g.sha256 != sha256);
+        let new_generation =
+            current.is_none_or(|g| g.sha256 != sha256 || g.prefixes_sha256 != drop_in_sha256);
         let generation = if new_generation {
-            self.state
-                .generation
-                .max(current.map_or(0, |g| g.generation))
-                + 1
+            self.next_generation()
         } else {
             self.state.generation
         };
-        let image = policy.compile_with_ids(&super::state::group_ids(&self.state.applied));
-        self.apply_image(policy, image, sha256.clone(), generation)?;
+        let image = layered
+            .policy
+            .compile_with_ids(&super::state::group_ids(&self.state.applied));
+        self.apply_image(layered.policy, image, sha256.clone(), generation)?;
         self.state.policy_text = text;
+        self.state.drop_in = layered.drop_in;
+        self.state.drop_in_text = drop_in;
         if new_generation {
             self.record(origin);
         }
@@ -61,14 +78,26 @@ impl Agent {
         })
     }
 
-    /// Records the text in force as its generation; a failure is logged, not undone (the
-    /// policy is in force either way).
+    /// The number a new generation gets.
+    pub(super) fn next_generation(&self) -> u64 {
+        let current = self.state.history.current();
+        self.state
+            .generation
+            .max(current.map_or(0, |g| g.generation))
+            + 1
+    }
+
+    /// Records the texts in force as their generation; a failure is logged, not undone
+    /// (the policy is in force either way).
     pub(super) fn record(&mut self, origin: Origin) {
         let state = &mut self.state;
-        match state
-            .history
-            .record(&state.policy_text, origin, SystemTime::now())
-        {
+        match state.history.record(
+            &state.policy_text,
+            &state.policy_sha256,
+            state.drop_in_text.as_deref(),
+            origin,
+            SystemTime::now(),
+        ) {
             Ok(entry) if entry.generation == state.generation => {}
             Ok(entry) => {
                 warn!(
@@ -96,8 +125,11 @@ impl Agent {
     ) -> Result<Applied> {
         // Refused before anything is touched.
         policy::parse(&text, name)?;
+        // The prefixes drop-in stays: it is laid over the new file as over the old one.
+        let drop_in = self.state.drop_in_text.clone();
         self.replace_policy(
             text,
+            drop_in,
             name,
             confirm_within,
             Origin::new(How::Apply, Some(who.to_string())),
@@ -121,19 +153,21 @@ impl Agent {
             },
         };
         let text = history.text(target)?;
+        let drop_in = history.prefixes_text(target)?;
         let origin = Origin {
             restores: Some(target),
             ..Origin::new(How::Rollback, Some(who.to_string()))
         };
         let name = format!("generation {target}");
-        self.replace_policy(text, &name, confirm_within, origin)
+        self.replace_policy(text, drop_in, &name, confirm_within, origin)
     }
 
-    /// Writes the policy file, then applies it; on failure the file is put back as it
-    /// was, and so is the pending rollback.
+    /// Writes the policy file and its prefixes drop-in, then applies them; on failure the
+    /// files are put back as they were, and so is the pending rollback.
     fn replace_policy(
         &mut self,
         text: String,
+        drop_in: Option<String>,
         name: &str,
         confirm_within: Option<&str>,
         origin: Origin,
@@ -162,14 +196,15 @@ impl Agent {
             self.state.pending.set(pending.clone())?;
         }
         let old_text = self.state.policy_text.clone();
+        let old_drop_in = self.state.drop_in_text.clone();
         let applied = self
-            .write_policy_file(&text)
-            .and_then(|()| self.change_to(text, name, origin));
+            .write_policy_files(&text, drop_in.as_deref())
+            .and_then(|()| self.change_to(text, drop_in, name, origin));
         let mut applied = match applied {
             Ok(applied) => applied,
             Err(err) => {
-                if let Err(restore) = self.write_policy_file(&old_text) {
-                    error!("cannot put the policy file back as it was: {restore:#}");
+                if let Err(restore) = self.write_policy_files(&old_text, old_drop_in.as_deref()) {
+                    error!("cannot put the policy files back as they were: {restore:#}");
                 }
                 if pending.is_some()
                     && let Err(restore) = self.state.pending.set(before)
@@ -205,9 +240,10 @@ impl Agent {
         Ok(applied)
     }
 
-    /// `apply` and `rollback` make no sense while the policy comes from a URL: the next
-    /// fetch would undo them, or a 304 would keep them unseen by the fleet's source.
-    fn refuse_under_url(&self, how: How) -> Result<()> {
+    /// `apply`, `rollback` and `prefixes` make no sense while the policy comes from a URL:
+    /// the next fetch would undo them, or a 304 would keep them unseen by the fleet's
+    /// source.
+    pub(super) fn refuse_under_url(&self, how: How) -> Result<()> {
         if let PolicySource::Url(url) = &self.state.source {
             bail!(
                 "the policy comes from {} (run --policy-url): `{}` would be undone by the next fetch; publish the policy you want there, signed (`filter-agent sign`); the texts of earlier generations are in the state directory's history/N.yaml",
@@ -218,15 +254,47 @@ impl Agent {
         Ok(())
     }
 
-    /// Replaces the policy file whole, keeping its mode.
-    fn write_policy_file(&self, text: &str) -> Result<()> {
+    /// Replaces the policy file whole, keeping its mode, and its prefixes drop-in (`None`:
+    /// removes it).
+    fn write_policy_files(&self, text: &str, drop_in: Option<&str>) -> Result<()> {
         let PolicySource::File { path, .. } = &self.state.source else {
             bail!("the policy comes from a URL; there is no policy file to write");
         };
         let mode = std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(POLICY_FILE_MODE);
-        state_file::write_atomically_with_mode(path, text.as_bytes(), mode, "the policy file")
+        state_file::write_atomically_with_mode(path, text.as_bytes(), mode, "the policy file")?;
+        self.write_drop_in(drop_in)
+    }
+
+    /// Writes the prefixes drop-in beside the policy file, with the policy file's mode;
+    /// `None` removes it.
+    pub(super) fn write_drop_in(&self, text: Option<&str>) -> Result<()> {
+        let PolicySource::File { path, .. } = &self.state.source else {
+            bail!("the policy comes from a URL; there is no prefixes drop-in to write");
+        };
+        let beside = drop_in::path_beside(path);
+        match text {
+            Some(text) => {
+                let mode = std::fs::metadata(path)
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(POLICY_FILE_MODE);
+                state_file::write_atomically_with_mode(
+                    &beside,
+                    text.as_bytes(),
+                    mode,
+                    "the prefixes drop-in",
+                )
+            }
+            None => {
+                match std::fs::remove_file(&beside) {
+                    Ok(()) => state_file::sync_dir(beside.parent().unwrap_or(Path::new("."))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(anyhow::Error::new(e)
+                        .context(format!("cannot remove {}", beside.display()))),
+                }
+            }
+        }
     }
 
     /// `filter-agent confirm`: the pending rollback is dropped.
@@ -261,19 +329,19 @@ impl Agent {
             "rollback: {note}; applying generation {} again",
             pending.rollback_to
         );
-        let result = self
-            .state
-            .history
+        let history = &self.state.history;
+        let result = history
             .text(pending.rollback_to)
-            .and_then(|text| {
+            .and_then(|text| Ok((text, history.prefixes_text(pending.rollback_to)?)))
+            .and_then(|(text, drop_in)| {
                 let origin = Origin {
                     restores: Some(pending.rollback_to),
                     note: Some(note.clone()),
                     ..Origin::new(How::Rollback, Some("agent".into()))
                 };
                 let name = format!("generation {}", pending.rollback_to);
-                self.write_policy_file(&text)?;
-                self.change_to(text, &name, origin)
+                self.write_policy_files(&text, drop_in.as_deref())?;
+                self.change_to(text, drop_in, &name, origin)
             });
         match result {
             Ok(applied) => {

@@ -202,7 +202,7 @@ impl Agent {
                 note: Some(format!("fetched from {url}")),
                 ..Origin::new(How::Fetch, None)
             };
-            self.change_to(text.clone(), url, origin)
+            self.change_to(text.clone(), None, url, origin)
                 .map_err(|e| super::one_line(&format!("{e:#}")))
         };
         match result {

@@ -27,15 +27,17 @@ use crate::{
     control::{
         ControlError, Handler, Peer, Request,
         protocol::{
-            AgentInfo, AttachedInterface, DEFAULT_TOP_OFFENDERS, EventRate, ExemptionChange,
-            ExemptionEntry, ExemptionList, ExemptionSource, Explanation, FamilyCount, GroupCount,
-            History, How, InterfaceCount, LastReload, MapUsage, OffenderAlerts, OffenderRow,
-            Offenders, PLAN_WINDOW_SECONDS, Plan, PolicyStatus, PolicyUpload, ReasonCount,
-            RelayLimit, Response, SessionChange, SessionEntry, SessionList, SourceStatus, Stats,
-            Status, StatusCounters, SubscriberExemptionEntry, timestamp,
+            AgentInfo, AttachedInterface, DEFAULT_TOP_OFFENDERS, DropInStatus, EventRate,
+            ExemptionChange, ExemptionEntry, ExemptionList, ExemptionSource, Explanation,
+            FamilyCount, GroupCount, History, How, InterfaceCount, LastReload, MapUsage,
+            OffenderAlerts, OffenderRow, Offenders, PLAN_WINDOW_SECONDS, Plan, PolicyStatus,
+            PolicyUpload, ReasonCount, RelayLimit, Response, SessionChange, SessionEntry,
+            SessionList, SourceStatus, Stats, Status, StatusCounters, SubscriberExemptionEntry,
+            timestamp,
         },
     },
     dataplane::{self, Capacity, Dataplane},
+    drop_in::{self, Change},
     exemptions::{self, Exemption},
     explain,
     image::MapImage,
@@ -257,11 +259,45 @@ impl Handler for AgentHandler {
             } => self
                 .diff(from, to, window_seconds)
                 .map(|plan| Response::Plan(Box::new(plan))),
+            Request::PrefixesAdd { group, prefixes } => {
+                let change = Change::Add {
+                    group,
+                    prefixes: prefixes_of(&prefixes)?,
+                };
+                self.change_prefixes(peer, &change)
+            }
+            Request::PrefixesRemove { prefixes } => {
+                let change = Change::Remove {
+                    prefixes: prefixes_of(&prefixes)?,
+                };
+                self.change_prefixes(peer, &change)
+            }
         }
     }
 }
 
+/// The prefixes of a `prefixes` request, each read strictly; every bad one is named.
+fn prefixes_of(texts: &[String]) -> Result<Vec<IpNet>, ControlError> {
+    let (prefixes, errors): (Vec<_>, Vec<_>) = texts
+        .iter()
+        .map(|t| drop_in::parse_prefix(t))
+        .partition(Result::is_ok);
+    if !errors.is_empty() {
+        let reasons = errors.into_iter().filter_map(Result::err).collect();
+        return Err(bad(drop_in::Refused(reasons)));
+    }
+    Ok(prefixes.into_iter().filter_map(Result::ok).collect())
+}
+
 impl AgentHandler {
+    fn change_prefixes(&self, peer: &Peer, change: &Change) -> Result<Response, ControlError> {
+        let changed = self
+            .lock()?
+            .change_prefixes(change, &peer.user)
+            .map_err(failed)?;
+        Ok(Response::PrefixesChanged(changed))
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Agent>, ControlError> {
         self.agent
             .lock()
@@ -341,10 +377,16 @@ impl Planned {
     /// A kept generation.
     fn generation(state: &State, generation: u64) -> Result<Planned, ControlError> {
         let text = state.history.text(generation).map_err(failed)?;
+        let drop_in = state.history.prefixes_text(generation).map_err(failed)?;
         let name = format!("generation {generation}");
-        let policy = crate::policy::parse(&text, &name)
-            .map_err(|e| ControlError::Failed(format!("{name} no longer loads: {e}")))?
-            .policy;
+        let drop_in_name = format!("the prefixes of {name}");
+        let policy = drop_in::parse(
+            &text,
+            &name,
+            drop_in.as_deref().map(|d| (d, drop_in_name.as_str())),
+        )
+        .map_err(|e| ControlError::Failed(format!("{name} no longer loads: {e}")))?
+        .policy;
         Ok(Planned::of(state, policy, name))
     }
 
@@ -358,14 +400,21 @@ impl Planned {
 }
 
 impl AgentHandler {
-    /// The uploaded policy against the one in force.
+    /// The uploaded policy, with the prefixes drop-in in force laid over it (as `apply`
+    /// would), against the one in force.
     fn plan(&self, upload: PolicyUpload, window: Option<u64>) -> Result<Plan, ControlError> {
-        let new = crate::policy::parse(&upload.text, &upload.name)
-            .map_err(bad)?
-            .policy;
+        let new = crate::policy::parse(&upload.text, &upload.name).map_err(bad)?;
         let (old, new, path) = {
             let agent = self.lock()?;
             let state = &agent.state;
+            let new = drop_in::over(
+                new.policy,
+                new.warnings,
+                state.drop_in.clone(),
+                &state.drop_in_name(),
+            )
+            .map_err(bad)?
+            .policy;
             let label = format!("generation {} (in force)", state.generation);
             (
                 Planned {
@@ -496,6 +545,15 @@ fn status(state: &State, kernel: KernelStatus) -> Status {
             relay_limit: RelayLimit::of(config),
             offenders: offender_alerts(AlertSettings::of(config)),
             events: EventRate::of(config),
+            drop_in: state.drop_in_text.as_ref().map(|text| {
+                let (added, removed) = state.drop_in.counts();
+                DropInStatus {
+                    file: state.drop_in_file().unwrap_or_default(),
+                    sha256: crate::policy::sha256_hex(text.as_bytes()),
+                    added,
+                    removed,
+                }
+            }),
         },
         last_reload: LastReload {
             ok: state.last_reload.ok,
@@ -1011,6 +1069,8 @@ relays: [203.0.113.25]
             fetch: None,
             policy: loaded.policy,
             policy_text: policy.to_string(),
+            drop_in: Default::default(),
+            drop_in_text: None,
             policy_sha256: "ab".repeat(32),
             policy_loaded_at: at(1_800_000_000),
             policy_image: image.clone(),
@@ -1142,7 +1202,7 @@ relays: [203.0.113.25]
         assert!(text.starts_with(r#"{"agent":{"pid":"#), "{text}");
         assert!(
             text.contains(
-                r#""action":"drop","events":null,"file":"/etc/filter-agent/policy.yaml""#
+                r#""action":"drop","drop_in":null,"events":null,"file":"/etc/filter-agent/policy.yaml""#
             ),
             "{text}"
         );

@@ -139,24 +139,76 @@ impl PolicyHistory {
         Ok(text)
     }
 
-    /// Records `text` as the next generation: the text first, then the index, then the
-    /// texts of generations no longer kept are removed.
-    pub fn record(&mut self, text: &str, origin: Origin, at: SystemTime) -> Result<Generation> {
+    /// The text of a kept generation's prefixes drop-in, checked against its SHA-256;
+    /// `None` when it had none.
+    pub fn prefixes_text(&self, generation: u64) -> Result<Option<String>> {
+        let Some(sha256) = self
+            .get(generation)
+            .and_then(|g| g.prefixes_sha256.as_deref())
+        else {
+            return Ok(None);
+        };
+        let path = prefixes_path(&self.dir, generation);
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the prefixes of generation {generation} ({})",
+                path.display()
+            )
+        })?;
+        let found = policy::sha256_hex(text.as_bytes());
+        if found != sha256 {
+            bail!(
+                "the prefixes of generation {generation} are damaged: {} has sha256 {found}, the history says {sha256}",
+                path.display()
+            );
+        }
+        Ok(Some(text))
+    }
+
+    /// Records `text` (whose SHA-256 is `sha256`) and the prefixes drop-in laid over it as
+    /// the next generation: the texts first, then the index, then the texts of
+    /// generations no longer kept are removed. A policy text equal to the one in force is
+    /// linked, not copied: a prefix change in a large policy writes only the drop-in.
+    pub fn record(
+        &mut self,
+        text: &str,
+        sha256: &str,
+        prefixes: Option<&str>,
+        origin: Origin,
+        at: SystemTime,
+    ) -> Result<Generation> {
         let entry = Generation {
             generation: self.current().map_or(1, |g| g.generation + 1),
-            sha256: policy::sha256_hex(text.as_bytes()),
+            sha256: sha256.to_string(),
             bytes: text.len() as u64,
             applied_at: timestamp(at),
             how: origin.how,
             who: origin.who,
             restores: origin.restores,
             note: origin.note,
+            prefixes_sha256: prefixes.map(|p| policy::sha256_hex(p.as_bytes())),
         };
-        state_file::write_atomically(
-            &self.text_path(entry.generation),
-            text,
-            "the policy history",
-        )?;
+        let path = self.text_path(entry.generation);
+        let linked = self
+            .current()
+            .filter(|current| current.sha256 == sha256)
+            .is_some_and(|current| {
+                // One left behind by a crash is replaced.
+                let _ = fs::remove_file(&path);
+                fs::hard_link(self.text_path(current.generation), &path).is_ok()
+            });
+        if !linked {
+            state_file::write_atomically(&path, text, "the policy history")?;
+        }
+        match prefixes {
+            Some(prefixes) => state_file::write_atomically(
+                &prefixes_path(&self.dir, entry.generation),
+                prefixes,
+                "the policy history",
+            )?,
+            None if linked => state_file::sync_dir(&self.dir)?,
+            None => {}
+        }
         let mut generations = self.generations.clone();
         generations.push(entry.clone());
         let forgotten = generations.len().saturating_sub(HISTORY_KEPT);
@@ -174,6 +226,7 @@ impl PolicyHistory {
         for old in dropped {
             // Unreferenced now; one left behind by a crash is overwritten if ever reused.
             let _ = fs::remove_file(self.text_path(old.generation));
+            let _ = fs::remove_file(prefixes_path(&self.dir, old.generation));
         }
         Ok(entry)
     }
@@ -235,13 +288,18 @@ impl PendingStore {
     }
 }
 
-/// When a pending rollback is carried out; `None` for an unreadable deadline (due now:
-/// fail safe, back to the confirmed policy).
 /// Where a generation's text is kept in the history directory `dir`.
 pub fn text_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("{generation}.yaml"))
 }
 
+/// Where the prefixes drop-in of a generation is kept, if it had one.
+pub fn prefixes_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{generation}.prefixes.yaml"))
+}
+
+/// When a pending rollback is carried out; `None` for an unreadable deadline (due now:
+/// fail safe, back to the confirmed policy).
 pub fn deadline(pending: &PendingRollback) -> Option<SystemTime> {
     humantime::parse_rfc3339(&pending.deadline).ok()
 }
@@ -274,8 +332,15 @@ mod tests {
         for n in 1..=HISTORY_KEPT as u64 + 3 {
             let text = format!("version: 1 # {n}\r\n\u{e9}\n");
             let who = Some("alice".to_string());
+            let sha256 = policy::sha256_hex(text.as_bytes());
             let entry = history
-                .record(&text, Origin::new(How::Apply, who), at(1_800_000_000 + n))
+                .record(
+                    &text,
+                    &sha256,
+                    None,
+                    Origin::new(How::Apply, who),
+                    at(1_800_000_000 + n),
+                )
                 .unwrap();
             assert_eq!(entry.generation, n);
             assert_eq!(entry.bytes, text.len() as u64);
@@ -307,12 +372,58 @@ mod tests {
     fn a_damaged_text_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut history = PolicyHistory::load(dir.path()).unwrap();
+        let text = "version: 1\n";
+        let sha256 = policy::sha256_hex(text.as_bytes());
         history
-            .record("version: 1\n", Origin::new(How::Start, None), at(0))
+            .record(
+                text,
+                &sha256,
+                Some("version: 1\n"),
+                Origin::new(How::Start, None),
+                at(0),
+            )
             .unwrap();
         fs::write(dir.path().join("1.yaml"), "version: 2\n").unwrap();
         let error = history.text(1).unwrap_err().to_string();
         assert!(error.starts_with("generation 1 is damaged"), "{error}");
+        fs::write(dir.path().join("1.prefixes.yaml"), "version: 2\n").unwrap();
+        let error = history.prefixes_text(1).unwrap_err().to_string();
+        assert!(
+            error.starts_with("the prefixes of generation 1 are damaged"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_prefix_change_links_the_policy_text_and_keeps_its_drop_in() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut history = PolicyHistory::load(dir.path()).unwrap();
+        let text = "version: 1\n# a large policy\n";
+        let sha256 = policy::sha256_hex(text.as_bytes());
+        let drop_in = "version: 1\nremove: [10.0.0.0/8]\n";
+        history
+            .record(text, &sha256, None, Origin::new(How::Start, None), at(0))
+            .unwrap();
+        let second = history
+            .record(
+                text,
+                &sha256,
+                Some(drop_in),
+                Origin::new(How::PrefixesAdd, None),
+                at(1),
+            )
+            .unwrap();
+        assert_eq!(
+            second.prefixes_sha256,
+            Some(policy::sha256_hex(drop_in.as_bytes()))
+        );
+        let inode = |n: u64| fs::metadata(text_path(dir.path(), n)).unwrap().ino();
+        assert_eq!(inode(1), inode(2), "the policy text is linked, not copied");
+        let reloaded = PolicyHistory::load(dir.path()).unwrap();
+        assert_eq!(reloaded.text(2).unwrap(), text);
+        assert_eq!(reloaded.prefixes_text(2).unwrap().as_deref(), Some(drop_in));
+        assert_eq!(reloaded.prefixes_text(1).unwrap(), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod logging;
 pub mod offenders;
 mod options;
 mod pinned;
+mod prefixes;
 mod state;
 
 use std::{
@@ -35,7 +36,7 @@ use tokio::{
 use crate::{
     control::{self, protocol::How},
     dataplane::{self, Capacity, Dataplane, PinDir},
-    defaults,
+    defaults, drop_in,
     exemptions::ExemptionStore,
     image::MapImage,
     metrics,
@@ -66,14 +67,19 @@ pub fn run(options: AgentOptions) -> Result<()> {
         .block_on(run_async(options))
 }
 
-/// Parses the policy (`name` in diagnostics), logging its warnings; errors are returned
-/// whole. Returns the policy, its text and the text's SHA-256.
-fn load_policy(text: String, name: &str) -> Result<(Policy, String, String)> {
-    let policy = policy::parse_reporting(&text, name, |warning| {
+/// Parses the policy (`name` in diagnostics) with its prefixes drop-in (text and name)
+/// laid over it, logging the warnings; errors are returned whole. Returns the layered
+/// policy and the policy text's SHA-256.
+fn load_policy(
+    text: &str,
+    name: &str,
+    drop_in: Option<(&str, &str)>,
+) -> Result<(drop_in::Layered, String)> {
+    let layered = drop_in::parse(text, name, drop_in)?;
+    for warning in &layered.warnings {
         warn!("{}", one_line(&warning.to_string()));
-    })?;
-    let sha256 = policy::sha256_hex(text.as_bytes());
-    Ok((policy, text, sha256))
+    }
+    Ok((layered, policy::sha256_hex(text.as_bytes())))
 }
 
 /// How the agent follows a URL, once started.
@@ -192,8 +198,22 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     let started = Instant::now();
     let (text, following) = initial_policy(&options)?;
     let label = options.source.label();
-    let (policy, text, sha256) = load_policy(text, &label)
-        .with_context(|| format!("policy {label} rejected; nothing attached"))?;
+    let drop_in_file = match &options.source {
+        PolicySource::File { path, .. } => drop_in::read_beside(path)
+            .with_context(|| format!("policy {label} rejected; nothing attached"))?,
+        PolicySource::Url(_) => None,
+    };
+    let drop_in_name = drop_in_file
+        .as_ref()
+        .map(|(_, path)| path.display().to_string());
+    let drop_in_text = drop_in_file.map(|(text, _)| text);
+    let (layered, sha256) = load_policy(
+        &text,
+        &label,
+        drop_in_text.as_deref().zip(drop_in_name.as_deref()),
+    )
+    .with_context(|| format!("policy {label} rejected; nothing attached"))?;
+    let policy = layered.policy;
     check_interfaces(&policy)?;
     // Before anything is created or attached: a bad file changes nothing.
     let web_config = match &options.web_config {
@@ -239,7 +259,12 @@ async fn run_async(options: AgentOptions) -> Result<()> {
     // The generation in force continues the history; a text that differs from its last
     // one (edited while the agent was stopped, or never seen) is a new generation.
     let generation = history.current().map_or(0, |g| g.generation);
-    let new_generation = history.current().is_none_or(|g| g.sha256 != sha256);
+    let drop_in_sha256 = drop_in_text
+        .as_ref()
+        .map(|d| policy::sha256_hex(d.as_bytes()));
+    let new_generation = history
+        .current()
+        .is_none_or(|g| g.sha256 != sha256 || g.prefixes_sha256 != drop_in_sha256);
     let mut agent = Agent {
         pins,
         dataplane,
@@ -250,6 +275,8 @@ async fn run_async(options: AgentOptions) -> Result<()> {
             policy_image: MapImage::new(applied.config),
             policy: policy.clone(),
             policy_text: text,
+            drop_in: layered.drop_in,
+            drop_in_text,
             policy_sha256: sha256.clone(),
             policy_loaded_at: now,
             exemptions,
@@ -452,11 +479,18 @@ async fn run_async(options: AgentOptions) -> Result<()> {
                     }
                 }
             }
-            Some(()) = file_rx.recv() => {
+            Some(changed) = file_rx.recv() => {
                 // Let the burst of events from one save settle, then reload once.
                 tokio::time::sleep(SETTLE).await;
-                while file_rx.try_recv().is_ok() {}
-                let _ = lock().reload(Origin::new(How::FileChange, None));
+                let mut policy_file = changed == Changed::Policy;
+                while let Ok(changed) = file_rx.try_recv() {
+                    policy_file |= changed == Changed::Policy;
+                }
+                let mut agent = lock();
+                // `prefixes add` and `remove` write the drop-in themselves: no reload then.
+                if policy_file || agent.state.drop_in_edited() {
+                    let _ = agent.reload(Origin::new(How::FileChange, None));
+                }
             }
             batch = next_events(&mut events) => lock().handle_events(&batch),
             _ = expiry.tick() => {
@@ -615,14 +649,26 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     batch
 }
 
+/// Which watched file changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Changed {
+    Policy,
+    DropIn,
+}
+
 /// Watches the policy's directory, so a file replaced by rename (as editors and config
-/// management do) is seen as well as one written in place. A policy that is a symlink
+/// management do) is seen as well as one written in place, and the prefixes drop-in
+/// beside it. A policy that is a symlink
 /// into its own directory is followed too: a Kubernetes ConfigMap volume holds
 /// `policy.yaml -> ..data/policy.yaml` and the kubelet updates it by renaming a new
 /// `..data` symlink over the old one, so events on the first component of the link's
 /// target (`..data`), read again at each event, count as changes of the policy.
-fn watch(policy: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
+fn watch(policy: &Path, tx: mpsc::UnboundedSender<Changed>) -> Result<notify::RecommendedWatcher> {
     let policy = std::path::absolute(policy)?;
+    let drop_in = drop_in::path_beside(&policy)
+        .file_name()
+        .context("the policy path has no file name")?
+        .to_owned();
     let dir = policy
         .parent()
         .context("the policy path has no directory")?
@@ -637,11 +683,15 @@ fn watch(policy: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recomme
             return;
         }
         let link = linked_name(&policy);
-        if event.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| n == name.as_os_str() || link.as_deref() == Some(n))
-        }) {
-            let _ = tx.send(());
+        for path in &event.paths {
+            let Some(file) = path.file_name() else {
+                continue;
+            };
+            if file == name.as_os_str() || link.as_deref() == Some(file) {
+                let _ = tx.send(Changed::Policy);
+            } else if file == drop_in.as_os_str() {
+                let _ = tx.send(Changed::DropIn);
+            }
         }
     })?;
     watcher

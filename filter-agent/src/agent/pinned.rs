@@ -20,8 +20,8 @@ use super::{
 use crate::{
     control::{Handler, Peer, Request, protocol::Response},
     dataplane::{self, Dataplane, PinDir},
+    drop_in,
     exemptions::ExemptionStore,
-    policy,
     source::PolicySource,
     subscribers::Subscribers,
 };
@@ -112,11 +112,17 @@ impl PinnedFilter {
             );
         };
         let text = history.text(current.generation)?;
+        let drop_in_text = history.prefixes_text(current.generation)?;
         let name = format!("generation {}", current.generation);
-        let policy = policy::parse(&text, &name)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("reading {name} from the history"))?
-            .policy;
+        let drop_in_name = format!("the prefixes of {name}");
+        let layered = drop_in::parse(
+            &text,
+            &name,
+            drop_in_text.as_deref().map(|d| (d, drop_in_name.as_str())),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading {name} from the history"))?;
+        let policy = layered.policy;
         // The ids the kernel holds, as a restarted agent would keep them.
         let policy_image = policy.compile_with_ids(&state::group_ids(&applied));
         let loaded_at =
@@ -137,6 +143,8 @@ impl PinnedFilter {
                 fetch: None,
                 policy,
                 policy_text: text,
+                drop_in: layered.drop_in,
+                drop_in_text,
                 policy_sha256: current.sha256.clone(),
                 policy_loaded_at: loaded_at,
                 policy_image,

@@ -26,6 +26,7 @@ use super::{
 use crate::{
     control::protocol::Applied,
     dataplane::{self, AttachedInterface, Dataplane, PinDir},
+    drop_in::{self, DropIn},
     exemptions::{self, Exemption, ExemptionStore},
     image::MapImage,
     policy::{self, Policy},
@@ -61,6 +62,10 @@ pub struct State {
     pub policy_text: String,
     pub policy_sha256: String,
     pub policy_loaded_at: SystemTime,
+    /// The prefixes drop-in laid over `policy_text` (`prefixes add` and `remove`), and
+    /// its text (`None`: there is none); `policy` and `policy_image` include it.
+    pub drop_in: DropIn,
+    pub drop_in_text: Option<String>,
     /// The policy compiled alone: what exemptions are checked against.
     pub policy_image: MapImage,
     pub exemptions: ExemptionStore,
@@ -200,7 +205,7 @@ impl Agent {
     }
 
     /// Syncs the maps to `policy_image` plus the exemptions.
-    fn sync(&mut self, policy_image: &MapImage) -> Result<crate::dataplane::SyncReport> {
+    pub(super) fn sync(&mut self, policy_image: &MapImage) -> Result<crate::dataplane::SyncReport> {
         let (want, skipped) = self.state.with_exemptions(policy_image);
         for skipped in skipped {
             warn!(
@@ -225,8 +230,12 @@ impl Agent {
             bail!("the policy comes from a URL: it is fetched, not read from a file");
         };
         let result = policy::read(&path)
+            .and_then(|text| Ok((text, drop_in::read_beside(&path)?)))
             .map_err(anyhow::Error::from)
-            .and_then(|text| self.change_to(text, &path.display().to_string(), origin));
+            .and_then(|(text, drop_in)| {
+                let drop_in = drop_in.map(|(text, _)| text);
+                self.change_to(text, drop_in, &path.display().to_string(), origin)
+            });
         self.state.last_reload = match &result {
             Ok(_) => {
                 info!(
@@ -663,6 +672,34 @@ impl Agent {
 }
 
 impl State {
+    /// The prefixes drop-in's file: beside the policy file (none for a URL).
+    pub fn drop_in_file(&self) -> Option<PathBuf> {
+        match &self.source {
+            PolicySource::File { path, .. } => Some(drop_in::path_beside(path)),
+            PolicySource::Url(_) => None,
+        }
+    }
+
+    /// What diagnostics call the drop-in.
+    pub fn drop_in_name(&self) -> String {
+        self.drop_in_file().map_or_else(
+            || "the prefixes drop-in".to_string(),
+            |path| path.display().to_string(),
+        )
+    }
+
+    /// Whether the drop-in on disk differs from the one in force (after a change the
+    /// agent did not make itself).
+    pub fn drop_in_edited(&self) -> bool {
+        let PolicySource::File { path, .. } = &self.source else {
+            return false;
+        };
+        match drop_in::read_beside(path) {
+            Ok(on_disk) => on_disk.map(|(text, _)| text) != self.drop_in_text,
+            Err(_) => true,
+        }
+    }
+
     /// The file that holds the text in force: the policy file, or the cache of the
     /// policy fetched from a URL.
     pub fn policy_file(&self) -> PathBuf {

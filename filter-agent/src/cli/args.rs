@@ -135,6 +135,17 @@ close for a handful, saturated (shown as ≥266) beyond a few hundred.")]
         #[arg(long, global = true, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Add prefixes to the policy's groups, or take them out, through the running agent:
+    /// for IPAM integrations. Applied at once and hole-free, checked as a policy file is,
+    /// and kept in the prefixes drop-in beside the policy file (POLICY.prefixes.yaml),
+    /// which the agent lays over the policy file at every load; the policy file itself is
+    /// never written. Each change is a generation in the history (`rollback` undoes it).
+    Prefixes {
+        #[command(subcommand)]
+        command: PrefixesCommand,
+        #[arg(long, global = true, value_name = "PATH", default_value = defaults::CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Write shell completions (bash, zsh, fish) and man pages into DIR.
     #[command(hide = true)]
     Docs {
@@ -479,6 +490,42 @@ impl From<RunArgs> for AgentOptions {
             web_config,
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PrefixesCommand {
+    /// Put PREFIX (several may be given) into group NAME of the policy. A prefix already
+    /// in a group is refused (a prefix belongs to one group): remove it first to move it.
+    #[command(after_help = "Examples:
+  filter-agent prefixes add --group residential 100.72.0.0/16
+  filter-agent prefixes add --group residential 198.18.0.0/24 2001:db8:5000::/40 --json
+
+Exit status 1 when refused (a bad prefix, host bits set, an unknown group, a prefix
+already in a group or exempted from the CLI, no room in the maps): nothing changed.")]
+    Add {
+        /// A group of the policy.
+        #[arg(long, value_name = "NAME")]
+        group: String,
+        #[arg(required = true, value_name = "PREFIX")]
+        prefixes: Vec<String>,
+        /// Print the generation and each prefix's move as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take PREFIX (several may be given) out of the group it is in, whether the policy
+    /// file or an earlier `prefixes add` put it there.
+    #[command(after_help = "Examples:
+  filter-agent prefixes remove 100.72.0.0/16
+  filter-agent prefixes remove 198.18.0.0/24 2001:db8:5000::/40 --json
+
+Exit status 1 when refused (a bad prefix, one in no group): nothing changed.")]
+    Remove {
+        #[arg(required = true, value_name = "PREFIX")]
+        prefixes: Vec<String>,
+        /// Print the generation and each prefix's move as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::control::{
     Request,
-    protocol::{Applied, Confirmed, History, PendingRollback, Plan, PolicyUpload},
+    protocol::{Applied, Confirmed, History, PendingRollback, Plan, PolicyUpload, PrefixesChanged},
 };
 
 /// `reload`, `rollback` and `apply`: what is in force now, and what is still to do.
@@ -69,6 +69,37 @@ fn render_applied(applied: &Applied) -> String {
             settled.generation, settled.rollback_to
         );
     }
+    out
+}
+
+/// `prefixes add` and `prefixes remove`: the generation in force, and each prefix's move.
+pub fn prefixes(socket: &Path, request: &Request, json: bool) -> Result<()> {
+    let changed: PrefixesChanged = call(socket, request)?;
+    if json {
+        return print_json(&changed);
+    }
+    print!("{}", render_prefixes(&changed));
+    Ok(())
+}
+
+fn render_prefixes(changed: &PrefixesChanged) -> String {
+    let mut out = String::new();
+    for moved in &changed.moved {
+        let group = |g: &Option<String>| g.clone().unwrap_or_else(|| "no group".into());
+        out += &format!(
+            "{}: {} -> {}\n",
+            moved.prefix,
+            group(&moved.from),
+            group(&moved.to)
+        );
+    }
+    out += &format!(
+        "generation {} in force: applied with {} map operations in {:.1} ms, kept in {}\n",
+        changed.generation,
+        changed.map_operations,
+        changed.agent_ms,
+        changed.drop_in.display()
+    );
     out
 }
 
@@ -181,6 +212,7 @@ mod tests {
             who: who.map(Into::into),
             restores,
             note: None,
+            prefixes_sha256: None,
         };
         let history = History {
             current: Some(3),

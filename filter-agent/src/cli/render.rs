@@ -202,6 +202,15 @@ fn render_status(status: &Status) -> String {
         policy.relays,
         status.exemptions
     );
+    if let Some(drop_in) = &policy.drop_in {
+        out += &format!(
+            "prefixes     {} (sha256 {}): {} added, {} removed by `filter-agent prefixes`\n",
+            drop_in.file.display(),
+            drop_in.sha256.chars().take(16).collect::<String>(),
+            drop_in.added,
+            drop_in.removed
+        );
+    }
     out += &format!(
         "subscribers  {} sessions, {} exempt by name\n",
         status.sessions, status.subscriber_exemptions

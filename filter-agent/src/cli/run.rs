@@ -7,13 +7,13 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use super::{
-    args::{Cli, Command, ExemptionsCommand, SessionsCommand},
+    args::{Cli, Command, ExemptionsCommand, PrefixesCommand, SessionsCommand},
     change, manpages, render,
 };
 use crate::{
     agent, capture,
     control::{Request, protocol::Explanation},
-    explain, policy, replay, source,
+    drop_in, explain, policy, replay, source,
 };
 
 pub fn main() -> ExitCode {
@@ -27,13 +27,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Loads a policy, printing its warnings; a policy with errors is a failure that
-/// prints every error.
-fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
-    match policy::load_reporting(path, |warning| eprintln!("{warning}")) {
-        Ok((policy, _)) => Ok(policy),
+/// Loads a policy file with the prefixes drop-in beside it laid over it (as the agent
+/// does), printing the warnings; a policy with errors is a failure that prints every
+/// error. Returns the policy and the drop-in's path, if there is one.
+fn load_layered(path: &std::path::Path) -> Result<(drop_in::Layered, Option<std::path::PathBuf>)> {
+    match drop_in::load(path) {
+        Ok((layered, beside)) => {
+            for warning in &layered.warnings {
+                eprintln!("{warning}");
+            }
+            Ok((layered, beside))
+        }
         Err(errors) => bail!("{errors}\npolicy {} rejected", path.display()),
     }
+}
+
+fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
+    Ok(load_layered(path)?.0.policy)
 }
 
 /// `plan` and `diff` keep exit status 1 for "it differs": errors are 2.
@@ -185,6 +195,20 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Prefixes { command, socket } => {
+            let (request, json) = match command {
+                PrefixesCommand::Add {
+                    group,
+                    prefixes,
+                    json,
+                } => (Request::PrefixesAdd { group, prefixes }, json),
+                PrefixesCommand::Remove { prefixes, json } => {
+                    (Request::PrefixesRemove { prefixes }, json)
+                }
+            };
+            change::prefixes(&socket, &request, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Docs { dir } => {
             for file in manpages::generate(<Cli as clap::CommandFactory>::command(), &dir)? {
                 println!("{}", file.display());
@@ -196,8 +220,8 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { policy, json: true } => {
-            let (ok, diagnostics) = match policy::load(&policy) {
-                Ok(loaded) => (true, loaded.warnings),
+            let (ok, diagnostics) = match drop_in::load(&policy) {
+                Ok((layered, _)) => (true, layered.warnings),
                 Err(errors) => (false, errors.0),
             };
             let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics
@@ -217,9 +241,20 @@ fn run(command: Command) -> Result<ExitCode> {
             policy,
             json: false,
         } => {
-            let loaded = load_policy(&policy)?;
+            let (layered, beside) = load_layered(&policy)?;
+            let loaded = &layered.policy;
+            let laid = match beside {
+                Some(beside) => {
+                    let (added, removed) = layered.drop_in.counts();
+                    format!(
+                        ", with {} laid over it ({added} added, {removed} removed)",
+                        beside.display()
+                    )
+                }
+                None => String::new(),
+            };
             println!(
-                "{}: ok ({} groups, {} prefixes, {} relays)",
+                "{}: ok ({} groups, {} prefixes, {} relays){laid}",
                 policy.display(),
                 loaded.groups.len(),
                 loaded.prefix_count(),

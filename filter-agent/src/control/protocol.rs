@@ -107,6 +107,16 @@ pub enum Request {
         #[serde(default)]
         window_seconds: Option<u64>,
     },
+    /// Add prefixes to a group of the policy (kept in the prefixes drop-in beside the
+    /// policy file), as an IPAM does.
+    PrefixesAdd {
+        group: String,
+        prefixes: Vec<String>,
+    },
+    /// Take prefixes out of the policy's groups.
+    PrefixesRemove {
+        prefixes: Vec<String>,
+    },
 }
 
 /// A policy sent with a request: `bytes` bytes of its text follow the request's newline
@@ -143,7 +153,7 @@ pub const DEFAULT_TOP_OFFENDERS: usize = 20;
 
 /// The wire names of the commands, to tell an unknown command from a bad known one.
 /// A test holds it to the enum.
-const COMMANDS: [&str; 19] = [
+const COMMANDS: [&str; 21] = [
     "status",
     "stats",
     "exemptions-list",
@@ -163,6 +173,8 @@ const COMMANDS: [&str; 19] = [
     "history",
     "plan",
     "diff",
+    "prefixes-add",
+    "prefixes-remove",
 ];
 
 /// How far back `plan` looks for sources unless told otherwise.
@@ -191,6 +203,9 @@ impl Request {
             Request::Apply { .. } => Some("applying a policy"),
             Request::Confirm => Some("confirming a change"),
             Request::Rollback { .. } => Some("rolling back"),
+            Request::PrefixesAdd { .. } | Request::PrefixesRemove { .. } => {
+                Some("changing the policy's prefixes")
+            }
             _ => None,
         }
     }
@@ -343,6 +358,7 @@ pub enum Response {
     Confirmed(Confirmed),
     History(History),
     Plan(Box<Plan>),
+    PrefixesChanged(PrefixesChanged),
 }
 
 /// How a generation of the policy came to be applied.
@@ -362,6 +378,10 @@ pub enum How {
     Rollback,
     /// Fetched from the policy URL (`run --policy-url`), its signature verified.
     Fetch,
+    /// `filter-agent prefixes add`.
+    PrefixesAdd,
+    /// `filter-agent prefixes remove`.
+    PrefixesRemove,
 }
 
 impl How {
@@ -374,6 +394,8 @@ impl How {
             How::Apply => "apply",
             How::Rollback => "rollback",
             How::Fetch => "fetch",
+            How::PrefixesAdd => "prefixes add",
+            How::PrefixesRemove => "prefixes remove",
         }
     }
 }
@@ -393,6 +415,10 @@ pub struct Generation {
     /// For a rollback: the generation whose text it applied again.
     pub restores: Option<u64>,
     pub note: Option<String>,
+    /// Of the prefixes drop-in laid over the policy text, also kept byte for byte; `None`:
+    /// there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes_sha256: Option<String>,
 }
 
 /// A change that is undone unless confirmed in time.
@@ -423,6 +449,20 @@ pub struct Applied {
     /// For a `reload` of an agent that follows a URL: what the fetch came to.
     #[serde(default)]
     pub fetch: Option<LastFetch>,
+}
+
+/// Reply to `prefixes-add` and `prefixes-remove`: the generation in force now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefixesChanged {
+    pub generation: u64,
+    /// The prefixes drop-in, which holds the change (removed when it holds none).
+    pub drop_in: PathBuf,
+    /// Each prefix with the group it left and the one it joined (null: none).
+    pub moved: Vec<crate::drop_in::Moved>,
+    /// Trie entries written: inserts, deletes and updates.
+    pub map_operations: usize,
+    /// Inside the agent: checked, persisted, in the kernel and recorded.
+    pub agent_ms: f64,
 }
 
 /// Reply to `confirm`.
@@ -696,6 +736,20 @@ pub struct PolicyStatus {
     pub relay_limit: Option<RelayLimit>,
     pub offenders: Option<OffenderAlerts>,
     pub events: Option<EventRate>,
+    /// The prefixes drop-in laid over the policy file, if there is one (an older agent
+    /// sends none).
+    #[serde(default)]
+    pub drop_in: Option<DropInStatus>,
+}
+
+/// The prefixes drop-in in force (`filter-agent prefixes add` and `remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropInStatus {
+    pub file: PathBuf,
+    pub sha256: String,
+    /// Prefixes it adds to (or moves into) a group, and prefixes it takes out.
+    pub added: usize,
+    pub removed: usize,
 }
 
 /// The outcome of the last (re)load.
@@ -1173,6 +1227,13 @@ mod tests {
                 to: 5,
                 window_seconds: None,
             },
+            Request::PrefixesAdd {
+                group: "residential".into(),
+                prefixes: vec!["198.18.0.0/24".into(), "2001:db8:9::/48".into()],
+            },
+            Request::PrefixesRemove {
+                prefixes: vec!["198.18.0.0/24".into()],
+            },
         ];
         for request in &all {
             match request {
@@ -1195,6 +1256,7 @@ mod tests {
                 | Request::History
                 | Request::Plan { .. }
                 | Request::Diff { .. } => {}
+                Request::PrefixesAdd { .. } | Request::PrefixesRemove { .. } => {}
             }
         }
         all
@@ -1275,7 +1337,7 @@ mod tests {
             mutations,
             [
                 false, false, false, true, true, true, false, false, false, true, true, false,
-                true, true, true, true, true, true, false, false, false
+                true, true, true, true, true, true, false, false, false, true, true
             ],
             "{:?}",
             every_request()

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use filter_common::{Config, FLAG_MONITOR, SourceRule};
 
-use super::schema::{Events, Mode, Offenders, Policy, RelayLimit};
+use super::schema::{Events, Group, Mode, Offenders, Policy, RelayLimit};
 use crate::image::{GroupInfo, MapImage};
 
 impl Policy {
@@ -42,9 +42,7 @@ impl Policy {
                     smtp: group.smtp,
                 },
             );
-            // The group's mode goes into each of its rules, so the kernel learns it from
-            // the lookup that finds the group.
-            let rule = SourceRule::with_mode(id, group.smtp, Mode::of_group(group.mode));
+            let rule = group.rule(id);
             for &prefix in &group.prefixes {
                 image.insert_source(prefix, rule);
             }
@@ -53,6 +51,15 @@ impl Policy {
             .set_relays(&self.relays)
             .expect("validation caps relays per family at MAX_RELAYS");
         image
+    }
+}
+
+impl Group {
+    /// What each prefix of the group holds in the kernel, the group having id `id`. The
+    /// group's mode goes into each of its rules, so the kernel learns it from the lookup
+    /// that finds the group.
+    pub fn rule(&self, id: u32) -> SourceRule {
+        SourceRule::with_mode(id, self.smtp, Mode::of_group(self.mode))
     }
 }
 

@@ -35,17 +35,6 @@ pub fn load(path: &Path) -> Result<Loaded, PolicyErrors> {
     parse(&read(path)?, &path.display().to_string())
 }
 
-/// What the agent and the CLI load: the policy of `path` and the SHA-256 of its text, each
-/// warning handed to `warn`; a policy with errors is one error listing them all.
-pub fn load_reporting(
-    path: &Path,
-    mut warn: impl FnMut(&Diagnostic),
-) -> anyhow::Result<(Policy, String)> {
-    let source = read(path)?;
-    let policy = parse_reporting(&source, &path.display().to_string(), &mut warn)?;
-    Ok((policy, sha256_hex(source.as_bytes())))
-}
-
 /// [`parse`] for a policy held in memory, each warning handed to `warn`.
 pub fn parse_reporting(
     source: &str,
