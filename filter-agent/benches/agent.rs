@@ -1,6 +1,7 @@
 //! The agent's own costs: time from start to enforcement and peak resident memory at
 //! 1,000 / 100,000 / 1,000,000 prefixes; time and map operations of a one-prefix change in
-//! a 100,000-prefix policy; replay throughput (frames per second through
+//! a 100,000-prefix policy (a file reload, an exemption, and `prefixes add` through the
+//! control socket); replay throughput (frames per second through
 //! `filter-agent replay`). Run with `cargo xtask bench-agent [--json] [--quick]` (root).
 //!
 //! The agent runs as its own process (the release binary) in a private network namespace

@@ -270,7 +270,7 @@ impl DropIn {
                         diagnostics.push(diagnostic(
                             Severity::Warning,
                             format!("prefix {prefix} is added to group {group}, where the policy file lists it too"),
-                            None,
+                            Some("the drop-in's entry can go: delete its line, then `filter-agent reload`".into()),
                         ));
                     }
                 }

@@ -27,15 +27,7 @@ pub fn write_atomically_with_mode(
     mode: u32,
     what: &str,
 ) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    let dir = create_parent(path)?;
     let file_name = path
         .file_name()
         .with_context(|| format!("{} is not a file name", path.display()))?;
@@ -52,6 +44,30 @@ pub fn write_atomically_with_mode(
     }
     written?;
     sync_dir(dir)
+}
+
+/// Writes a file nothing reads until a later [`write_atomically`] in the same directory
+/// names it (a generation's text, before the history's index does): created afresh and
+/// synced, without a rename; that later write's directory sync makes its entry durable.
+/// One left half-written by a crash is named by nothing, and replaced when written again.
+pub fn write_unreferenced(path: &Path, text: &str, what: &str) -> anyhow::Result<()> {
+    create_parent(path)?;
+    write_synced(path, text.as_bytes(), 0o640)
+        .with_context(|| format!("cannot write {what} {}", path.display()))
+}
+
+/// The directory `path` is in, created (mode 0755) if missing.
+fn create_parent(path: &Path) -> anyhow::Result<&Path> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Makes a rename or removal in `dir` durable.

@@ -166,8 +166,9 @@ impl PolicyHistory {
     }
 
     /// Records `text` (whose SHA-256 is `sha256`) and the prefixes drop-in laid over it as
-    /// the next generation: the texts first, then the index, then the texts of
-    /// generations no longer kept are removed. A policy text equal to the one in force is
+    /// the next generation: the texts first (synced), then the index (atomically, which
+    /// makes them part of the history), then the texts of generations no longer kept are
+    /// removed. A policy text equal to the one in force is
     /// linked, not copied: a prefix change in a large policy writes only the drop-in.
     pub fn record(
         &mut self,
@@ -188,6 +189,7 @@ impl PolicyHistory {
             note: origin.note,
             prefixes_sha256: prefixes.map(|p| policy::sha256_hex(p.as_bytes())),
         };
+        // The texts are named by nothing until the index is written after them.
         let path = self.text_path(entry.generation);
         let linked = self
             .current()
@@ -198,16 +200,14 @@ impl PolicyHistory {
                 fs::hard_link(self.text_path(current.generation), &path).is_ok()
             });
         if !linked {
-            state_file::write_atomically(&path, text, "the policy history")?;
+            state_file::write_unreferenced(&path, text, "the policy history")?;
         }
-        match prefixes {
-            Some(prefixes) => state_file::write_atomically(
+        if let Some(prefixes) = prefixes {
+            state_file::write_unreferenced(
                 &prefixes_path(&self.dir, entry.generation),
                 prefixes,
                 "the policy history",
-            )?,
-            None if linked => state_file::sync_dir(&self.dir)?,
-            None => {}
+            )?;
         }
         let mut generations = self.generations.clone();
         generations.push(entry.clone());
