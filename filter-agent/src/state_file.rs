@@ -56,12 +56,26 @@ pub fn write_unreferenced(path: &Path, text: &str, what: &str) -> anyhow::Result
         .with_context(|| format!("cannot write {what} {}", path.display()))
 }
 
-/// The directory `path` is in, created (mode 0755) if missing.
-fn create_parent(path: &Path) -> anyhow::Result<&Path> {
-    let dir = match path.parent() {
+/// Removes `path` durably (its directory synced); a file that is not there is no error.
+pub fn remove(path: &Path, what: &str) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(directory_of(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {what} {}", path.display())),
+    }
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// The directory `path` is in, created (mode 0755) if missing.
+fn create_parent(path: &Path) -> anyhow::Result<&Path> {
+    let dir = directory_of(path);
     DirBuilder::new()
         .recursive(true)
         .mode(0o755)

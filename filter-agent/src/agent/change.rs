@@ -5,7 +5,6 @@
 
 use std::{
     os::unix::fs::PermissionsExt,
-    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -286,14 +285,7 @@ impl Agent {
                     "the prefixes drop-in",
                 )
             }
-            None => {
-                match std::fs::remove_file(&beside) {
-                    Ok(()) => state_file::sync_dir(beside.parent().unwrap_or(Path::new("."))),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(anyhow::Error::new(e)
-                        .context(format!("cannot remove {}", beside.display()))),
-                }
-            }
+            None => state_file::remove(&beside, "the prefixes drop-in"),
         }
     }
 

@@ -267,14 +267,7 @@ impl PendingStore {
                 &serde_json::to_string_pretty(p)?,
                 "the pending rollback",
             )?,
-            None => match fs::remove_file(&self.path) {
-                Ok(()) => state_file::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot remove {}", self.path.display()));
-                }
-            },
+            None => state_file::remove(&self.path, "the pending rollback")?,
         }
         self.pending = pending;
         Ok(())

@@ -55,8 +55,10 @@ impl Agent {
         let text = next.to_text(&over)?;
         // Persisted first: a crash before the maps are written leaves a drop-in that the
         // restarted agent applies, never a change in the kernel that no file holds.
-        self.write_drop_in(text.as_deref())?;
-        let report = match self.apply_moves(&moves) {
+        let report = match self
+            .write_drop_in(text.as_deref())
+            .and_then(|()| self.apply_moves(&moves))
+        {
             Ok(report) => report,
             Err(err) => {
                 if let Err(restore) = self.write_drop_in(self.state.drop_in_text.as_deref()) {
