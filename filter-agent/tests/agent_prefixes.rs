@@ -1,8 +1,8 @@
 //! `filter-agent prefixes add` and `remove`, an IPAM's changes, against a real agent in a
 //! lab with real TCP: a prefix added to a block group stops its customers' SYNs to port
 //! 25 at once (counted blocked for that group) and its removal lets them through again;
-//! the change is kept in the drop-in beside the policy file, so it stays in force across
-//! a restart and a reload of an unrelated edit of the file; `rollback` undoes it; refused
+//! the change is kept in the drop-in beside the policy file, which check, explain,
+//! replay, plan and diff lay over it too, so it stays in force across a restart and a reload of an unrelated edit of the file; `rollback` undoes it; refused
 //! changes exit 1 and change nothing; and an agent on a signed fleet policy refuses them.
 //! Needs root.
 
@@ -10,6 +10,8 @@ use std::{path::PathBuf, process::Output, time::Duration};
 
 use filter_testkit::{
     agent::{AgentProcess, Scratch, ok},
+    capture_files::{Pcap, linktype},
+    frames::Frame,
     lab::{self, Lab, Outcome, REMOTE_V4, REMOTE_V6, UNMANAGED, at},
     policy_server::{PolicyServer, Publisher},
 };
@@ -121,6 +123,28 @@ fn an_ipam_prefix_blocks_at_once_and_survives_a_restart_and_a_reload_until_remov
     ])))
     .unwrap();
     assert_eq!(explained["group"], "residential", "{explained:#}");
+    // `plan` of the file lays the drop-in in force over it (as `apply` would): no change;
+    // `diff` of the two generations shows the prefix that came in.
+    let planned = scratch.cli(&["plan", "--policy", policy]);
+    assert_eq!(planned.status.code(), Some(0), "{planned:?}");
+    let diffed = scratch.cli(&["diff", "1", "2"]);
+    assert_eq!(diffed.status.code(), Some(1), "{diffed:?}");
+    let diffed = String::from_utf8_lossy(&diffed.stdout);
+    assert!(diffed.contains(IPAM_PREFIX), "{diffed}");
+    // `replay` of a captured SYN from the new prefix judges it by the drop-in too.
+    let capture = scratch.dir().join("ipam.pcap");
+    let syn = Frame::tcp("198.18.0.10".parse().unwrap(), REMOTE_V4, 25)
+        .syn()
+        .build();
+    std::fs::write(&capture, Pcap::new(linktype::ETHERNET).frame(&syn).bytes()).unwrap();
+    let replayed = ok(std::process::Command::new(BINARY)
+        .args(["replay", "--policy", policy, "--format", "json"])
+        .arg(&capture)
+        .output()
+        .unwrap());
+    let replayed: Value = serde_json::from_str(replayed.trim()).unwrap();
+    assert_eq!(replayed["group"], "residential", "{replayed:#}");
+    assert_ne!(replayed["verdict"], "pass", "{replayed:#}");
 
     // The policy file is deployed again with an unrelated edit: reloaded, still blocked.
     scratch.write_policy(
