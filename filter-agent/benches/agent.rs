@@ -42,7 +42,7 @@ struct Plan {
 const FULL: Plan = Plan {
     sizes: &[(1_000, 5), (100_000, 3), (1_000_000, 1)],
     change_prefixes: 100_000,
-    changes: 5,
+    changes: 10,
     replay_frames: 1_000_000,
     replay_runs: 3,
 };
@@ -258,6 +258,10 @@ struct Change {
     /// the drop-in and the history when it returns), median; and the agent's own figure.
     socket_change_ms: f64,
     socket_change_agent_ms: f64,
+    /// VmHWM after the reloads, before the exemptions: peak memory over start and reloads.
+    peak_rss_after_reloads_kib: u64,
+    /// VmRSS then.
+    rss_after_reloads_kib: u64,
     /// VmHWM after the changes: peak memory over start, reloads and exemptions.
     peak_rss_kib: u64,
 }
@@ -410,6 +414,8 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
             ms(elapsed)
         );
     }
+    let peak_after_reloads = status_kib(agent.pid(), "VmHWM:")?;
+    let rss_after_reloads = status_kib(agent.pid(), "VmRSS:")?;
     // The abuse desk's one-prefix change: an exemption through the control socket, inside
     // residential's second /24 (the first is the one the changes move).
     let exemption = "1.0.1.128/25";
@@ -505,6 +511,8 @@ fn one_prefix_change(bench: &Bench, plan: &Plan) -> Result<Change> {
         exemption_remove_ms: median(&remove_times),
         socket_change_ms: median(&ipam_times),
         socket_change_agent_ms: median(&ipam_agent),
+        peak_rss_after_reloads_kib: peak_after_reloads,
+        rss_after_reloads_kib: rss_after_reloads,
         peak_rss_kib: peak,
     })
 }
@@ -604,15 +612,19 @@ fn print_report(r: &Report) {
         c.time_ms, c.time_min_ms, c.time_max_ms, c.agent_reported_ms
     );
     println!(
-        "  {} map operations ({}); peak RSS {:.1} MiB",
+        "  {} map operations ({}); after the {} reloads peak RSS {:.1} MiB, RSS {:.1} MiB",
         c.map_operations,
         c.report,
-        c.peak_rss_kib as f64 / 1024.0
+        c.changes,
+        c.peak_rss_after_reloads_kib as f64 / 1024.0,
+        c.rss_after_reloads_kib as f64 / 1024.0
     );
     println!(
         "  an exemption through the control socket instead: add {:.1} ms, remove {:.1} ms \
-         (CLI start to reply, median)",
-        c.exemption_add_ms, c.exemption_remove_ms
+         (CLI start to reply, median); peak RSS {:.1} MiB after them",
+        c.exemption_add_ms,
+        c.exemption_remove_ms,
+        c.peak_rss_kib as f64 / 1024.0
     );
     println!(
         "  `filter-agent prefixes add` of one prefix (an IPAM's change) instead: {:.1} ms \

@@ -196,6 +196,7 @@ fn check_interfaces(policy: &Policy) -> Result<()> {
 
 async fn run_async(options: AgentOptions) -> Result<()> {
     let started = Instant::now();
+    let loader = dataplane::Loader::new();
     let (text, following) = initial_policy(&options)?;
     let label = options.source.label();
     let drop_in_file = match &options.source {
@@ -245,7 +246,7 @@ async fn run_async(options: AgentOptions) -> Result<()> {
         None => None,
     };
     let image = policy.compile();
-    let mut dataplane = Dataplane::load_pinned(&pins, Capacity::for_image(&image))?;
+    let mut dataplane = Dataplane::load_pinned(loader, &pins, Capacity::for_image(&image))?;
     let applied = dataplane.read_image()?;
     // Group ids the kernel holds are kept; they are those of a fresh compile unless the
     // groups changed since the maps were written.

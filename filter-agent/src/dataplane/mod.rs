@@ -3,6 +3,7 @@
 //! `pins`), run frames through it with BPF_PROG_TEST_RUN and read its counters.
 
 mod attach;
+mod batch;
 mod libxdp;
 mod pins;
 mod slots;
@@ -13,14 +14,13 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues, RingBuf},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
 };
 use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, FAMILY_COUNT, Family, GroupName,
     InterfaceSlot, MapSpec, Offender, PROGRAM_DROP_BASELINE, PROGRAM_FILTER, PROGRAM_PASS_BASELINE,
-    PROGRAM_REPLAY, REASON_COUNT, Reason, RecentSource, ReplayReport, SourceKey, SourceRule,
-    Verdict,
+    PROGRAM_REPLAY, REASON_COUNT, Reason, RecentSource, ReplayReport, SourceKey, Verdict,
     maps::{
         self, ACTION_STATS, CONFIG_SLOT, EVENTS, FILTER_CONFIG, GROUP_NAMES, GROUP_STATS,
         IFINDEX_SLOTS, INTERFACE_SLOTS, OFFENDERS, REASON_STATS, SOURCES_V4, SOURCES_V6,
@@ -76,6 +76,26 @@ pub struct KernelVerdict {
     pub reply: Option<Vec<u8>>,
 }
 
+/// aya's loader of the embedded object. Making one reads and parses the kernel's BTF (a
+/// 14 MB peak) for CO-RE relocations, of which this object has none: it is dropped at
+/// once, and the agent makes its loader before it reads the policy, so that peak is gone
+/// before the policy's memory is taken rather than added to it.
+pub struct Loader(EbpfLoader<'static>);
+
+impl Loader {
+    pub fn new() -> Self {
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        Loader(loader)
+    }
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     /// Interface -> our component's program id, for the dispatcher components this
@@ -86,12 +106,12 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads (does not attach) the filter and the pass-only baseline with fresh maps.
     pub fn load(capacity: Capacity) -> Result<Self> {
-        Self::load_object(EbpfLoader::new(), capacity)
+        Self::load_object(Loader::new(), capacity)
     }
 
     /// Loads with every map pinned under `pins`: maps already pinned there are adopted
     /// (their contents and counters kept), missing ones are created and pinned.
-    pub fn load_pinned(pins: &PinDir, capacity: Capacity) -> Result<Self> {
+    pub fn load_pinned(loader: Loader, pins: &PinDir, capacity: Capacity) -> Result<Self> {
         let paths: Vec<_> = maps::ALL
             .iter()
             .map(|map| pins.map_path(map.name))
@@ -101,9 +121,9 @@ impl Dataplane {
                 check_pinned_map(spec, path)?;
             }
         }
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader;
         for (spec, path) in maps::ALL.iter().zip(&paths) {
-            loader.map_pin_path(spec.name, path.as_path());
+            loader.0.map_pin_path(spec.name, path.clone());
         }
         Self::load_object(loader, capacity)
     }
@@ -111,7 +131,7 @@ impl Dataplane {
     /// Opens the maps an agent pinned under `pins`, to read them while no agent runs:
     /// every map must be pinned already (nothing is created) and no program is loaded.
     pub fn open_pinned(pins: &PinDir) -> Result<Self> {
-        let mut loader = EbpfLoader::new();
+        let Loader(mut loader) = Loader::new();
         for spec in maps::ALL {
             let path = pins.map_path(spec.name);
             if !path.exists() {
@@ -138,7 +158,7 @@ impl Dataplane {
         })
     }
 
-    fn load_object(mut loader: EbpfLoader, capacity: Capacity) -> Result<Self> {
+    fn load_object(Loader(mut loader): Loader, capacity: Capacity) -> Result<Self> {
         let mut ebpf = loader
             .map_max_entries(SOURCES_V4.name, capacity.sources_v4)
             .map_max_entries(SOURCES_V6.name, capacity.sources_v6)
@@ -233,14 +253,6 @@ impl Dataplane {
         slot.set(0, idle, 0)
             .context("switching the live config slot")?;
         Ok(())
-    }
-
-    fn sources_v4(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 4], SourceRule>> {
-        Ok(LpmTrie::try_from(self.map_mut(SOURCES_V4.name)?)?)
-    }
-
-    fn sources_v6(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], SourceRule>> {
-        Ok(LpmTrie::try_from(self.map_mut(SOURCES_V6.name)?)?)
     }
 
     fn ifindex_slots(&mut self) -> Result<Array<&mut MapData, u32>> {

@@ -11,15 +11,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{
-    MapData,
-    lpm_trie::{Key, LpmTrie},
+use aya::maps::{MapData, lpm_trie::Key};
+use filter_common::{
+    GroupName, MAX_GROUPS, Smtp, SourceRule,
+    maps::{SOURCES_V4, SOURCES_V6},
 };
-use filter_common::{GroupName, MAX_GROUPS, Smtp, SourceRule};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::{Dataplane, fixed_name, read_fixed_name};
-use crate::image::{GroupInfo, MapImage};
+use super::{Dataplane, batch, fixed_name, read_fixed_name};
+use crate::image::{GroupInfo, MapImage, SourceTable};
 
 /// What a sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -83,75 +83,88 @@ impl Prefix for Ipv6Net {
     }
 }
 
-fn read_trie<P: Prefix>(
-    trie: &LpmTrie<&mut MapData, P::Bytes, SourceRule>,
-) -> Result<BTreeMap<P, SourceRule>> {
-    trie.iter()
-        .map(|entry| {
-            let (key, rule) = entry?;
-            Ok((P::from_key(&key)?, rule))
-        })
-        .collect()
-}
-
-/// One change to a trie.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op<P> {
-    Upsert(P, SourceRule),
-    Remove(P),
-}
-
-/// The changes that take `have` to `want`, in hole-free order (see the module comment).
-pub fn plan<P: Prefix>(
-    have: &BTreeMap<P, SourceRule>,
-    want: &BTreeMap<P, SourceRule>,
-) -> Vec<Op<P>> {
-    let mut upserts: Vec<(P, SourceRule)> = want
+/// Every entry of a trie, read in batches.
+fn read_trie<P: Prefix>(map: &MapData) -> Result<SourceTable<P>> {
+    let entries = batch::read_all::<Key<P::Bytes>, SourceRule>(map)
+        .context("reading the source prefixes back from the kernel")?;
+    entries
         .iter()
-        .filter(|(p, rule)| have.get(p) != Some(rule))
-        .map(|(p, rule)| (*p, *rule))
-        .collect();
-    upserts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    let mut removes: Vec<P> = have
-        .keys()
-        .filter(|p| !want.contains_key(p))
-        .copied()
-        .collect();
-    removes.sort_by_key(|p| p.len());
-    upserts
-        .into_iter()
-        .map(|(p, rule)| Op::Upsert(p, rule))
-        .chain(removes.into_iter().map(Op::Remove))
+        .map(|(key, rule)| Ok((P::from_key(key)?, *rule)))
         .collect()
 }
 
-/// Applies the difference between `have` and `want` to `trie`; returns (added, removed,
-/// changed).
-fn sync_trie<P: Prefix>(
-    trie: &mut LpmTrie<&mut MapData, P::Bytes, SourceRule>,
-    have: &BTreeMap<P, SourceRule>,
-    want: &BTreeMap<P, SourceRule>,
-) -> Result<(usize, usize, usize)> {
-    let (mut added, mut removed, mut changed) = (0, 0, 0);
-    for op in plan(have, want) {
-        match op {
-            Op::Upsert(prefix, rule) => {
-                trie.insert(&prefix.key(), rule, 0)
-                    .with_context(|| format!("inserting source prefix {prefix}"))?;
-                if have.contains_key(&prefix) {
-                    changed += 1;
-                } else {
-                    added += 1;
-                }
-            }
-            Op::Remove(prefix) => {
-                trie.remove(&prefix.key())
-                    .with_context(|| format!("removing source prefix {prefix}"))?;
-                removed += 1;
+/// The changes that take a trie from `have` to `want`, in hole-free order (see the module
+/// comment): `upserts`, then `removes`.
+#[derive(Debug)]
+pub struct Plan<P> {
+    pub upserts: Vec<(P, SourceRule)>,
+    pub removes: Vec<P>,
+    /// How many of `upserts` are new prefixes (the others change a rule).
+    pub added: usize,
+}
+
+/// The changes that take `have` to `want`: one walk over both (they are sorted), then
+/// the hole-free order.
+pub fn plan<P: Prefix>(have: &SourceTable<P>, want: &SourceTable<P>) -> Plan<P> {
+    let mut plan = Plan {
+        upserts: Vec::new(),
+        removes: Vec::new(),
+        added: 0,
+    };
+    let mut old = have.iter().peekable();
+    for (prefix, rule) in want.iter() {
+        while let Some((gone, _)) = old.next_if(|(p, _)| *p < prefix) {
+            plan.removes.push(*gone);
+        }
+        match old.next_if(|(p, _)| *p == prefix) {
+            Some((_, kept)) if kept == rule => {}
+            Some(_) => plan.upserts.push((*prefix, *rule)),
+            None => {
+                plan.upserts.push((*prefix, *rule));
+                plan.added += 1;
             }
         }
     }
-    Ok((added, removed, changed))
+    plan.removes.extend(old.map(|(gone, _)| *gone));
+    // Stable: within one length, address order (the kernel's trie does not care).
+    plan.upserts
+        .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    plan.removes.sort_by_key(|p| p.len());
+    plan
+}
+
+/// The element a batch stopped at (the kernel reports how many went before it).
+fn at<T>(chunk: &[T], done: usize) -> &T {
+    &chunk[done.min(chunk.len() - 1)]
+}
+
+/// Carries out `plan` on the trie `map`, [`batch::BATCH`] entries a system call.
+fn apply<P: Prefix>(map: &MapData, plan: &Plan<P>) -> Result<()> {
+    let mut keys = Vec::with_capacity(batch::BATCH.min(plan.upserts.len().max(plan.removes.len())));
+    let mut rules = Vec::with_capacity(batch::BATCH.min(plan.upserts.len()));
+    for chunk in plan.upserts.chunks(batch::BATCH) {
+        keys.clear();
+        rules.clear();
+        keys.extend(chunk.iter().map(|(p, _)| p.key()));
+        rules.extend(chunk.iter().map(|(_, rule)| *rule));
+        batch::update(map, &keys, &rules).map_err(|partial| {
+            anyhow::Error::new(partial.error).context(format!(
+                "inserting source prefix {}",
+                at(chunk, partial.done).0
+            ))
+        })?;
+    }
+    for chunk in plan.removes.chunks(batch::BATCH) {
+        keys.clear();
+        keys.extend(chunk.iter().map(|p| p.key()));
+        batch::delete::<_, SourceRule>(map, &keys).map_err(|partial| {
+            anyhow::Error::new(partial.error).context(format!(
+                "removing source prefix {}",
+                at(chunk, partial.done)
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 fn encode_name(name: &str) -> Result<GroupName> {
@@ -178,8 +191,8 @@ impl Dataplane {
     /// Reads back what the maps hold, as a `MapImage` (groups' smtp from their prefixes).
     pub fn read_image(&mut self) -> Result<MapImage> {
         let mut image = MapImage::new(self.live_config()?);
-        image.sources_v4 = read_trie(&self.sources_v4()?)?;
-        image.sources_v6 = read_trie(&self.sources_v6()?)?;
+        image.sources_v4 = read_trie(self.map(SOURCES_V4.name)?)?;
+        image.sources_v6 = read_trie(self.map(SOURCES_V6.name)?)?;
         let rules: BTreeMap<u32, u32> = image
             .sources_v4
             .values()
@@ -206,28 +219,16 @@ impl Dataplane {
     /// Like `sync`, trusting `have` to be what the maps hold (the image this process
     /// applied last), so a small change costs only its own map operations.
     pub fn sync_from(&mut self, have: &MapImage, want: &MapImage) -> Result<SyncReport> {
-        let (have_v4, have_v6) = (&have.sources_v4, &have.sources_v6);
+        let plan_v4 = plan(&have.sources_v4, &want.sources_v4);
+        let plan_v6 = plan(&have.sources_v6, &want.sources_v6);
         let capacity = self.capacity()?;
-        let union = |have: usize, added: usize| have + added;
-        let new_v4 = want
-            .sources_v4
-            .keys()
-            .filter(|p| !have_v4.contains_key(p))
-            .count();
-        let new_v6 = want
-            .sources_v6
-            .keys()
-            .filter(|p| !have_v6.contains_key(p))
-            .count();
-        if union(have_v4.len(), new_v4) > capacity.sources_v4 as usize
-            || union(have_v6.len(), new_v6) > capacity.sources_v6 as usize
-        {
+        let room_v4 = have.sources_v4.len() + plan_v4.added;
+        let room_v6 = have.sources_v6.len() + plan_v6.added;
+        if room_v4 > capacity.sources_v4 as usize || room_v6 > capacity.sources_v6 as usize {
             bail!(
-                "the policy needs room for {} IPv4 and {} IPv6 prefixes during the update, the \
-                 loaded maps hold {} and {}; restart the agent after `filter-agent detach` to \
-                 size them anew",
-                union(have_v4.len(), new_v4),
-                union(have_v6.len(), new_v6),
+                "the policy needs room for {room_v4} IPv4 and {room_v6} IPv6 prefixes during the \
+                 update, the loaded maps hold {} and {}; restart the agent after `filter-agent \
+                 detach` to size them anew",
                 capacity.sources_v4,
                 capacity.sources_v6
             );
@@ -252,11 +253,12 @@ impl Dataplane {
                 report.groups_added.push(name.to_string());
             }
         }
-        let (a4, r4, c4) = sync_trie(&mut self.sources_v4()?, have_v4, &want.sources_v4)?;
-        let (a6, r6, c6) = sync_trie(&mut self.sources_v6()?, have_v6, &want.sources_v6)?;
-        report.added = a4 + a6;
-        report.removed = r4 + r6;
-        report.changed = c4 + c6;
+        apply(self.map(SOURCES_V4.name)?, &plan_v4)?;
+        apply(self.map(SOURCES_V6.name)?, &plan_v6)?;
+        report.added = plan_v4.added + plan_v6.added;
+        report.removed = plan_v4.removes.len() + plan_v6.removes.len();
+        report.changed =
+            plan_v4.upserts.len() - plan_v4.added + plan_v6.upserts.len() - plan_v6.added;
         if have.config != want.config {
             self.switch_config(&want.config)?;
             report.config_changed = true;
@@ -285,10 +287,25 @@ mod tests {
     use super::*;
     use crate::model::{self, Decision};
 
+    /// One change to a trie.
+    #[derive(Clone, Copy, Debug)]
+    enum Op<P> {
+        Upsert(P, SourceRule),
+        Remove(P),
+    }
+
+    impl<P: Prefix> Plan<P> {
+        /// The changes one by one, in the order they are applied.
+        fn ops(&self) -> impl Iterator<Item = Op<P>> + '_ {
+            let upserts = self.upserts.iter().map(|&(p, rule)| Op::Upsert(p, rule));
+            upserts.chain(self.removes.iter().map(|&p| Op::Remove(p)))
+        }
+    }
+
     /// Addresses 10.0.0.0 .. 10.0.4.0: the prefixes below nest inside it.
     const SPACE: u32 = 1024;
 
-    fn random_rules(rng: &mut fastrand::Rng) -> BTreeMap<Ipv4Net, SourceRule> {
+    fn random_rules(rng: &mut fastrand::Rng) -> SourceTable<Ipv4Net> {
         // Nested prefixes in a small space, so most addresses have several matches.
         (0..rng.usize(0..12))
             .map(|_| {
@@ -303,7 +320,7 @@ mod tests {
             .collect()
     }
 
-    fn image(sources: &BTreeMap<Ipv4Net, SourceRule>) -> MapImage {
+    fn image(sources: &SourceTable<Ipv4Net>) -> MapImage {
         let mut config = Config::empty();
         config.set_port(25);
         let mut image = MapImage::new(config);
@@ -330,7 +347,7 @@ mod tests {
             let after: Vec<Decision> = (0..SPACE).map(|a| verdict(&new, a)).collect();
             let mut state = image(&have);
             let mut switched = vec![false; SPACE as usize];
-            for op in plan(&have, &want) {
+            for op in plan(&have, &want).ops() {
                 match op {
                     Op::Upsert(p, rule) => state.sources_v4.insert(p, rule),
                     Op::Remove(p) => state.sources_v4.remove(&p),

@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use filter_common::{Config, FLAG_MONITOR, SourceRule};
+use ipnet::IpNet;
 
 use super::schema::{Events, Group, Mode, Offenders, Policy, RelayLimit};
-use crate::image::{GroupInfo, MapImage};
+use crate::image::{GroupInfo, MapImage, SourceTable};
 
 impl Policy {
     /// Compiles with group ids numbered 1.. in policy order.
@@ -34,6 +35,15 @@ impl Policy {
         }
         let mut image = MapImage::new(config);
         let ids = assign_ids(self.groups.iter().map(|g| g.name.as_str()), existing);
+        // Sized exactly: at a million prefixes a doubling vector would waste megabytes.
+        let count_v4 = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.prefixes)
+            .filter(|p| matches!(p, IpNet::V4(_)))
+            .count();
+        let mut v4 = Vec::with_capacity(count_v4);
+        let mut v6 = Vec::with_capacity(self.prefix_count() - count_v4);
         for (&id, group) in ids.iter().zip(&self.groups) {
             image.groups.insert(
                 id,
@@ -44,9 +54,14 @@ impl Policy {
             );
             let rule = group.rule(id);
             for &prefix in &group.prefixes {
-                image.insert_source(prefix, rule);
+                match prefix {
+                    IpNet::V4(p) => v4.push((p, rule)),
+                    IpNet::V6(p) => v6.push((p, rule)),
+                }
             }
         }
+        image.sources_v4 = SourceTable::from_entries(v4);
+        image.sources_v6 = SourceTable::from_entries(v6);
         image
             .set_relays(&self.relays)
             .expect("validation caps relays per family at MAX_RELAYS");

@@ -2,24 +2,33 @@
 //!
 //! Serde reports positions only for the first error, so the policy is read into this tree
 //! and validated by hand: every semantic error can then point at its line and column.
+//!
+//! A list under a `prefixes` key (a group's, up to millions of items) is kept compact: its
+//! items that are prefixes are stored parsed, with their positions, and only the others
+//! (the errors to report) as nodes. A node per prefix would be most of the agent's memory.
 
 use std::collections::HashMap;
 
 use granit_parser::{Event, Marker, Parser, ScalarStyle, Span, SpannedEventReceiver};
+use ipnet::IpNet;
+
+use super::prefix::parse_prefix;
 
 /// A 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pos {
-    pub line: usize,
-    pub column: usize,
+    pub line: u32,
+    pub column: u32,
 }
 
 impl From<Marker> for Pos {
     fn from(mark: Marker) -> Self {
-        // The parser counts lines from 1 but columns from 0.
+        // The parser counts lines from 1 but columns from 0. A policy has far fewer than
+        // 4 billion lines (the file would be larger than the agent reads).
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Pos {
-            line: mark.line(),
-            column: mark.col() + 1,
+            line: narrow(mark.line()),
+            column: narrow(mark.col()).saturating_add(1),
         }
     }
 }
@@ -39,6 +48,64 @@ pub enum Value {
     },
     Seq(Vec<Node>),
     Map(Vec<Entry>),
+    /// A sequence under a `prefixes` key.
+    Prefixes(PrefixList),
+}
+
+/// The items of a `prefixes` list: those that are prefixes, parsed, and the others.
+#[derive(Clone, Debug, Default)]
+pub struct PrefixList {
+    /// In list order, each with its position at the same index of `positions`.
+    pub prefixes: Vec<IpNet>,
+    pub positions: Vec<Pos>,
+    /// The items that are not a prefix (nothing, a mapping, a bad address...), in order.
+    pub others: Vec<Node>,
+}
+
+impl PrefixList {
+    /// Stores a scalar item that is a prefix; returns false for one that is not.
+    fn push_text(&mut self, text: &str, pos: Pos) -> bool {
+        match parse_prefix(text) {
+            Ok(prefix) => {
+                self.prefixes.push(prefix);
+                self.positions.push(pos);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn push(&mut self, node: Node) {
+        let parsed = match node.scalar() {
+            Some(text) if !node.is_null() => self.push_text(text, node.pos),
+            _ => false,
+        };
+        if !parsed {
+            self.others.push(node);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.prefixes.len() + self.others.len()
+    }
+
+    /// The items as nodes, in list order.
+    fn to_nodes(&self) -> Vec<Node> {
+        let parsed = self
+            .prefixes
+            .iter()
+            .zip(&self.positions)
+            .map(|(prefix, &pos)| Node {
+                pos,
+                value: Value::Scalar {
+                    text: prefix.to_string(),
+                    plain: true,
+                },
+            });
+        let mut nodes: Vec<Node> = parsed.chain(self.others.iter().cloned()).collect();
+        nodes.sort_by_key(|node| node.pos);
+        nodes
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -59,7 +126,7 @@ impl Node {
         match &self.value {
             _ if self.is_null() => "nothing",
             Value::Scalar { .. } => "a scalar",
-            Value::Seq(_) => "a list",
+            Value::Seq(_) | Value::Prefixes(_) => "a list",
             Value::Map(_) => "a mapping",
         }
     }
@@ -83,6 +150,7 @@ pub fn parse_yaml(source: &str) -> Result<Vec<Node>, (Pos, String)> {
 
 enum Frame {
     Seq(Pos, usize, Vec<Node>),
+    Prefixes(Pos, usize, PrefixList),
     /// The pending key waits for its value.
     Map(Pos, usize, Vec<Entry>, Option<Node>),
 }
@@ -97,11 +165,21 @@ struct Builder {
 impl Builder {
     fn finish(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            // An alias may put the list where any list goes (`relays: *nets`): there it
+            // is an ordinary sequence.
+            let anchored = match &node.value {
+                Value::Prefixes(list) => Node {
+                    pos: node.pos,
+                    value: Value::Seq(list.to_nodes()),
+                },
+                _ => node.clone(),
+            };
+            self.anchors.insert(anchor, anchored);
         }
         match self.stack.last_mut() {
             None => self.documents.push(node),
             Some(Frame::Seq(_, _, items)) => items.push(node),
+            Some(Frame::Prefixes(_, _, list)) => list.push(node),
             Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
                 None => *pending = Some(node),
                 Some(key) => {
@@ -122,6 +200,14 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
         let pos = Pos::from(span.start);
         match event {
             Event::Scalar(text, style, anchor, _) => {
+                // The common case of a long list, parsed from the text the parser lends.
+                if let Some(Frame::Prefixes(_, _, list)) = self.stack.last_mut()
+                    && anchor == 0
+                    && !span.is_empty()
+                    && list.push_text(&text, pos)
+                {
+                    return;
+                }
                 let plain = style == ScalarStyle::Plain;
                 // The parser reads an empty value as `~`; it is kept empty, as written.
                 let text = if span.is_empty() {
@@ -138,7 +224,13 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                 );
             }
             Event::SequenceStart(_, anchor, _) => {
-                self.stack.push(Frame::Seq(pos, anchor, Vec::new()))
+                let under_prefixes = matches!(self.stack.last(),
+                    Some(Frame::Map(_, _, _, Some(key))) if key.scalar() == Some("prefixes"));
+                self.stack.push(if under_prefixes {
+                    Frame::Prefixes(pos, anchor, PrefixList::default())
+                } else {
+                    Frame::Seq(pos, anchor, Vec::new())
+                });
             }
             Event::MappingStart(_, anchor, _) => {
                 self.stack.push(Frame::Map(pos, anchor, Vec::new(), None));
@@ -149,6 +241,13 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                         Node {
                             pos,
                             value: Value::Seq(items),
+                        },
+                        anchor,
+                    ),
+                    Some(Frame::Prefixes(pos, anchor, list)) => (
+                        Node {
+                            pos,
+                            value: Value::Prefixes(list),
                         },
                         anchor,
                     ),

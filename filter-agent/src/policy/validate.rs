@@ -2,13 +2,14 @@
 //! so one run shows the operator all of them.
 
 use filter_common::MAX_RELAYS;
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::collections::hash_map::Entry as Slot;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::Duration;
 
 use filter_common::{EXEMPTION_GROUP, EXEMPTION_GROUP_NAME, GROUP_NAME_MAX};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::Loaded;
 use super::diagnostic::{Diagnostic, PolicyErrors, Severity};
@@ -144,8 +145,12 @@ impl<'n> Fields<'n> {
     }
 }
 
-/// Where a prefix was first seen: the group's index and label, and the line.
-type SeenPrefixes = HashMap<IpNet, (usize, String, Pos)>;
+/// One group's prefixes as listed, for the check that no prefix is in two places.
+struct Listed<'n> {
+    label: String,
+    prefixes: Cow<'n, [IpNet]>,
+    positions: Cow<'n, [Pos]>,
+}
 
 impl Checker<'_> {
     fn finish(mut self, policy: Option<Policy>) -> Result<Loaded, PolicyErrors> {
@@ -167,8 +172,8 @@ impl Checker<'_> {
         self.diagnostics.push(Diagnostic {
             severity,
             file: self.file.to_string(),
-            line: Some(pos.line),
-            column: Some(pos.column),
+            line: Some(pos.line as usize),
+            column: Some(pos.column as usize),
             message,
             hint,
         });
@@ -561,22 +566,23 @@ impl Checker<'_> {
             );
         }
         let mut names = HashMap::new();
-        let mut prefixes = SeenPrefixes::new();
+        let mut listed = Vec::new();
         let mut groups = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            if let Some(group) = self.group(index, item, &mut names, &mut prefixes) {
+            if let Some(group) = self.group(index, item, &mut names, &mut listed) {
                 groups.push(group);
             }
         }
+        self.repeated_prefixes(&listed);
         groups
     }
 
-    fn group(
+    fn group<'n>(
         &mut self,
         index: usize,
-        node: &Node,
+        node: &'n Node,
         names: &mut HashMap<String, Pos>,
-        seen: &mut SeenPrefixes,
+        listed: &mut Vec<Listed<'n>>,
     ) -> Option<Group> {
         let label = label(node, "group", index);
         let fields = self.fields(node, label.clone(), GROUP_KEYS)?;
@@ -635,7 +641,12 @@ impl Checker<'_> {
         }
         let prefixes = self
             .required(&fields, "prefixes")
-            .map(|n| self.group_prefixes(n, index, &label, seen));
+            .and_then(|n| self.group_prefixes(n, &label))
+            .map(|group_listed| {
+                let prefixes = group_listed.prefixes.to_vec();
+                listed.push(group_listed);
+                prefixes
+            });
         Some(Group {
             name: name?.to_string(),
             smtp: smtp?,
@@ -644,55 +655,109 @@ impl Checker<'_> {
         })
     }
 
-    fn group_prefixes(
-        &mut self,
-        node: &Node,
-        index: usize,
-        label: &str,
-        seen: &mut SeenPrefixes,
-    ) -> Vec<IpNet> {
-        let Some(items) = self.list(node, "prefixes") else {
-            return Vec::new();
+    /// A group's prefixes, each checked; every item that is not a prefix is an error.
+    fn group_prefixes<'n>(&mut self, node: &'n Node, label: &str) -> Option<Listed<'n>> {
+        let mut listed = Listed {
+            label: label.to_string(),
+            prefixes: Cow::Borrowed(&[]),
+            positions: Cow::Borrowed(&[]),
         };
-        if items.is_empty() {
+        let count = match &node.value {
+            // What the parser could not read as a prefix says why here.
+            Value::Prefixes(list) => {
+                for other in &list.others {
+                    self.prefix(other, "prefix", PREFIX_HINT);
+                }
+                listed.prefixes = Cow::Borrowed(&list.prefixes);
+                listed.positions = Cow::Borrowed(&list.positions);
+                list.len()
+            }
+            _ => {
+                // A list that reached `prefixes` through an alias.
+                let items = self.list(node, "prefixes")?;
+                let (mut prefixes, mut positions) = (Vec::new(), Vec::new());
+                for item in items {
+                    if let Some(prefix) = self.prefix(item, "prefix", PREFIX_HINT) {
+                        prefixes.push(prefix);
+                        positions.push(item.pos);
+                    }
+                }
+                listed.prefixes = Cow::Owned(prefixes);
+                listed.positions = Cow::Owned(positions);
+                items.len()
+            }
+        };
+        if count == 0 {
             self.warning(
                 node.pos,
                 format!("{label} has no prefixes, so it matches no traffic"),
                 None,
             );
         }
-        let mut prefixes = Vec::new();
-        for item in items {
-            let Some(prefix) = self.prefix(item, "prefix", PREFIX_HINT) else {
-                continue;
-            };
-            match seen.entry(prefix) {
-                Slot::Vacant(slot) => {
-                    slot.insert((index, label.to_string(), item.pos));
-                    prefixes.push(prefix);
-                }
-                Slot::Occupied(first) => {
-                    let (first_index, first_label, first_pos) = first.get();
-                    let message = if *first_index == index {
-                        format!(
-                            "prefix {prefix} is listed twice in {label} (first on line {})",
-                            first_pos.line
-                        )
-                    } else {
-                        format!(
-                            "prefix {prefix} is listed in {first_label} (line {}) and again in {label}",
-                            first_pos.line
-                        )
-                    };
-                    self.error(
-                        item.pos,
-                        message,
-                        Some("a prefix belongs to one group; list a more specific one to carve out an exception".to_string()),
-                    );
-                }
+        Some(listed)
+    }
+
+    /// A prefix belongs to one group, once. Sorting finds repeats without a table of
+    /// every prefix (at a million, hundreds of megabytes); only those found are then
+    /// located, in list order, so each repeat points at its first place.
+    fn repeated_prefixes(&mut self, listed: &[Listed]) {
+        let all = || listed.iter().flat_map(|l| l.prefixes.iter());
+        let mut v4: Vec<Ipv4Net> = Vec::new();
+        let mut v6: Vec<Ipv6Net> = Vec::new();
+        for prefix in all() {
+            match prefix {
+                IpNet::V4(p) => v4.push(*p),
+                IpNet::V6(p) => v6.push(*p),
             }
         }
-        prefixes
+        v4.sort_unstable();
+        v6.sort_unstable();
+        let repeated: HashSet<IpNet> = v4
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| IpNet::V4(w[0]))
+            .chain(
+                v6.windows(2)
+                    .filter(|w| w[0] == w[1])
+                    .map(|w| IpNet::V6(w[0])),
+            )
+            .collect();
+        drop((v4, v6));
+        if repeated.is_empty() {
+            return;
+        }
+        let mut first: HashMap<IpNet, (usize, Pos)> = HashMap::new();
+        for (index, list) in listed.iter().enumerate() {
+            for (prefix, &pos) in list.prefixes.iter().zip(list.positions.iter()) {
+                if !repeated.contains(prefix) {
+                    continue;
+                }
+                let (first_index, first_pos) = match first.entry(*prefix) {
+                    Slot::Vacant(slot) => {
+                        slot.insert((index, pos));
+                        continue;
+                    }
+                    Slot::Occupied(seen) => *seen.get(),
+                };
+                let label = &list.label;
+                let message = if first_index == index {
+                    format!(
+                        "prefix {prefix} is listed twice in {label} (first on line {})",
+                        first_pos.line
+                    )
+                } else {
+                    format!(
+                        "prefix {prefix} is listed in {} (line {}) and again in {label}",
+                        listed[first_index].label, first_pos.line
+                    )
+                };
+                self.error(
+                    pos,
+                    message,
+                    Some("a prefix belongs to one group; list a more specific one to carve out an exception".to_string()),
+                );
+            }
+        }
     }
 
     fn relays(&mut self, node: &Node) -> Vec<IpNet> {
