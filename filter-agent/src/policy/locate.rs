@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use granit_parser::{Event, Marker, Parser, ScalarStyle, Span, SpannedEventReceiver};
 use ipnet::IpNet;
 
-use super::prefix::parse_prefix;
+use super::{
+    items::{self, MARKER, Spliced},
+    prefix::parse_prefix,
+};
 
 /// A 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,13 +36,13 @@ impl From<Marker> for Pos {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub pos: Pos,
     pub value: Value,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// `plain` is false for quoted and block scalars, which are never null.
     Scalar {
@@ -53,7 +56,7 @@ pub enum Value {
 }
 
 /// The items of a `prefixes` list: those that are prefixes, parsed, and the others.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PrefixList {
     /// In list order, each with its position at the same index of `positions`.
     pub prefixes: Vec<IpNet>,
@@ -108,7 +111,7 @@ impl PrefixList {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub key: Node,
     pub value: Node,
@@ -139,8 +142,30 @@ impl Node {
     }
 }
 
-/// The documents of a YAML stream, or the syntax error that stopped the parser.
+/// The documents of a YAML stream, or the syntax error that stopped the parser. The
+/// parser reads the text with its runs of item lines spliced out (see [`items`]), or, when
+/// that does not read as the runs being where they were, the text as written.
 pub fn parse_yaml(source: &str) -> Result<Vec<Node>, (Pos, String)> {
+    match read_spliced(source) {
+        Some(documents) => Ok(documents),
+        None => parse_as_written(source),
+    }
+}
+
+/// The documents, read from the text with its item lines spliced out; `None` when it has
+/// none, or does not read as the runs being where they were.
+fn read_spliced(source: &str) -> Option<Vec<Node>> {
+    let spliced = items::splice(source)?;
+    let mut builder = Builder {
+        spliced: Some((source, &spliced)),
+        ..Builder::default()
+    };
+    let read = Parser::new_from_str(&spliced.text).load(&mut builder, true);
+    (read.is_ok() && !builder.misread && builder.next_run == spliced.runs.len())
+        .then_some(builder.documents)
+}
+
+fn parse_as_written(source: &str) -> Result<Vec<Node>, (Pos, String)> {
     let mut builder = Builder::default();
     Parser::new_from_str(source)
         .load(&mut builder, true)
@@ -156,13 +181,69 @@ enum Frame {
 }
 
 #[derive(Default)]
-struct Builder {
+struct Builder<'s> {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     documents: Vec<Node>,
+    /// The original text and its runs, when the parser reads the spliced text.
+    spliced: Option<(&'s str, &'s Spliced)>,
+    /// The run the next marker stands for.
+    next_run: usize,
+    /// A marker was read other than as an entry of its own.
+    misread: bool,
 }
 
-impl Builder {
+impl Builder<'_> {
+    /// Where the parser's `mark` is in the original text.
+    fn pos(&self, mark: Marker) -> Pos {
+        let pos = Pos::from(mark);
+        match self.spliced {
+            Some((_, spliced)) => Pos {
+                line: spliced.original_line(pos.line),
+                ..pos
+            },
+            None => pos,
+        }
+    }
+
+    /// Takes the entries of the run a marker stands for into the sequence being built.
+    fn splice_run(&mut self) {
+        let (Some((source, spliced)), Some(frame)) = (self.spliced, self.stack.last_mut()) else {
+            self.misread = true;
+            return;
+        };
+        let Some(run) = spliced.runs.get(self.next_run) else {
+            self.misread = true;
+            return;
+        };
+        self.next_run += 1;
+        for (line, item) in run.items(source) {
+            let pos = Pos {
+                line,
+                column: item.column,
+            };
+            let node = || Node {
+                pos,
+                value: Value::Scalar {
+                    text: item.text.to_string(),
+                    plain: item.plain,
+                },
+            };
+            match frame {
+                Frame::Prefixes(_, _, list) => {
+                    if !list.push_text(item.text, pos) {
+                        list.others.push(node());
+                    }
+                }
+                Frame::Seq(_, _, items) => items.push(node()),
+                Frame::Map(..) => {
+                    self.misread = true;
+                    return;
+                }
+            }
+        }
+    }
+
     fn finish(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
             // An alias may put the list where any list goes (`relays: *nets`): there it
@@ -195,10 +276,25 @@ impl Builder {
     }
 }
 
-impl<'input> SpannedEventReceiver<'input> for Builder {
+impl<'input> SpannedEventReceiver<'input> for Builder<'_> {
     fn on_event(&mut self, event: Event<'input>, span: Span) {
-        let pos = Pos::from(span.start);
+        let pos = self.pos(span.start);
         match event {
+            Event::Scalar(text, style, anchor, _)
+                if self.spliced.is_some() && text.contains(MARKER) =>
+            {
+                let alone = text == MARKER && style == ScalarStyle::Plain && anchor == 0;
+                if alone
+                    && matches!(
+                        self.stack.last(),
+                        Some(Frame::Seq(..) | Frame::Prefixes(..))
+                    )
+                {
+                    self.splice_run();
+                } else {
+                    self.misread = true;
+                }
+            }
             Event::Scalar(text, style, anchor, _) => {
                 // The common case of a long list, parsed from the text the parser lends.
                 if let Some(Frame::Prefixes(_, _, list)) = self.stack.last_mut()
@@ -279,5 +375,85 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             // only reported when asked for.
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "version: 1
+groups:
+  - name: residential  # the big one
+    smtp: block
+    prefixes:
+      - 100.64.0.0/10          # CGNAT
+      - \"2001:db8:1000::/36\"
+      -   '10.0.0.1'
+      - 10.0.0.0/8
+      - 2001:db8::
+      - not-a-prefix
+      - 10.0.0.1/8
+      - {a: 1}
+      - 192.0.2.0/24
+    # a comment between items
+      - 192.0.3.0/24
+
+      - 192.0.4.0/24
+  - name: leased
+    smtp: allow
+    prefixes:
+    - 198.51.100.0/24
+    - 198.51.101.0/24
+relays:
+  - 203.0.113.25
+  - \"2001:db8:ffff::25\"
+ports: [25]
+";
+
+    /// Splicing the item lines out reads as the text as written, and is taken for what
+    /// policies hold.
+    #[test]
+    fn spliced_reads_as_written() {
+        let example = include_str!("../../../policies/example.yaml");
+        let lab = include_str!("../../../policies/lab.yaml");
+        for source in [POLICY, example, lab] {
+            assert_eq!(
+                read_spliced(source),
+                Some(parse_as_written(source).unwrap()),
+                "{source}"
+            );
+        }
+    }
+
+    /// Where item lines are not entries of their own, the marker is noticed and the text
+    /// is read as written.
+    #[test]
+    fn item_lines_that_are_not_entries_are_read_as_written() {
+        for source in [
+            // Inside a block scalar, a quoted scalar and a plain one.
+            "a: |\n  - 10.0.0.0/8\n  - 10.0.1.0/24\nb: 1\n",
+            "a: \"x\n  - 10.0.0.0/8\n  y\"\n",
+            "a: x\n  - 10.0.0.0/8\n",
+            // The run's last plain scalar goes on, on a deeper line, and after a blank one.
+            "a:\n  - 10.0.0.0/8\n    10.0.1.0/24\n",
+            "a:\n  - 10.0.0.0/8\n\n    10.0.1.0/24\n",
+            // In a flow collection.
+            "a: [\n  - 10.0.0.0/8\n]\n",
+            "a: {b: \n  - 10.0.0.0/8\n}\n",
+            // As a key, and after a tag or an anchor.
+            "? - 10.0.0.0/8\n: x\n",
+            "a: !tag\n  - 10.0.0.0/8\n",
+            "a: &x\n  - 10.0.0.0/8\nb: *x\n",
+        ] {
+            let spliced = read_spliced(source);
+            let written = parse_as_written(source);
+            assert!(
+                spliced.is_none() || spliced.clone().ok_or(()) == written.clone().map_err(|_| ()),
+                "{source:?}: {spliced:?} / {written:?}"
+            );
+        }
+        // A marker in the text itself: never spliced.
+        assert_eq!(read_spliced("a:\n  - \u{E000}\n  - 10.0.0.0/8\n"), None);
     }
 }

@@ -5,6 +5,7 @@
 
 mod compile;
 mod diagnostic;
+mod items;
 mod locate;
 mod prefix;
 mod schema;
