@@ -104,13 +104,25 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads (does not attach) the filter and the pass-only baseline with fresh maps.
+    /// Loads (does not attach) the filter, its replay entry and the pass-only and
+    /// drop-only baselines with fresh maps.
     pub fn load(capacity: Capacity) -> Result<Self> {
-        Self::load_object(Loader::new(), capacity)
+        Self::load_object(
+            Loader::new(),
+            capacity,
+            &[
+                PROGRAM_FILTER,
+                PROGRAM_REPLAY,
+                PROGRAM_PASS_BASELINE,
+                PROGRAM_DROP_BASELINE,
+            ],
+        )
     }
 
-    /// Loads with every map pinned under `pins`: maps already pinned there are adopted
-    /// (their contents and counters kept), missing ones are created and pinned.
+    /// Loads the filter (the agent's only program: replay and the benchmarks load their
+    /// own, and each program the kernel verifies costs a quarter of a second at start)
+    /// with every map pinned under `pins`: maps already pinned there are adopted (their
+    /// contents and counters kept), missing ones are created and pinned.
     pub fn load_pinned(loader: Loader, pins: &PinDir, capacity: Capacity) -> Result<Self> {
         let paths: Vec<_> = maps::ALL
             .iter()
@@ -125,7 +137,7 @@ impl Dataplane {
         for (spec, path) in maps::ALL.iter().zip(&paths) {
             loader.0.map_pin_path(spec.name, path.clone());
         }
-        Self::load_object(loader, capacity)
+        Self::load_object(loader, capacity, &[PROGRAM_FILTER])
     }
 
     /// Opens the maps an agent pinned under `pins`, to read them while no agent runs:
@@ -158,19 +170,18 @@ impl Dataplane {
         })
     }
 
-    fn load_object(Loader(mut loader): Loader, capacity: Capacity) -> Result<Self> {
+    fn load_object(
+        Loader(mut loader): Loader,
+        capacity: Capacity,
+        programs: &[&str],
+    ) -> Result<Self> {
         let mut ebpf = loader
             .map_max_entries(SOURCES_V4.name, capacity.sources_v4)
             .map_max_entries(SOURCES_V6.name, capacity.sources_v6)
             .load(OBJECT)
             .context("loading the XDP object into the kernel")
             .map_err(explain_permission)?;
-        for name in [
-            PROGRAM_FILTER,
-            PROGRAM_REPLAY,
-            PROGRAM_PASS_BASELINE,
-            PROGRAM_DROP_BASELINE,
-        ] {
+        for &name in programs {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?

@@ -103,33 +103,60 @@ pub struct Plan<P> {
     pub added: usize,
 }
 
-/// The changes that take `have` to `want`: one walk over both (they are sorted), then
-/// the hole-free order.
-pub fn plan<P: Prefix>(have: &SourceTable<P>, want: &SourceTable<P>) -> Plan<P> {
-    let mut plan = Plan {
-        upserts: Vec::new(),
-        removes: Vec::new(),
-        added: 0,
-    };
+/// One change of a trie, as [`diff`] finds it.
+enum Change<'t, P> {
+    /// `new`: the prefix is not in `have`.
+    Upsert(&'t P, &'t SourceRule, bool),
+    Remove(&'t P),
+}
+
+/// The changes that take `have` to `want`, in prefix order: one walk over both (they are
+/// sorted).
+fn diff<'t, P: Prefix>(
+    have: &'t SourceTable<P>,
+    want: &'t SourceTable<P>,
+    mut change: impl FnMut(Change<'t, P>),
+) {
     let mut old = have.iter().peekable();
     for (prefix, rule) in want.iter() {
         while let Some((gone, _)) = old.next_if(|(p, _)| *p < prefix) {
-            plan.removes.push(*gone);
+            change(Change::Remove(gone));
         }
         match old.next_if(|(p, _)| *p == prefix) {
             Some((_, kept)) if kept == rule => {}
-            Some(_) => plan.upserts.push((*prefix, *rule)),
-            None => {
-                plan.upserts.push((*prefix, *rule));
-                plan.added += 1;
-            }
+            Some(_) => change(Change::Upsert(prefix, rule, false)),
+            None => change(Change::Upsert(prefix, rule, true)),
         }
     }
-    plan.removes.extend(old.map(|(gone, _)| *gone));
-    // Stable: within one length, address order (the kernel's trie does not care).
+    old.for_each(|(gone, _)| change(Change::Remove(gone)));
+}
+
+/// The changes that take `have` to `want`, in hole-free order. A first walk counts them,
+/// so the vectors are of exactly the plan's size (at start the upserts are the whole
+/// policy: a vector grown by doubling would hold up to twice that), and they are sorted
+/// in place.
+pub fn plan<P: Prefix>(have: &SourceTable<P>, want: &SourceTable<P>) -> Plan<P> {
+    let (mut upserts, mut removes) = (0, 0);
+    diff(have, want, |change| match change {
+        Change::Upsert(..) => upserts += 1,
+        Change::Remove(_) => removes += 1,
+    });
+    let mut plan = Plan {
+        upserts: Vec::with_capacity(upserts),
+        removes: Vec::with_capacity(removes),
+        added: 0,
+    };
+    diff(have, want, |change| match change {
+        Change::Upsert(prefix, rule, new) => {
+            plan.upserts.push((*prefix, *rule));
+            plan.added += usize::from(new);
+        }
+        Change::Remove(prefix) => plan.removes.push(*prefix),
+    });
+    // Within one length, address order (the kernel's trie does not care).
     plan.upserts
-        .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    plan.removes.sort_by_key(|p| p.len());
+        .sort_unstable_by_key(|(p, _)| (std::cmp::Reverse(p.len()), *p));
+    plan.removes.sort_unstable_by_key(|p| (p.len(), *p));
     plan
 }
 
@@ -253,8 +280,21 @@ impl Dataplane {
                 report.groups_added.push(name.to_string());
             }
         }
-        apply(self.map(SOURCES_V4.name)?, &plan_v4)?;
-        apply(self.map(SOURCES_V6.name)?, &plan_v6)?;
+        // An address is in one family, so the two tries are independent: each is
+        // written in its own order while the other is (the kernel locks each trie on its
+        // own), which at start saves the smaller one's time.
+        let (trie_v4, trie_v6) = (self.map(SOURCES_V4.name)?, self.map(SOURCES_V6.name)?);
+        let (applied_v4, applied_v6) = std::thread::scope(|scope| {
+            let v6 = scope.spawn(|| apply(trie_v6, &plan_v6));
+            let v4 = apply(trie_v4, &plan_v4);
+            (
+                v4,
+                v6.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            )
+        });
+        applied_v4?;
+        applied_v6?;
         report.added = plan_v4.added + plan_v6.added;
         report.removed = plan_v4.removes.len() + plan_v6.removes.len();
         report.changed =
