@@ -64,7 +64,8 @@ pub const RELAY_BUCKETS: MapSpec = MapSpec::of::<SourceKey, u64>("RELAY_BUCKETS"
 /// LRU hash: [`SourceKey`] -> [`Offender`], updated on every blocked attempt.
 pub const OFFENDERS: MapSpec = MapSpec::of::<SourceKey, Offender>("OFFENDERS");
 /// LRU hash: [`SourceKey`] -> [`RecentSource`], updated on every connection request to a
-/// filtered port, whatever the verdict; read by `plan`.
+/// filtered port that is not a blocked attempt (those update [`OFFENDERS`]); `plan` reads
+/// both.
 pub const RECENT_SOURCES: MapSpec = MapSpec::of::<SourceKey, RecentSource>("RECENT_SOURCES");
 /// Ring buffer of [`crate::Event`]: sampled drops and offender alerts, read by the
 /// agent. Ring buffers have neither keys nor values.

@@ -16,11 +16,14 @@ use crate::{
     maps::{self, EVENTS, OFFENDERS, RECENT_SOURCES},
 };
 
-/// Remembers a source that asked to connect to a filtered port, whatever the verdict,
-/// for `plan`. Connection requests only: one LRU update per connection, not per segment.
+/// Remembers a source that asked to connect to a filtered port, for `plan`. Connection
+/// requests only: one LRU update per connection, not per segment. Not blocked ones: the
+/// source's offender record counts those, and `plan` reads both maps; so a blocked frame
+/// pays for one LRU update, not two.
 #[inline(always)]
 pub fn remember_source(cur: &Cursor, decision: &Decision) {
-    if matches!(decision.reason, Reason::Malformed)
+    if decision.blocked_attempt
+        || matches!(decision.reason, Reason::Malformed)
         || !cur
             .tcp_flags(decision.l4)
             .is_some_and(is_connection_request)

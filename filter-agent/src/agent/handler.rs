@@ -36,7 +36,7 @@ use crate::{
             timestamp,
         },
     },
-    dataplane::{self, Capacity, Dataplane},
+    dataplane::{self, Capacity, Dataplane, PinDir},
     drop_in::{self, Change},
     exemptions::{self, Exemption},
     explain,
@@ -404,7 +404,7 @@ impl AgentHandler {
     /// would), against the one in force.
     fn plan(&self, upload: PolicyUpload, window: Option<u64>) -> Result<Plan, ControlError> {
         let new = crate::policy::parse(&upload.text, &upload.name).map_err(bad)?;
-        let (old, new, path) = {
+        let (old, new, seen) = {
             let agent = self.lock()?;
             let state = &agent.state;
             let new = drop_in::over(
@@ -423,24 +423,66 @@ impl AgentHandler {
                     label,
                 },
                 Planned::of(state, new, upload.name.clone()),
-                agent.pins.map_path(maps::RECENT_SOURCES.name),
+                Seen::at(&agent.pins),
             )
         };
-        compare(&old, &new, &path, window)
+        compare(&old, &new, &seen, window)
     }
 
     /// Two kept generations.
     fn diff(&self, from: u64, to: u64, window: Option<u64>) -> Result<Plan, ControlError> {
-        let (old, new, path) = {
+        let (old, new, seen) = {
             let agent = self.lock()?;
             let state = &agent.state;
             (
                 Planned::generation(state, from)?,
                 Planned::generation(state, to)?,
-                agent.pins.map_path(maps::RECENT_SOURCES.name),
+                Seen::at(&agent.pins),
             )
         };
-        compare(&old, &new, &path, window)
+        compare(&old, &new, &seen, window)
+    }
+}
+
+/// Where the kernel remembers the sources `plan` weighs a change by: the sources seen
+/// asking to connect to a filtered port and not blocked (RECENT_SOURCES), and the blocked
+/// ones (their offender records).
+struct Seen {
+    recent: PathBuf,
+    offenders: PathBuf,
+}
+
+impl Seen {
+    fn at(pins: &PinDir) -> Seen {
+        Seen {
+            recent: pins.map_path(maps::RECENT_SOURCES.name),
+            offenders: pins.map_path(maps::OFFENDERS.name),
+        }
+    }
+
+    /// Every source of both maps, once: a source both blocked and passed (to a relay, or
+    /// before a policy change) has its attempts summed and the later last-seen time.
+    fn read(&self, clock: &Clock) -> Result<Vec<plan::SeenSource>> {
+        let mut seen: BTreeMap<SourceKey, (u64, u64)> = BTreeMap::new();
+        let recent = Dataplane::read_pinned_recent_sources(&self.recent)?
+            .into_iter()
+            .map(|(key, r)| (key, r.attempts, r.last_seen_ns));
+        let offenders = Dataplane::read_pinned_offenders(&self.offenders)?
+            .into_iter()
+            .map(|(key, o)| (key, o.attempts, o.last_seen_ns));
+        for (key, attempts, last_seen_ns) in recent.chain(offenders) {
+            let entry = seen.entry(key).or_default();
+            entry.0 += attempts;
+            entry.1 = entry.1.max(last_seen_ns);
+        }
+        Ok(seen
+            .into_iter()
+            .map(|(key, (attempts, last_seen_ns))| plan::SeenSource {
+                key,
+                attempts,
+                last_seen: clock.wall_of(last_seen_ns),
+            })
+            .collect())
     }
 }
 
@@ -449,20 +491,12 @@ impl AgentHandler {
 fn compare(
     old: &Planned,
     new: &Planned,
-    recent: &std::path::Path,
+    seen: &Seen,
     window: Option<u64>,
 ) -> Result<Plan, ControlError> {
     let window = Duration::from_secs(window.unwrap_or(PLAN_WINDOW_SECONDS));
     let clock = Clock::now();
-    let seen: Vec<plan::SeenSource> = Dataplane::read_pinned_recent_sources(recent)
-        .map_err(failed)?
-        .into_iter()
-        .map(|(key, record)| plan::SeenSource {
-            key,
-            attempts: record.attempts,
-            last_seen: clock.wall_of(record.last_seen_ns),
-        })
-        .collect();
+    let seen = seen.read(&clock).map_err(failed)?;
     Ok(plan::plan(
         &old.compared(),
         &new.compared(),
