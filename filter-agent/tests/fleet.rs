@@ -37,10 +37,12 @@ fn publish(server: &PolicyServer, (text, sig): &(String, String)) {
 }
 
 /// One router of the fleet: its lab, files, agent and metrics port.
+/// Fields drop in this order: the agent stops, then the scratch detaches its pins (which
+/// it cannot while an agent runs), then the lab's namespaces go.
 struct Router {
-    lab: Lab,
-    scratch: Scratch,
     agent: Option<AgentProcess>,
+    scratch: Scratch,
+    lab: Lab,
     metrics: u16,
 }
 
@@ -49,9 +51,9 @@ impl Router {
         let lab = Lab::create_with_router_if(EDGE_IF).unwrap();
         let scratch = Scratch::new(&lab, BIN);
         Router {
-            lab,
-            scratch,
             agent: None,
+            scratch,
+            lab,
             metrics,
         }
     }
