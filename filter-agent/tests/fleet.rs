@@ -37,8 +37,6 @@ fn publish(server: &PolicyServer, (text, sig): &(String, String)) {
 }
 
 /// One router of the fleet: its lab, files, agent and metrics port.
-/// Fields drop in this order: the agent stops, then the scratch detaches its pins (which
-/// it cannot while an agent runs), then the lab's namespaces go.
 struct Router {
     agent: Option<AgentProcess>,
     scratch: Scratch,

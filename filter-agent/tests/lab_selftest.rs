@@ -1,9 +1,11 @@
-//! Checks the network-namespace lab itself, with no filter attached. Needs root.
+//! Checks the network-namespace lab itself (with no filter attached) and that a test's
+//! [`Scratch`] cleans up after its agent. Needs root.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use filter_testkit::agent::Scratch;
 use filter_testkit::lab::{
     self, CUSTOMERS, Lab, Ns, Outcome, RELAY_V4, RELAY_V6, REMOTE_V4, REMOTE_V6,
 };
@@ -126,4 +128,18 @@ fn policy_names_the_labs_interface() {
     let policy = lab.policy_yaml();
     assert!(policy.contains(&format!("name: {}\n", lab.router_customer_if())));
     assert!(!policy.contains(&format!("name: {}", lab::POLICY_PLACEHOLDER_IF)));
+}
+
+#[test]
+fn a_scratch_dropped_while_its_agent_runs_stops_it_and_removes_the_pins() {
+    let lab = Lab::create().unwrap();
+    let scratch = Scratch::new(&lab, env!("CARGO_BIN_EXE_filter-agent"));
+    scratch.write_policy(&lab.policy_yaml());
+    let mut agent = scratch.start_agent(&lab, &[]);
+    let pins = scratch.pin_path.clone();
+    assert!(pins.join("links").exists(), "{}", pins.display());
+    // As a tuple `(Scratch, AgentProcess)` drops: the scratch first.
+    drop(scratch);
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    assert!(agent.try_wait().unwrap().is_some(), "the agent still runs");
 }

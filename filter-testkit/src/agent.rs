@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, Weak,
         mpsc::{self, Receiver, RecvTimeoutError},
     },
     thread::JoinHandle,
@@ -58,7 +58,8 @@ pub struct AgentOptions {
 
 /// A running agent. Dropping it kills the process if it still runs.
 pub struct AgentProcess {
-    child: Child,
+    /// Shared with the [`Scratch`] that started it, which stops it before detaching.
+    child: Arc<Mutex<Child>>,
     started: Instant,
     /// Every line so far.
     log: Arc<Mutex<Vec<String>>>,
@@ -112,7 +113,7 @@ impl AgentProcess {
             })
         };
         Ok(AgentProcess {
-            child,
+            child: Arc::new(Mutex::new(child)),
             started,
             log,
             lines,
@@ -122,7 +123,13 @@ impl AgentProcess {
 
     /// The agent's pid: `nsenter` execs it, so it is the child itself.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child().id()
+    }
+
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Just before the process was started.
@@ -185,7 +192,7 @@ impl AgentProcess {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait()?;
+                    let status = self.child().wait()?;
                     bail!("the agent exited ({status}) before it would {what}");
                 }
             }
@@ -201,7 +208,7 @@ impl AgentProcess {
     }
 
     pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        self.child.try_wait()
+        self.child().try_wait()
     }
 
     /// Waits for the process to exit by itself; returns its exit code. Panics with the log
@@ -218,7 +225,7 @@ impl AgentProcess {
 
     fn signal(&self, signal: Signal) {
         // The pid is our unreaped child, so it cannot be reused.
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pids fit an i32"));
+        let pid = Pid::from_raw(i32::try_from(self.pid()).expect("pids fit an i32"));
         let _ = kill(pid, signal);
     }
 
@@ -228,9 +235,10 @@ impl AgentProcess {
     }
 
     /// SIGKILL: the agent gets no chance to clean up.
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    pub fn kill9(self) {
+        let mut child = self.child();
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// SIGTERM, and SIGKILL (with an error) if it has not exited within `timeout`.
@@ -239,15 +247,14 @@ impl AgentProcess {
         if let Some(status) = self.exited_within(timeout)? {
             return Ok(status);
         }
-        self.child.kill()?;
-        self.child.wait()?;
+        kill_and_reap(&mut self.child())?;
         bail!("the agent ignored SIGTERM for {timeout:?}; killed it")
     }
 
     fn exited_within(&mut self, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.child().try_wait()? {
                 // The log reader ends at the end of stderr, which the exit closes; on a
                 // loaded machine it may still be reading the last lines.
                 let drained = Instant::now() + Duration::from_secs(5);
@@ -266,21 +273,31 @@ impl AgentProcess {
     }
 }
 
+/// Kills `child` unless it has exited, and reaps it.
+fn kill_and_reap(child: &mut Child) -> std::io::Result<()> {
+    if child.try_wait()?.is_none() {
+        child.kill()?;
+        child.wait()?;
+    }
+    Ok(())
+}
+
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let _ = kill_and_reap(&mut self.child());
     }
 }
 
 /// A pin path, policy file, control socket and state file private to one lab test;
-/// detaches and removes them all on drop.
+/// on drop it kills the agents it started that still run (`detach` refuses while an
+/// agent holds the pins, so the order in which a test drops things does not matter),
+/// then detaches and removes them all.
 pub struct Scratch {
     binary: PathBuf,
     dir: TempDir,
     pub pin_path: PathBuf,
+    /// Weak: an agent the test has dropped is already stopped, and its pid may be reused.
+    agents: Mutex<Vec<Weak<Mutex<Child>>>>,
 }
 
 impl Scratch {
@@ -293,6 +310,7 @@ impl Scratch {
                 .tempdir()
                 .unwrap(),
             pin_path: PathBuf::from(format!("/sys/fs/bpf/filter-agent-{}", lab.prefix())),
+            agents: Mutex::new(Vec::new()),
         }
     }
 
@@ -367,7 +385,7 @@ impl Scratch {
         extra: &[&str],
         env: Vec<(String, String)>,
     ) -> AgentProcess {
-        AgentProcess::spawn(&AgentOptions {
+        let agent = AgentProcess::spawn(&AgentOptions {
             binary: self.binary.clone(),
             netns: lab.netns_path(Ns::Router),
             policy,
@@ -379,7 +397,12 @@ impl Scratch {
             env,
             own_process_group: false,
         })
-        .expect("start filter-agent")
+        .expect("start filter-agent");
+        self.agents
+            .lock()
+            .unwrap()
+            .push(Arc::downgrade(&agent.child));
+        agent
     }
 
     /// Runs the CLI (on the host) against this test's agent.
@@ -435,8 +458,20 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        let agents = std::mem::take(self.agents.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for child in agents.iter().filter_map(Weak::upgrade) {
+            let _ = kill_and_reap(&mut child.lock().unwrap_or_else(|p| p.into_inner()));
+        }
         if self.pin_path.exists() {
-            let _ = self.detach();
+            let out = self.detach();
+            // Not a panic (this may run while unwinding): say so, or the pins leak unseen.
+            if !out.status.success() {
+                eprintln!(
+                    "could not detach {}: {}",
+                    self.pin_path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
     }
 }
