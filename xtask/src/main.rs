@@ -60,8 +60,7 @@ enum Task {
     },
     /// Set up, then flood a router namespace with NIC-like frames (SYNs to tcp/25, and
     /// tcp/443) and measure the receive CPU per packet of our XDP filter, XDP baselines,
-    /// nftables and plain forwarding, interleaved (about an hour with the 1,000,000-prefix
-    /// policy; --quick about two minutes).
+    /// nftables and plain forwarding, interleaved (about ten minutes; --quick about two).
     BenchLive {
         #[arg(long)]
         json: bool,
