@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    policy::{self, Diagnostic, Policy, PolicyErrors, PrefixError, Severity},
+    policy::{self, Diagnostic, Policy, PolicyErrors, Severity},
     state_file,
 };
 
@@ -103,18 +103,8 @@ impl std::error::Error for Refused {}
 
 /// A prefix as the command line and the drop-in write it: strictly (host bits clear).
 pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
-    policy::parse_prefix(text.trim()).map_err(|e| match e {
-        PrefixError::NotAddress => format!("{text:?} is not an IP address or prefix"),
-        PrefixError::Length { max } => {
-            format!(
-                "{text:?}: an IPv{} prefix length is 0 to {max}",
-                if max == 32 { 4 } else { 6 }
-            )
-        }
-        PrefixError::HostBits(network) => {
-            format!("{text} has host bits set (did you mean {network}?)")
-        }
-    })
+    let text = text.trim();
+    policy::parse_prefix(text).map_err(|e| e.sentence(text))
 }
 
 impl DropIn {
@@ -638,11 +628,12 @@ groups:
         );
         assert_eq!(
             parse_prefix("mail.example").unwrap_err(),
-            "\"mail.example\" is not an IP address or prefix"
+            "\"mail.example\" is not an IP address or prefix (expected ADDRESS/LENGTH, e.g. \
+             100.64.0.10/32)"
         );
         assert_eq!(
             parse_prefix("10.0.0.0/33").unwrap_err(),
-            "\"10.0.0.0/33\": an IPv4 prefix length is 0 to 32"
+            "\"10.0.0.0/33\" has an invalid length (an IPv4 prefix length is 0 to 32)"
         );
     }
 

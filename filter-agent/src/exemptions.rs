@@ -19,7 +19,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{GroupInfo, MapImage};
-use crate::policy::{self, PrefixError};
+use crate::policy;
 use crate::state_file;
 
 /// The only state file version this agent reads and writes.
@@ -274,21 +274,9 @@ pub fn parse_terms(
 
 /// `ADDRESS/LENGTH` with the host bits clear, or a bare address as a /32 or /128: the
 /// prefix of an exemption as the operator types it (also for `remove`), read as strictly
-/// as the policy reads its own, by the same parser; only the wording is for the CLI.
+/// as the policy reads its own, by the same parser, in the CLI's wording.
 pub fn parse_prefix(text: &str) -> Result<IpNet, ExemptionError> {
-    policy::parse_prefix(text).map_err(|e| {
-        ExemptionError(match e {
-            PrefixError::NotAddress => format!(
-                "{text:?} is not an IP prefix (expected ADDRESS/LENGTH, e.g. 100.64.0.10/32)"
-            ),
-            PrefixError::Length { max } => {
-                format!("{text}: the prefix length must be 0 to {max}")
-            }
-            PrefixError::HostBits(network) => {
-                format!("{text} has host bits set; did you mean {network}?")
-            }
-        })
-    })
+    policy::parse_prefix(text).map_err(|e| ExemptionError(e.sentence(text)))
 }
 
 fn expiry_after(now: SystemTime, text: &str) -> Result<SystemTime, ExemptionError> {
@@ -580,19 +568,20 @@ groups:
     fn bad_prefixes_are_refused() {
         assert_eq!(
             refusal("mail.example", "t", None, None),
-            "\"mail.example\" is not an IP prefix (expected ADDRESS/LENGTH, e.g. 100.64.0.10/32)"
+            "\"mail.example\" is not an IP address or prefix (expected ADDRESS/LENGTH, e.g. \
+             100.64.0.10/32)"
         );
         assert_eq!(
             refusal("100.64.0.0/33", "t", None, None),
-            "100.64.0.0/33: the prefix length must be 0 to 32"
+            "\"100.64.0.0/33\" has an invalid length (an IPv4 prefix length is 0 to 32)"
         );
         assert_eq!(
             refusal("2001:db8::/x", "t", None, None),
-            "2001:db8::/x: the prefix length must be 0 to 128"
+            "\"2001:db8::/x\" has an invalid length (an IPv6 prefix length is 0 to 128)"
         );
         assert_eq!(
             refusal("100.64.0.10/24", "t", None, None),
-            "100.64.0.10/24 has host bits set; did you mean 100.64.0.0/24?"
+            "100.64.0.10/24 has host bits set (did you mean 100.64.0.0/24?)"
         );
     }
 

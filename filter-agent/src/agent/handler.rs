@@ -1305,7 +1305,7 @@ relays: [203.0.113.25]
             ("203.0.113.0/24", "203.0.113.0/24 is in no group"),
             ("100.64.1.7/32", "100.64.1.7/32 is in group business"),
             ("100.64.0.1/8", "host bits"),
-            ("nonsense", "\"nonsense\" is not an IP prefix"),
+            ("nonsense", "\"nonsense\" is not an IP address or prefix"),
         ] {
             match exemption(&state, prefix) {
                 Err(ControlError::BadRequest(m)) => assert!(m.contains(message), "{prefix}: {m}"),

@@ -15,6 +15,37 @@ pub enum PrefixError {
     HostBits(IpNet),
 }
 
+impl PrefixError {
+    /// What is wrong with `text`, worded to follow what the text is (`prefix`, `relay`).
+    pub fn problem(&self, text: &str) -> String {
+        match self {
+            PrefixError::NotAddress => format!("\"{text}\" is not an IP address or prefix"),
+            PrefixError::Length { .. } => format!("\"{text}\" has an invalid length"),
+            PrefixError::HostBits(_) => format!("{text} has host bits set"),
+        }
+    }
+
+    /// What to write instead, where the error tells.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PrefixError::NotAddress => None,
+            PrefixError::Length { max } => Some(format!(
+                "an IPv{} prefix length is 0 to {max}",
+                if *max == 32 { 4 } else { 6 }
+            )),
+            PrefixError::HostBits(network) => Some(format!("did you mean {network}?")),
+        }
+    }
+
+    /// Problem and hint in one line, as the CLI's refusals say it.
+    pub fn sentence(&self, text: &str) -> String {
+        let hint = self
+            .hint()
+            .unwrap_or_else(|| "expected ADDRESS/LENGTH, e.g. 100.64.0.10/32".into());
+        format!("{} ({hint})", self.problem(text))
+    }
+}
+
 /// `ADDRESS/LENGTH` with the host bits clear, or a bare address as a /32 or /128.
 pub fn parse_prefix(text: &str) -> Result<IpNet, PrefixError> {
     let (address, length) = match text.split_once('/') {

@@ -14,7 +14,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use super::Loaded;
 use super::diagnostic::{Diagnostic, PolicyErrors, Severity};
 use super::locate::{Node, Pos, Value, parse_yaml};
-use super::prefix::{PrefixError, parse_prefix};
+use super::prefix::parse_prefix;
 use super::schema::{
     AttachMode, DEFAULT_PORTS, DEFAULT_PRIORITY, Events, Group, Interface, Mode, Offenders, Policy,
     RadiusAccounting, RadiusClient, RelayLimit, Subscribers, VERSION, XdpMode,
@@ -1026,24 +1026,12 @@ impl Checker<'_> {
 
     fn prefix(&mut self, node: &Node, what: &str, hint: &str) -> Option<IpNet> {
         let text = self.string(node, &format!("a {what}"))?;
-        let (message, hint) = match parse_prefix(text) {
+        let error = match parse_prefix(text) {
             Ok(prefix) => return Some(prefix),
-            Err(PrefixError::NotAddress) => (
-                format!("{what} \"{text}\" is not an IP address or prefix"),
-                hint.to_string(),
-            ),
-            Err(PrefixError::Length { max }) => (
-                format!("{what} \"{text}\" has an invalid length"),
-                format!(
-                    "an IPv{} prefix length is 0 to {max}",
-                    if max == 32 { 4 } else { 6 }
-                ),
-            ),
-            Err(PrefixError::HostBits(network)) => (
-                format!("{what} {text} has host bits set"),
-                format!("did you mean {network}?"),
-            ),
+            Err(error) => error,
         };
+        let message = format!("{what} {}", error.problem(text));
+        let hint = error.hint().unwrap_or_else(|| hint.to_string());
         self.error(node.pos, message, Some(hint));
         None
     }
