@@ -56,7 +56,7 @@ fn image(config: impl FnOnce(&mut Config)) -> MapImage {
 
 fn load(image: &MapImage) -> Dataplane {
     Dataplane::load_with(image)
-        .expect("loading the XDP program needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")
+        .expect("loading the XDP program needs root (or CAP_SYS_ADMIN and CAP_NET_ADMIN)")
 }
 
 fn syn(src: IpAddr, dst: IpAddr) -> Vec<u8> {

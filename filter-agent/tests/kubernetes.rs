@@ -346,14 +346,16 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_not_without_cap_sys_admin
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
             path
         };
-    let refused = |caps: &[&str], why: &str| {
+    let refused = |caps: &[&str], why: &[&str]| {
         let scratch = Scratch::new(&lab, wrapper(caps));
         std::fs::write(scratch.policy(), lab.policy_yaml()).unwrap();
         let mut agent = scratch.spawn_agent(&lab, &[]);
         let code = agent.wait_exit(Duration::from_secs(30));
         let log = agent.log().join("\n");
         assert_eq!(code, Some(1), "with {caps:?}: {log}");
-        assert!(log.contains(why), "with {caps:?}: {log}");
+        for why in why {
+            assert!(log.contains(why), "with {caps:?}: {why:?} not in {log}");
+        }
         assert_eq!(agent.count("enforcing after"), 0);
         // Whatever it attached before it failed, `detach` (on drop) removes.
         drop(scratch);
@@ -364,12 +366,25 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_not_without_cap_sys_admin
         );
         eprintln!("with {caps:?}: exit 1: {}", agent.log().last().unwrap());
     };
-    // Without CAP_SYS_ADMIN, whatever else it has.
-    refused(&["net_admin"], "Operation not permitted");
+    // Without CAP_SYS_ADMIN, whatever else it has; the agent says what it lacks.
+    refused(
+        &["net_admin"],
+        &[
+            "Operation not permitted",
+            "permission denied: this process lacks CAP_SYS_ADMIN; filter-agent needs root",
+        ],
+    );
     // The least privilege BPF was meant to need is not enough for libxdp.
     refused(
         &["bpf", "net_admin", "perfmon"],
-        "libxdp: couldn't get program fd: Operation not permitted",
+        &[
+            "libxdp: couldn't get program fd: Operation not permitted",
+            "this process lacks CAP_SYS_ADMIN;",
+        ],
+    );
+    refused(
+        &["bpf", "perfmon"],
+        &["this process lacks CAP_SYS_ADMIN and CAP_NET_ADMIN;"],
     );
 
     let scratch = Scratch::new(&lab, wrapper(&NEEDED));

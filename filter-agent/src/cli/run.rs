@@ -64,7 +64,7 @@ fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(options) => {
             agent::init_logging(options.log_format);
-            agent::run(options.into())?;
+            agent::run(options.into()).map_err(crate::dataplane::explain_permission)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => {

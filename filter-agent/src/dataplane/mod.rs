@@ -614,19 +614,47 @@ pub struct Judgement<'o> {
 /// the decision reads only headers.
 pub const MAX_TEST_FRAME_LEN: usize = 3520;
 
-/// Turns the kernel's EPERM (and the verifier's EACCES without CAP_PERFMON) into advice:
-/// loading this program needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
-fn explain_permission(err: anyhow::Error) -> anyhow::Error {
+/// What the agent needs (packaging/filter-agent.service grants the same), as bits of
+/// /proc's CapEff. CAP_BPF and CAP_PERFMON are not enough: libxdp opens programs by id.
+const NEEDED_CAPABILITIES: [(u32, &str); 2] = [(21, "CAP_SYS_ADMIN"), (12, "CAP_NET_ADMIN")];
+
+const PERMISSION_ADVICE: &str = "permission denied";
+
+/// Turns the kernel's EPERM (and the verifier's EACCES) into advice when this process
+/// lacks a capability the agent needs; other refusals (a file's mode, a socket's group)
+/// are left as they are. Once per error, wherever it is applied.
+pub fn explain_permission(err: anyhow::Error) -> anyhow::Error {
     let denied = err.chain().any(|cause| {
         let text = cause.to_string();
         text.contains("Operation not permitted") || text.contains("Permission denied")
     });
-    if denied {
-        err.context(
-            "permission denied: loading the XDP program needs root (or CAP_BPF, CAP_NET_ADMIN \
-             and CAP_PERFMON); run this command with sudo",
-        )
-    } else {
-        err
+    let explained = err
+        .chain()
+        .any(|cause| cause.to_string().starts_with(PERMISSION_ADVICE));
+    let missing = missing_capabilities();
+    if !denied || explained || missing.is_empty() {
+        return err;
     }
+    err.context(format!(
+        "{PERMISSION_ADVICE}: this process lacks {}; filter-agent needs root, or \
+         CAP_SYS_ADMIN and CAP_NET_ADMIN (as its systemd unit grants; CAP_BPF and \
+         CAP_PERFMON alone are refused); run this command with sudo",
+        missing.join(" and ")
+    ))
+}
+
+/// The needed capabilities this process does not have in its effective set.
+fn missing_capabilities() -> Vec<&'static str> {
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .unwrap_or(0);
+    NEEDED_CAPABILITIES
+        .iter()
+        .filter(|&&(bit, _)| effective & (1 << bit) == 0)
+        .map(|&(_, name)| name)
+        .collect()
 }
