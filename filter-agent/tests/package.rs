@@ -18,6 +18,17 @@ use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_filter-agent");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The alerting rules and the dashboard, as shipped: (in the repository, in the package).
+const MONITORING: [(&str, &str); 2] = [
+    (
+        "packaging/prometheus/filter-agent.rules.yml",
+        "usr/share/doc/filter-agent/examples/prometheus/filter-agent.rules.yml",
+    ),
+    (
+        "packaging/grafana/filter-agent.json",
+        "usr/share/doc/filter-agent/examples/grafana/filter-agent.json",
+    ),
+];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -125,9 +136,18 @@ fn the_package_installs_verifies_runs_and_purges_cleanly() {
         ("usr/share/doc/filter-agent/copyright", 0o644),
         ("usr/share/doc/filter-agent/changelog.Debian.gz", 0o644),
         ("usr/share/doc/filter-agent/examples/ppp/ip-up", 0o755),
+        (MONITORING[0].1, 0o644),
+        (MONITORING[1].1, 0o644),
     ];
     for (path, mode) in expect {
         assert_eq!(installed.get(path), Some(&mode), "{path}: {installed:#?}");
+    }
+    for (source, path) in MONITORING {
+        assert!(
+            std::fs::read(workspace().join(source)).unwrap()
+                == std::fs::read(root.join(path)).unwrap(),
+            "{path} is not {source}"
+        );
     }
     let listing = ok(Command::new("dpkg-deb")
         .arg("--contents")

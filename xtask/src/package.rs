@@ -151,6 +151,16 @@ pub fn build_deb(binary: &Path, root: &Path, out_dir: &Path) -> Result<PathBuf> 
         ("policies/example.yaml", "examples/example.yaml", 0o644),
         ("packaging/ppp/ip-up", "examples/ppp/ip-up", 0o755),
         ("packaging/ppp/ip-down", "examples/ppp/ip-down", 0o755),
+        (
+            "packaging/prometheus/filter-agent.rules.yml",
+            "examples/prometheus/filter-agent.rules.yml",
+            0o644,
+        ),
+        (
+            "packaging/grafana/filter-agent.json",
+            "examples/grafana/filter-agent.json",
+            0o644,
+        ),
     ] {
         stage(
             &format!("{doc}/{to}"),
