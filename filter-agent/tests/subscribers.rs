@@ -296,7 +296,7 @@ fn an_exemption_by_name_follows_alice_through_pppd_hooks_and_a_restart() {
                 "--address",
                 "mail.example",
             ],
-            "is not an IP prefix",
+            "is not an IP address or prefix",
         ),
         (
             vec![
