@@ -236,9 +236,7 @@ impl AgentProcess {
 
     /// SIGKILL: the agent gets no chance to clean up.
     pub fn kill9(self) {
-        let mut child = self.child();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_and_reap(&mut self.child()).unwrap();
     }
 
     /// SIGTERM, and SIGKILL (with an error) if it has not exited within `timeout`.
