@@ -15,8 +15,8 @@ use filter_agent::{
     image::{GroupInfo, MapImage},
 };
 use filter_common::{
-    Action, ActionStat, Config, Event, EventKind, Family, Reason, Smtp, SourceKey, SourceRule,
-    Verdict,
+    Action, ActionStat, Config, Event, EventKind, Family, OFFENDER_SETS, OffenderSet, Reason, Smtp,
+    SourceKey, SourceRule, Verdict,
 };
 use filter_testkit::{
     frames::{ExtHeader, Frame},
@@ -305,6 +305,63 @@ fn check_reset(name: &str, original: &[u8], reply: &[u8]) {
         _ => panic!("{name}: families differ"),
     };
     assert_eq!(rst_tcp.checksum(), checksum, "{name}: TCP checksum");
+}
+
+/// The offender table is set-associative: sources whose keys share a set keep a record
+/// each while the set has room, and a newcomer takes the way seen least recently.
+#[test]
+fn sources_of_one_offender_set_share_it_and_the_least_recently_seen_makes_room() {
+    let dataplane = load(&image(|_| {}));
+    let key = |ip: IpAddr| SourceKey::from_ip(ip);
+    let set_of = |ip: IpAddr| OffenderSet::index(&key(ip), OFFENDER_SETS);
+    let first = v4(100, 64, 0, 10);
+    // 100.64.0.0/10 holds 128 addresses per set.
+    let mut same_set = (1..1u32 << 22)
+        .map(|n| IpAddr::V4(Ipv4Addr::from(0x6440_0000 | n)))
+        .filter(|&ip| ip != first && set_of(ip) == set_of(first));
+    let (second, third) = (same_set.next().unwrap(), same_set.next().unwrap());
+    // The records' clock has tick resolution: a pause orders their last-seen times.
+    let block = |source: IpAddr| {
+        let frame = syn(source, REMOTE_V4);
+        assert_eq!(
+            outcome(&dataplane, &frame),
+            (Verdict::Drop, Reason::Blocked)
+        );
+        sleep(Duration::from_millis(25));
+    };
+    block(first);
+    block(second);
+    block(first);
+    let attempts = |dataplane: &Dataplane| {
+        let mut records: Vec<(SourceKey, u64)> = dataplane
+            .offenders()
+            .unwrap()
+            .into_iter()
+            .map(|(source, record)| (source, record.attempts))
+            .collect();
+        records.sort();
+        records
+    };
+    let mut both = vec![(key(first), 2), (key(second), 1)];
+    both.sort();
+    assert_eq!(
+        attempts(&dataplane),
+        both,
+        "two sources of one set keep a record each"
+    );
+    block(third);
+    let mut kept = vec![(key(first), 2), (key(third), 1)];
+    kept.sort();
+    assert_eq!(
+        attempts(&dataplane),
+        kept,
+        "{third} takes the way of {second}, seen least recently"
+    );
+    assert_eq!(dataplane.offender(&key(second)).unwrap(), None);
+    assert_eq!(
+        dataplane.offender(&key(first)).unwrap().map(|r| r.attempts),
+        Some(2)
+    );
 }
 
 #[test]

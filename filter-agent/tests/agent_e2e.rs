@@ -254,6 +254,75 @@ fn kill_9_keeps_enforcing_and_a_restarted_agent_adopts_without_a_gap() {
     );
 }
 
+/// An upgrade whose build changed the layout of a map of observations (here the offender
+/// records, which were an LRU hash of 12-byte keys and 72-byte values) finds the old map
+/// pinned: the new agent pins a fresh one in its place, adopts everything else, and the
+/// filter enforces throughout.
+#[test]
+fn an_offender_map_of_another_layout_is_replaced_and_the_rest_adopted() {
+    let lab = Lab::create().unwrap();
+    let _listeners = listeners(&lab);
+    let (scratch, agent) = start(&lab);
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
+    let blocked_before = blocked_count(&scratch);
+    agent.kill9();
+    let offenders = scratch.pin_path.join("maps/OFFENDERS");
+    std::fs::remove_file(&offenders).unwrap();
+    pin_lru_hash(&offenders, 12, 72, 65_536);
+
+    let upgraded = scratch.start_agent(&lab, &[]);
+    let log = upgraded.log().join("\n");
+    assert_eq!(
+        upgraded.count("key/value sizes 12/72 from another version"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        upgraded.count("program replaced on the pinned link"),
+        1,
+        "{log}"
+    );
+    expect(&lab, RESIDENTIAL.v4, at(REMOTE_V4, 25), Outcome::TimedOut);
+    assert!(
+        blocked_count(&scratch) > blocked_before,
+        "the counters were adopted"
+    );
+    let records = Dataplane::read_pinned_offenders(&offenders).unwrap();
+    let customer = filter_common::SourceKey::from_ip(RESIDENTIAL.v4);
+    assert!(
+        records.iter().any(|(key, _)| *key == customer),
+        "the fresh table records {customer}: {records:?}"
+    );
+}
+
+/// Creates an LRU hash map with the kernel's own system calls (no loader involved) and
+/// pins it at `path`.
+fn pin_lru_hash(path: &std::path::Path, key_size: u32, value_size: u32, entries: u32) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_LRU_HASH, key_size, value_size, entries]);
+    // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE, of the size given.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, create.as_ptr(), 128) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut pin = [0u64; 4];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: a bpf_attr for BPF_OBJ_PIN (pathname, then bpf_fd), zero-padded.
+    let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), 32) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: the fd made above; the pin holds the map.
+    unsafe { libc::close(fd as libc::c_int) };
+    assert_eq!(pinned, 0, "BPF_OBJ_PIN {}: {error}", path.display());
+}
+
 /// Blocked IPv4 packets so far on any interface, read from the pinned counters.
 fn blocked_count(scratch: &Scratch) -> u64 {
     use aya::maps::{MapData, PerCpuArray};

@@ -20,14 +20,14 @@ pub use config::{Config, FLAG_MONITOR, MAX_RELAYS, PORT_WORDS, RelayV4, RelayV6}
 pub use limit::gcra;
 pub use maps::{
     ACTION_STATS_ENTRIES, DEFAULT_PREFIX_CAPACITY, EVENTS_RING_BYTES, EXEMPTION_GROUP,
-    EXEMPTION_GROUP_NAME, GROUP_STATS_ENTRIES, IFINDEX_SLOTS_ENTRIES, MAX_GROUPS, MAX_INTERFACES,
-    MapSpec, OFFENDERS_ENTRIES, REASON_STATS_ENTRIES, RECENT_SOURCES_ENTRIES,
-    RELAY_BUCKETS_ENTRIES, group_counter_index, reason_counter_index,
+    EXEMPTION_GROUP_NAME, GROUP_STATS_ENTRIES, IFINDEX_SLOTS_ENTRIES, MAP_FLAG_MMAPABLE,
+    MAX_GROUPS, MAX_INTERFACES, MapSpec, OFFENDER_SETS, OFFENDERS_ENTRIES, REASON_STATS_ENTRIES,
+    RECENT_SOURCES_ENTRIES, RELAY_BUCKETS_ENTRIES, group_counter_index, reason_counter_index,
 };
 pub use records::{
     Counter, DESTINATION_SKETCH_BITS, Event, GROUP_NAME_MAX, GroupName, INTERFACE_NAME_MAX,
-    InterfaceSlot, Offender, REPLAY_REPORT_MAGIC, RecentSource, ReplayReport, SourceKey,
-    SourceRule,
+    InterfaceSlot, OFFENDER_WAYS, Offender, OffenderSet, OffenderSlot, REPLAY_REPORT_MAGIC,
+    RecentSource, ReplayReport, SourceKey, SourceRule,
 };
 pub use verdict::{
     Action, ActionStat, EventKind, FAMILY_COUNT, Family, GroupMode, REASON_COUNT, Reason, Smtp,
@@ -56,6 +56,7 @@ mod pod {
     unsafe impl aya::Pod for super::RelayV6 {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::Offender {}
+    unsafe impl aya::Pod for super::OffenderSet {}
     unsafe impl aya::Pod for super::RecentSource {}
     unsafe impl aya::Pod for super::Event {}
 }

@@ -5,9 +5,14 @@
 
 use core::mem::size_of;
 
+use crate::records::OFFENDER_WAYS;
+
 use crate::{
     config::Config,
-    records::{Counter, GroupName, InterfaceSlot, Offender, RecentSource, SourceKey, SourceRule},
+    records::{
+        Counter, GroupName, InterfaceSlot, Offender, OffenderSet, RecentSource, SourceKey,
+        SourceRule,
+    },
     verdict::{ActionStat, FAMILY_COUNT, Family, REASON_COUNT, Reason},
 };
 
@@ -61,8 +66,10 @@ pub const GROUP_STATS: MapSpec = MapSpec::of::<u32, Counter>("GROUP_STATS");
 /// `bpf_ktime_get_ns` clock): a SYN to a relay may pass while it is at most
 /// `Config::relay_tolerance_ns` ahead of now.
 pub const RELAY_BUCKETS: MapSpec = MapSpec::of::<SourceKey, u64>("RELAY_BUCKETS");
-/// LRU hash: [`SourceKey`] -> [`Offender`], updated on every blocked attempt.
-pub const OFFENDERS: MapSpec = MapSpec::of::<SourceKey, Offender>("OFFENDERS");
+/// Array of [`OffenderSet`] by [`OffenderSet::index`], updated on every blocked attempt;
+/// memory-mappable (BPF_F_MMAPABLE), so the agent reads all of it without a system call
+/// per entry.
+pub const OFFENDERS: MapSpec = MapSpec::of::<u32, OffenderSet>("OFFENDERS");
 /// LRU hash: [`SourceKey`] -> [`RecentSource`], updated on every connection request to a
 /// filtered port that is not a blocked attempt (those update [`OFFENDERS`]); `plan` reads
 /// both.
@@ -98,8 +105,15 @@ pub const ALL: [MapSpec; 15] = [
     ACTION_STATS,
 ];
 
+/// The maps that hold only what the kernel observed (offender records, recent sources,
+/// relay buckets): an agent that finds one pinned with another version's layout pins a
+/// fresh one instead of refusing the pins, so an upgrade that changes them keeps the
+/// filter enforcing and loses nothing but those records.
+pub const OBSERVATIONS: [MapSpec; 3] = [RELAY_BUCKETS, OFFENDERS, RECENT_SOURCES];
+
 // The layouts userspace and the kernel agree on; a change here is a change of the pinned
-// format (the agent then refuses old pins and asks for `detach`).
+// format (the agent then refuses old pins and asks for `detach`, or for an
+// [`OBSERVATIONS`] map pins a fresh one).
 const _: () = {
     assert!(size_of::<SourceRule>() == 12);
     assert!(size_of::<SourceKey>() == 12);
@@ -107,6 +121,7 @@ const _: () = {
     assert!(size_of::<GroupName>() == 64);
     assert!(size_of::<InterfaceSlot>() == 20);
     assert!(size_of::<Offender>() == 72);
+    assert!(size_of::<OffenderSet>() == 176);
     assert!(size_of::<RecentSource>() == 24);
     assert!(size_of::<crate::Event>() == 80);
     assert!(SOURCES_V4.key_size == 8 && SOURCES_V6.key_size == 20);
@@ -135,8 +150,14 @@ const _: () = assert!(ActionStat::COUNT as u32 <= ACTION_STATS_ENTRIES);
 
 /// Capacity of the LRU maps keyed by [`SourceKey`].
 pub const RELAY_BUCKETS_ENTRIES: u32 = 65_536;
-pub const OFFENDERS_ENTRIES: u32 = 65_536;
 pub const RECENT_SOURCES_ENTRIES: u32 = 65_536;
+
+/// Offender records: [`OFFENDER_SETS`] sets of [`OFFENDER_WAYS`] ways.
+pub const OFFENDERS_ENTRIES: u32 = 65_536;
+pub const OFFENDER_SETS: u32 = OFFENDERS_ENTRIES / OFFENDER_WAYS as u32;
+const _: () = assert!(OFFENDER_SETS.is_power_of_two());
+/// BPF_F_MMAPABLE: an array userspace can map into its memory.
+pub const MAP_FLAG_MMAPABLE: usize = 1 << 10;
 
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;

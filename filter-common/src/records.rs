@@ -113,6 +113,20 @@ impl SourceKey {
         }
     }
 
+    /// The address as two native words: what the kernel compares and hashes (word-wise,
+    /// as byte arrays are handled a byte at a time).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 2] {
+        // SAFETY: same size, plain integers.
+        unsafe { core::mem::transmute(self.address) }
+    }
+
+    /// The same source (compared word-wise, see [`SourceKey::words`]).
+    #[inline(always)]
+    pub fn is(&self, other: &SourceKey) -> bool {
+        self.family == other.family && self.words() == other.words()
+    }
+
     /// The key named by 16 address bytes as records and events hold them (IPv4 in the
     /// first 4); `None` for a family that carries no address.
     pub fn from_bytes(family: u32, bytes: &[u8; 16]) -> Option<SourceKey> {
@@ -177,6 +191,46 @@ pub struct Offender {
     pub last_dport: u16,
     pub padding: u16,
     pub group: u32,
+}
+
+/// Ways of one [`OffenderSet`]: two sources whose keys hash to one set both keep a
+/// record; a third takes the way seen least recently.
+pub const OFFENDER_WAYS: usize = 2;
+
+/// One way of the offender table: whose record it is, and the record. A way whose record
+/// has no attempts is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffenderSlot {
+    pub key: SourceKey,
+    pub padding: u32,
+    pub record: Offender,
+}
+
+/// One entry of the offender table, a set-associative cache of records in an array: a
+/// blocked frame touches only its source's set (a few adjacent cache lines), where an
+/// LRU hash walks a bucket, an element and the LRU lists, all cold under a flood from
+/// many sources.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffenderSet {
+    pub ways: [OffenderSlot; OFFENDER_WAYS],
+}
+
+impl OffenderSet {
+    /// The set that holds `key`'s record, of `sets` (a power of two).
+    #[inline(always)]
+    pub fn index(key: &SourceKey, sets: u32) -> u32 {
+        let [low, high] = key.words();
+        // murmur3's finaliser: every key bit reaches the low bits the index keeps.
+        let mut hash = low ^ high.rotate_left(16) ^ key.family.wrapping_mul(0x9e37_79b9);
+        hash ^= hash >> 16;
+        hash = hash.wrapping_mul(0x85eb_ca6b);
+        hash ^= hash >> 13;
+        hash = hash.wrapping_mul(0xc2b2_ae35);
+        hash ^= hash >> 16;
+        hash & (sets - 1)
+    }
 }
 
 /// A source that asked to connect to a filtered port, whatever its verdict: what `plan`

@@ -12,10 +12,10 @@ use aya_ebpf::{
 };
 use filter_common::{
     ACTION_STATS_ENTRIES, ActionStat, Config, Counter, DEFAULT_PREFIX_CAPACITY, EVENTS_RING_BYTES,
-    GROUP_STATS_ENTRIES, GroupName, IFINDEX_SLOTS_ENTRIES, InterfaceSlot, MAX_GROUPS,
-    MAX_INTERFACES, OFFENDERS_ENTRIES, Offender, REASON_STATS_ENTRIES, RECENT_SOURCES_ENTRIES,
-    RELAY_BUCKETS_ENTRIES, RecentSource, SourceKey, SourceRule, group_counter_index,
-    reason_counter_index,
+    GROUP_STATS_ENTRIES, GroupName, IFINDEX_SLOTS_ENTRIES, InterfaceSlot, MAP_FLAG_MMAPABLE,
+    MAX_GROUPS, MAX_INTERFACES, OFFENDER_SETS, OffenderSet, REASON_STATS_ENTRIES,
+    RECENT_SOURCES_ENTRIES, RELAY_BUCKETS_ENTRIES, RecentSource, SourceKey, SourceRule,
+    group_counter_index, reason_counter_index,
 };
 
 use crate::decision::Decision;
@@ -129,8 +129,8 @@ pub static RELAY_BUCKETS: LruHashMap<SourceKey, u64, { RELAY_BUCKETS_ENTRIES as 
     LruHashMap::new();
 
 #[btf_map]
-pub static OFFENDERS: LruHashMap<SourceKey, Offender, { OFFENDERS_ENTRIES as usize }> =
-    LruHashMap::new();
+pub static OFFENDERS: Array<OffenderSet, { OFFENDER_SETS as usize }, MAP_FLAG_MMAPABLE> =
+    Array::new();
 
 #[btf_map]
 pub static RECENT_SOURCES: LruHashMap<

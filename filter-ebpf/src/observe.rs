@@ -3,8 +3,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use filter_common::{
-    ActionStat, Config, Event, EventKind, Family, Offender, Reason, RecentSource, SourceKey,
-    wire::is_connection_request,
+    ActionStat, Config, Event, EventKind, Family, OFFENDER_SETS, Offender, OffenderSet, Reason,
+    RecentSource, SourceKey, wire::is_connection_request,
 };
 
 use crate::{
@@ -143,8 +143,9 @@ fn send(
 }
 
 /// Counts a blocked attempt in the source's record. Returns the attempts in the current
-/// window when they just reached the alert threshold. Two CPUs updating one record at
-/// the same moment may lose a count; the figures are for triage, not billing.
+/// window when they just reached the alert threshold. Two CPUs updating one set at the
+/// same moment may lose a count or, for two sources of one set, mix their records; the
+/// figures are for triage, not billing.
 #[inline(always)]
 fn offender(
     config: &Config,
@@ -154,46 +155,59 @@ fn offender(
     dport: u16,
     now: u64,
 ) -> Option<u64> {
+    let set = OFFENDERS.get_ptr_mut(OffenderSet::index(key, OFFENDER_SETS))?;
+    // SAFETY: a value of the map, valid while the program runs.
+    let [first, second] = unsafe { &mut (*set).ways };
     let sketch_bit = 1u64 << (destination_hash(destination) & 63);
     let destination = as_bytes(destination);
-    let in_window = match OFFENDERS.get_ptr_mut(key) {
-        Some(record) => {
-            // SAFETY: a value of the map, valid while the program runs.
-            let record = unsafe { &mut *record };
-            record.attempts += 1;
-            record.last_seen_ns = now;
-            record.destination_sketch |= sketch_bit;
-            record.last_destination = destination;
-            record.last_dport = dport;
-            record.group = decision.group;
-            // Without an alert window configured, one window spans all time.
-            if config.offender_window_ns != 0
-                && now.wrapping_sub(record.window_start_ns) >= config.offender_window_ns
-            {
-                record.window_start_ns = now;
-                record.window_attempts = 1;
-            } else {
-                record.window_attempts += 1;
-            }
-            record.window_attempts
-        }
-        None => {
-            let record = Offender {
-                attempts: 1,
-                first_seen_ns: now,
-                last_seen_ns: now,
-                window_start_ns: now,
-                window_attempts: 1,
-                destination_sketch: sketch_bit,
-                last_destination: destination,
-                last_dport: dport,
-                padding: 0,
-                group: decision.group,
-            };
-            let _ = OFFENDERS.insert(key, record, 0);
-            1
-        }
+    let slot = if first.key.is(key) {
+        first
+    } else if second.key.is(key) {
+        second
+    } else {
+        // A new source takes the way seen least recently (a free one never was).
+        let slot = if first.record.last_seen_ns <= second.record.last_seen_ns {
+            first
+        } else {
+            second
+        };
+        slot.key = *key;
+        slot.record = Offender {
+            attempts: 1,
+            first_seen_ns: now,
+            last_seen_ns: now,
+            window_start_ns: now,
+            window_attempts: 1,
+            destination_sketch: sketch_bit,
+            last_destination: destination,
+            last_dport: dport,
+            padding: 0,
+            group: decision.group,
+        };
+        return alert(config, 1);
     };
+    let record = &mut slot.record;
+    record.attempts += 1;
+    record.last_seen_ns = now;
+    record.destination_sketch |= sketch_bit;
+    record.last_destination = destination;
+    record.last_dport = dport;
+    record.group = decision.group;
+    // Without an alert window configured, one window spans all time.
+    if config.offender_window_ns != 0
+        && now.wrapping_sub(record.window_start_ns) >= config.offender_window_ns
+    {
+        record.window_start_ns = now;
+        record.window_attempts = 1;
+    } else {
+        record.window_attempts += 1;
+    }
+    alert(config, record.window_attempts)
+}
+
+/// The attempts in the window when they just reached the alert threshold.
+#[inline(always)]
+fn alert(config: &Config, in_window: u64) -> Option<u64> {
     (config.offender_alert_after != 0 && in_window == config.offender_alert_after)
         .then_some(in_window)
 }

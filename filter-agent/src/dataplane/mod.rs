@@ -5,6 +5,7 @@
 mod attach;
 mod batch;
 mod libxdp;
+mod offender_table;
 mod pins;
 mod slots;
 mod sync;
@@ -27,11 +28,14 @@ use filter_common::{
     },
     reason_counter_index,
 };
+use log::warn;
 
 pub use attach::{attached, components, detach_components};
 pub use libxdp::freplace_refusal;
 pub use pins::{AttachedInterface, ChainProgram, PinDir};
 pub use sync::SyncReport;
+
+use offender_table::OffenderTable;
 
 use crate::image::MapImage;
 
@@ -129,9 +133,29 @@ impl Dataplane {
             .map(|map| pins.map_path(map.name))
             .collect();
         for (spec, path) in maps::ALL.iter().zip(&paths) {
-            if path.exists() {
+            if !path.exists() {
+                continue;
+            }
+            let sizes = pinned_sizes(path)?;
+            if sizes == (spec.key_size, spec.value_size) {
+                continue;
+            }
+            if !maps::OBSERVATIONS.contains(spec) {
                 check_pinned_map(spec, path)?;
             }
+            // Only what the kernel observed is lost; the filter left running keeps its
+            // own table until the new program replaces it.
+            warn!(
+                "the pinned map {} has key/value sizes {}/{} from another version, this \
+                 build needs {}/{}: its records are dropped and a fresh map is pinned",
+                path.display(),
+                sizes.0,
+                sizes.1,
+                spec.key_size,
+                spec.value_size
+            );
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the outdated pin {}", path.display()))?;
         }
         let mut loader = loader;
         for (spec, path) in maps::ALL.iter().zip(&paths) {
@@ -431,34 +455,25 @@ impl Dataplane {
         Ok(totals)
     }
 
-    /// Every offender record the kernel holds (an LRU map: the least recently seen
-    /// sources make room for new ones).
+    /// Every offender record the kernel holds (a set-associative table: a new source
+    /// takes the way of its set seen least recently).
     pub fn offenders(&self) -> Result<Vec<(SourceKey, Offender)>> {
-        let map: HashMap<&MapData, SourceKey, Offender> =
-            HashMap::try_from(self.ebpf.map(OFFENDERS.name).context(OFFENDERS.name)?)?;
-        // An entry evicted between listing its key and reading it is skipped.
-        Ok(map.iter().filter_map(|entry| entry.ok()).collect())
+        Ok(self.offender_table()?.records())
     }
 
-    /// The pinned OFFENDERS map at `path` through a handle of its own, so a caller can read
-    /// its (up to 65,536) records without holding the `Dataplane`.
-    fn pinned_offenders(path: &Path) -> Result<HashMap<MapData, SourceKey, Offender>> {
-        let data =
-            MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(HashMap::try_from(aya::maps::Map::from_map_data(data)?)?)
+    fn offender_table(&self) -> Result<OffenderTable> {
+        OffenderTable::of(self.ebpf.map(OFFENDERS.name).context(OFFENDERS.name)?)
     }
 
-    /// Every record of the pinned OFFENDERS map at `path`, as [`Dataplane::offenders`].
+    /// Every record of the pinned OFFENDERS map at `path`, as [`Dataplane::offenders`],
+    /// through a mapping of its own, so a caller need not hold the `Dataplane`.
     pub fn read_pinned_offenders(path: &Path) -> Result<Vec<(SourceKey, Offender)>> {
-        let map = Self::pinned_offenders(path)?;
-        Ok(map.iter().filter_map(|entry| entry.ok()).collect())
+        Ok(OffenderTable::pinned(path)?.records())
     }
 
-    /// How many records the pinned OFFENDERS map at `path` holds (keys only: cheaper than
-    /// reading them).
+    /// How many records the pinned OFFENDERS map at `path` holds.
     pub fn count_pinned_offenders(path: &Path) -> Result<usize> {
-        let map = Self::pinned_offenders(path)?;
-        Ok(map.keys().filter(|key| key.is_ok()).count())
+        Ok(OffenderTable::pinned(path)?.count())
     }
 
     /// Every record of the pinned RECENT_SOURCES map at `path` (sources seen asking to
@@ -473,13 +488,7 @@ impl Dataplane {
 
     /// One source's offender record, if the kernel holds one.
     pub fn offender(&self, key: &SourceKey) -> Result<Option<Offender>> {
-        let map: HashMap<&MapData, SourceKey, Offender> =
-            HashMap::try_from(self.ebpf.map(OFFENDERS.name).context(OFFENDERS.name)?)?;
-        match map.get(key, 0) {
-            Ok(record) => Ok(Some(record)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.offender_table()?.get(key))
     }
 
     /// Takes the events ring buffer for reading (sampled drops, offender alerts); `None`
@@ -553,19 +562,24 @@ fn read_fixed_name(bytes: &[u8]) -> String {
 /// A pinned map adopted by a new agent must have the layout this build expects; one
 /// left by another version is refused rather than misread.
 fn check_pinned_map(spec: &MapSpec, path: &Path) -> Result<()> {
-    let info = MapInfo::from_pin(path)
-        .with_context(|| format!("reading the pinned map {}", path.display()))?;
-    let (key, value) = (spec.key_size, spec.value_size);
-    if info.key_size() as usize != key || info.value_size() as usize != value {
+    let (key, value) = pinned_sizes(path)?;
+    if (key, value) != (spec.key_size, spec.value_size) {
         bail!(
-            "the pinned map {} has key/value sizes {}/{}, this build needs {key}/{value}: \
+            "the pinned map {} has key/value sizes {key}/{value}, this build needs {}/{}: \
              it was left by another version; run `filter-agent detach` first",
             path.display(),
-            info.key_size(),
-            info.value_size()
+            spec.key_size,
+            spec.value_size
         );
     }
     Ok(())
+}
+
+/// The key and value sizes of the map pinned at `path`.
+fn pinned_sizes(path: &Path) -> Result<(usize, usize)> {
+    let info = MapInfo::from_pin(path)
+        .with_context(|| format!("reading the pinned map {}", path.display()))?;
+    Ok((info.key_size() as usize, info.value_size() as usize))
 }
 
 const XDP_DROP: u32 = 1;
